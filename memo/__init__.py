@@ -1,0 +1,1 @@
+"""memo: the command line (``memo db ...``, ``memo quickstart``)."""

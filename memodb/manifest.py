@@ -1,0 +1,82 @@
+"""memo's manifest: ``manifest.json`` inside every database directory, written last.
+
+Its presence marks a finished build. It records what was built, from what and how, so a
+re-run can tell "already built" from "another database is here", and ``memo db check`` can
+verify counts and the content checksum. See docs/FORMAT.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+
+from .errors import DatabaseError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def read_manifest(db_dir) -> dict | None:
+    """The manifest of a database directory, or None for a database without one."""
+    path = Path(db_dir) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DatabaseError(f"{path}: manifest is not readable JSON ({exc}); "
+                            "rebuild the database") from exc
+    if not isinstance(data, dict) or "kind" not in data:
+        raise DatabaseError(f"{path}: not a memo manifest; rebuild the database")
+    return data
+
+
+def write_json_atomic(path, obj, *, indent=None) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename (never half-written)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=indent, ensure_ascii=False, sort_keys=indent is not None)
+        f.write("\n") if indent is not None else None
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Checksum:
+    """sha256 over the (key, value) pairs of a database in key order.
+
+    Each pair contributes ``u32le(len(key)) key u64le(len(value)) value``; ``__keys__`` is not
+    included.
+    """
+
+    def __init__(self):
+        self._h = hashlib.sha256()
+
+    def update(self, key: bytes, value) -> None:
+        self._h.update(struct.pack("<I", len(key)))
+        self._h.update(key)
+        self._h.update(struct.pack("<Q", len(value)))
+        self._h.update(value)
+
+    def hexdigest(self) -> str:
+        return "sha256:" + self._h.hexdigest()
+
+
+def fingerprint_files(paths, root) -> dict:
+    """A cheap fingerprint of source files: relative path, size and mtime of each.
+
+    Changes when a file is added, removed, rewritten or touched; does not read contents.
+    """
+    h = hashlib.sha256()
+    root = Path(root)
+    n = total = 0
+    for p in sorted(Path(x) for x in paths):
+        st = p.stat()
+        rel = os.path.relpath(p, root)
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        n += 1
+        total += st.st_size
+    return {"fingerprint": "sha256:" + h.hexdigest(), "files": n, "bytes": total}

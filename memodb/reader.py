@@ -1,0 +1,138 @@
+"""Reading feature databases, memo-built or built by the original UNITER / MEmoBERT tools.
+
+:class:`FeatureDB` is cheap to create and to pickle: the LMDB environment is opened lazily,
+read-only and without a lock file, once per path per process, and reopened after a fork, so an
+instance can be handed to forked DataLoader workers.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import lmdb
+import numpy as np
+
+from .codec import decode_value
+from .errors import DatabaseError
+from .ids import KEYS_KEY, id_to_key
+from .manifest import read_manifest
+from .naming import nbb_path_for
+
+_envs: dict[str, lmdb.Environment] = {}
+_envs_pid: int | None = None
+
+
+def open_env(path) -> lmdb.Environment:
+    """The process's single read-only environment for ``path`` (reopened after fork)."""
+    global _envs_pid
+    if _envs_pid != os.getpid():  # inherited handles are not usable after fork: forget them
+        _envs.clear()
+        _envs_pid = os.getpid()
+    key = os.path.realpath(path)
+    env = _envs.get(key)
+    if env is None:
+        if not os.path.isfile(os.path.join(key, "data.mdb")):
+            raise DatabaseError(f"{path}: not an LMDB database (no data.mdb); give the "
+                                "database directory, e.g. OUT_DIR/feat_th0.5_max36_min0")
+        try:
+            env = lmdb.open(key, readonly=True, lock=False, readahead=False, meminit=False,
+                            max_readers=1024, subdir=True)
+        except lmdb.Error as exc:
+            raise DatabaseError(f"{path}: cannot open LMDB database ({exc}); the file may be "
+                                "truncated or damaged: rebuild or re-copy it") from exc
+        _envs[key] = env
+    return env
+
+
+class FeatureDB:
+    """Random access to one feature (or raw-crop, or speech) database.
+
+    ``db["No0123.Brokeback.Mountain_1"]`` (or the key with ``.npz``) returns the segment's arrays
+    as read-only numpy views, float16 kept, truncated to ``nbb`` when the database has an nbb
+    json that says fewer frames than are stored.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._manifest = False  # not read yet
+        self._nbb = None
+        self._keys = None
+        open_env(self.path)  # fail early on a wrong path
+
+    def __getstate__(self):
+        return {"path": self.path}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"])
+
+    @property
+    def manifest(self) -> dict | None:
+        if self._manifest is False:
+            self._manifest = read_manifest(self.path)
+        return self._manifest
+
+    @property
+    def memo_built(self) -> bool:
+        return self.manifest is not None
+
+    def raw(self, key: str) -> bytes | None:
+        """The stored bytes of a key (None when absent)."""
+        with open_env(self.path).begin(buffers=False) as txn:
+            return txn.get(key.encode("utf-8"))
+
+    def get(self, segment: str) -> dict[str, np.ndarray]:
+        key = id_to_key(segment)
+        with open_env(self.path).begin(buffers=True) as txn:
+            buf = txn.get(key.encode("utf-8"))
+            if buf is None:
+                raise KeyError(f"{self.path}: no segment {key!r}")
+            try:
+                arrays = decode_value(buf)
+            except DatabaseError as exc:
+                raise DatabaseError(f"{self.path}: segment {key!r}: {exc}; rebuild the "
+                                    "database") from None
+        if not self.memo_built:  # memo stores exactly nbb frames; others may store more
+            n = self.nbb().get(key)
+            if n is not None and "features" in arrays and len(arrays["features"]) > n:
+                arrays = {k: v[:n] for k, v in arrays.items()}
+        return arrays
+
+    __getitem__ = get
+
+    def __contains__(self, segment: str) -> bool:
+        with open_env(self.path).begin(buffers=True) as txn:
+            return txn.get(id_to_key(segment).encode("utf-8")) is not None
+
+    def keys(self) -> list[str]:
+        """All segment keys (from ``__keys__``, or by scanning when it is missing)."""
+        if self._keys is None:
+            with open_env(self.path).begin() as txn:
+                raw = txn.get(KEYS_KEY)
+                if raw is not None:
+                    try:
+                        self._keys = json.loads(raw)
+                    except ValueError as exc:
+                        raise DatabaseError(f"{self.path}: __keys__ is not JSON ({exc}); "
+                                            "rebuild the database") from exc
+                else:
+                    self._keys = [k.decode("utf-8") for k in txn.cursor().iternext(values=False)
+                                  if k != KEYS_KEY]
+        return self._keys
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def nbb(self) -> dict[str, int]:
+        """``{key: kept frame count}`` from the nbb json beside the database ({} if none)."""
+        if self._nbb is None:
+            path = nbb_path_for(self.path)
+            if path is None:
+                self._nbb = {}
+            else:
+                try:
+                    self._nbb = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError) as exc:
+                    raise DatabaseError(f"{path}: unreadable nbb json ({exc}); rebuild the "
+                                        "database") from exc
+        return self._nbb

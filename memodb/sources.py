@@ -1,0 +1,190 @@
+"""Readers of upstream inputs (FORMATS.md section 2): per-segment npz folders and the two
+Denseface h5 layouts. A source lists its segments (sorted by key, duplicates refused) and
+loads one segment's raw arrays, named as in the npz files."""
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BadInputError, BadInputsError
+from .ids import check_key, find_duplicates, id_to_key
+from .manifest import fingerprint_files
+
+MOVIE_H5 = "has_active_spk_denseface_with_trans.h5"
+H5_FEATURES = ("feat", "trans1", "trans2")
+# h5 dataset -> npz array name (the feature dataset is chosen by --feature)
+H5_ARRAYS = {"pred": "soft_labels", "confidence": "confidence", "frame_idx": "frame_idxs"}
+
+
+@dataclass(frozen=True)
+class Segment:
+    key: str  # "<segmentId>.npz"
+    file: str  # file holding it
+    group: str = ""  # group path inside an h5 file ("" = file root / whole npz)
+
+
+@dataclass
+class Source:
+    """An input folder. ``kind`` is ``npz``, ``h5-movie`` or ``h5-segment``."""
+
+    root: Path
+    kind: str
+    feature: str = "feat"
+    files: list = field(default_factory=list)
+
+    def fingerprint(self) -> dict:
+        return {"path": str(self.root), "type": self.kind, **fingerprint_files(self.files, self.root)}
+
+    def list_segments(self) -> list[Segment]:
+        segs = {"npz": _list_npz, "h5-movie": _list_h5_movie, "h5-segment": _list_h5_segment}[
+            self.kind](self)
+        dups = find_duplicates((s.key, f"{s.file}:{s.group}".rstrip(":")) for s in segs)
+        if dups:
+            raise BadInputsError([BadInputError(
+                f"duplicate id, found in {', '.join(where)}", segment=key,
+                fix="rename or remove all but one of them") for key, where in sorted(dups.items())],
+                "the database")
+        errors = []
+        for s in segs:
+            try:
+                check_key(s.key, file=s.file)
+            except BadInputError as e:
+                errors.append(e)
+        if errors:
+            raise BadInputsError(errors, "the database")
+        return sorted(segs, key=lambda s: s.key)
+
+    def load(self, seg: Segment) -> dict[str, np.ndarray]:
+        """Raw arrays of one segment (npz names), or BadInputError naming file and segment."""
+        if self.kind == "npz":
+            return load_npz(seg.file, seg.key)
+        return _load_h5(seg, self.feature)
+
+
+def open_source(path, feature: str = "feat") -> Source:
+    """Recognise an input folder: npz files, or an h5 root in one of the two layouts."""
+    root = Path(path)
+    if not root.is_dir():
+        raise BadInputError("not a directory", file=root, fix="give the folder of npz or h5 files")
+    if feature not in H5_FEATURES:
+        raise BadInputError(f"unknown feature {feature!r}", fix=f"use one of {H5_FEATURES}")
+    movie = sorted(root.glob(f"*/{MOVIE_H5}"))
+    if movie:
+        return Source(root, "h5-movie", feature, movie)
+    h5 = sorted(p for p in root.rglob("*.h5"))
+    if h5:
+        return Source(root, "h5-segment", feature, h5)
+    npz = sorted(p for p in root.rglob("*.npz") if not p.name.startswith("."))
+    if npz:
+        return Source(root, "npz", feature, npz)
+    raise BadInputError("holds no .npz files and no Denseface .h5 files", file=root,
+                        fix="point at the trans2npz output or at the h5 root")
+
+
+def _list_npz(src: Source) -> list[Segment]:
+    return [Segment(id_to_key(p.name[:-4]), str(p)) for p in src.files]
+
+
+def _open_h5(path):
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise BadInputError(f"unreadable h5 file ({exc})", file=path,
+                            fix="re-run the Denseface extractor for this movie or remove the file"
+                            ) from exc
+
+
+def _list_h5_movie(src: Source) -> list[Segment]:
+    segs = []
+    for path in src.files:
+        movie = path.parent.name
+        with _open_h5(path) as f:
+            if movie not in f:
+                raise BadInputError(f"no group {movie!r} (top-level groups: {list(f.keys())[:5]})",
+                                    file=path, fix="the folder name must be the movie name")
+            for idx in f[movie].keys():
+                segs.append(Segment(id_to_key(f"{movie}_{idx}"), str(path), f"{movie}/{idx}"))
+    return segs
+
+
+def _list_h5_segment(src: Source) -> list[Segment]:
+    segs = []
+    for path in src.files:
+        rel = path.relative_to(src.root).with_suffix("")
+        segs.append(Segment(id_to_key("#".join(rel.parts)), str(path)))
+    return segs
+
+
+def load_npz(path, segment=None) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise BadInputError(f"unreadable npz ({type(exc).__name__}: {exc})", file=path,
+                            segment=segment, fix="delete it and re-run memo db trans2npz") from exc
+
+
+_h5_cache: dict = {}
+_h5_pid = None
+
+
+def _cached_h5(path):
+    """One open h5 file per path per process (a movie's segments are read one after another)."""
+    global _h5_pid
+    if _h5_pid != os.getpid():
+        _h5_cache.clear()
+        _h5_pid = os.getpid()
+    f = _h5_cache.get(path)
+    if f is None:
+        while len(_h5_cache) >= 4:
+            _h5_cache.pop(next(iter(_h5_cache))).close()
+        f = _h5_cache[path] = _open_h5(path)
+    return f
+
+
+def _load_h5(seg: Segment, feature: str) -> dict[str, np.ndarray]:
+    try:
+        f = _cached_h5(seg.file)
+        node = f[seg.group] if seg.group else f
+        names = set(node.keys())
+        if not names:
+            return {}  # no face in this segment (the caller fills in empty arrays)
+        if feature not in names:
+            raise BadInputError(f"no '{feature}' dataset (has: {sorted(names)})", file=seg.file,
+                                segment=seg.key, fix="choose another --feature or re-extract")
+        out = {"features": node[feature][()]}
+        for h5name, npzname in H5_ARRAYS.items():
+            if h5name in names:
+                out[npzname] = node[h5name][()]
+        return out
+    except BadInputError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise BadInputError(f"unreadable h5 data ({type(exc).__name__}: {exc})", file=seg.file,
+                            segment=seg.key, fix="re-run the Denseface extractor for this movie"
+                            ) from exc
+
+
+def probe_dims(src: Source, segs: list[Segment], limit: int = 1000) -> dict:
+    """dtype and trailing shape of each array, from the first segment that has any, used to
+    give segments stored without datasets empty arrays of the right shape."""
+    for seg in segs[:limit]:
+        try:
+            arrays = src.load(seg)
+        except BadInputError:
+            continue
+        if arrays:
+            return {k: (np.asarray(v).dtype.str, tuple(np.asarray(v).shape[1:]))
+                    for k, v in arrays.items()}
+    return {}
+
+
+def empty_arrays(dims: dict) -> dict[str, np.ndarray]:
+    return {k: np.zeros((0, *shape), dtype=np.dtype(dt)) for k, (dt, shape) in dims.items()}
+
