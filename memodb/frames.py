@@ -24,6 +24,15 @@ def check_lengths(arrays: dict, *, file, segment) -> int:
     return lengths["features"]
 
 
+def keep_index(conf, n: int, conf_th: float, max_bb: int):
+    """Which of ``n`` frames to keep: a slice when they are a prefix, else an index array."""
+    if conf is None:
+        return slice(0, min(n, max_bb))
+    conf64 = np.asarray(conf).astype(np.float16).astype(np.float64)
+    idx = np.flatnonzero(conf64 > float(conf_th))[:max_bb]
+    return slice(0, len(idx)) if len(idx) == 0 or idx[-1] == len(idx) - 1 else idx
+
+
 def select_frames(arrays: dict, conf_th: float, max_bb: int, *, file=None, segment=None) -> dict:
     """Keep frames with ``confidence > conf_th`` (strict), in time order, then the first
     ``max_bb``; without a confidence array, the first ``max_bb``. Truncation is along axis 0
@@ -33,13 +42,7 @@ def select_frames(arrays: dict, conf_th: float, max_bb: int, *, file=None, segme
     h5 input and npz input select exactly the same frames.
     """
     n = check_lengths(arrays, file=file, segment=segment)
-    conf = arrays.get("confidence")
-    if conf is None:
-        keep = slice(0, min(n, max_bb))
-    else:
-        conf64 = np.asarray(conf).astype(np.float16).astype(np.float64)
-        idx = np.flatnonzero(conf64 > float(conf_th))[:max_bb]
-        keep = slice(0, len(idx)) if len(idx) == 0 or idx[-1] == len(idx) - 1 else idx
+    keep = keep_index(arrays.get("confidence"), n, conf_th, max_bb)
     out = canonical_arrays({k: np.asarray(v)[keep] for k, v in arrays.items()})
     for name in FLOAT_CHECKED:
         a = out.get(name)

@@ -54,20 +54,27 @@ def create_imgdb(src, out_dir, *, conf_th: float | None = None, max_bb: int | No
     source = open_source(src, feature)
     options = {"conf_th": conf_th, "max_bb": max_bb, "min_bb": int(min_bb),
                "modality": modality, "feature": feature if source.kind != "npz" else None}
-    return _build(source, out_dir, "feature", options, db_name(conf_th, max_bb, min_bb),
-                  nbb_name(conf_th, max_bb, min_bb), workers, progress)
+    return build_db(source, out_dir, "feature", options, workers, progress,
+                    lambda segs: partial(_select_segment, source, options, probe_dims(source, segs)))
 
 
-def _build(source: Source, out_dir, kind: str, options: dict, name: str, nbb_file: str,
-           workers, progress) -> BuildResult:
+def build_db(source, out_dir, kind: str, options: dict, workers, progress, make_loader,
+             extra_manifest: dict | None = None) -> BuildResult:
+    """Shared build driver: list, load + select in workers (in key order), write, publish.
+
+    ``make_loader(segments)`` returns a picklable ``loader(segment) -> (arrays, frames seen)``
+    giving the canonical, selected arrays of one segment or raising BadInputError. It runs
+    only when a build is needed, and may fill ``extra_manifest`` (read after it ran).
+    """
     out_dir = Path(out_dir)
+    name = db_name(options["conf_th"], options["max_bb"], options["min_bb"])
+    nbb_file = nbb_name(options["conf_th"], options["max_bb"], options["min_bb"])
     fp = source.fingerprint()
     done = existing_build(out_dir / name, kind, options, fp)
     if done is not None:
         return BuildResult(out_dir / name, out_dir / nbb_file, done, skipped=True)
     segs = source.list_segments()
-    dims = probe_dims(source, segs)
-    work = partial(_encode_chunk, source, options, dims)
+    work = partial(_encode_chunk, make_loader(segs))
     nbb: dict[str, int] = {}
     errors: list[BadInputError] = []
     arrays_seen: dict = {}
@@ -101,7 +108,7 @@ def _build(source: Source, out_dir, kind: str, options: dict, name: str, nbb_fil
             "kind": kind, "memo_version": __version__, "options": options, "source": fp,
             "arrays": {k: {"dtype": dt, "shape": [None, *shape]}
                        for k, (dt, shape) in arrays_seen.items()},
-            "counts": counts, "nbb_file": nbb_file,
+            "counts": counts, "nbb_file": nbb_file, **(extra_manifest or {}),
         }
         path, manifest = db.finish(manifest, {nbb_file: nbb})
     return BuildResult(path, out_dir / nbb_file, manifest)
@@ -120,14 +127,18 @@ def _check_layout(seen: dict, layout: dict, seg: Segment):
                          fix="build segments of different feature kinds into separate databases")
 
 
-def _encode_chunk(source: Source, options: dict, dims: dict, chunk: list[Segment]):
+def _select_segment(source: Source, options: dict, dims: dict, seg: Segment):
+    raw = source.load(seg) or empty_arrays(dims)
+    arrays = select_frames(raw, options["conf_th"], options["max_bb"], file=seg.file,
+                           segment=seg.key)
+    return arrays, len(raw["features"])
+
+
+def _encode_chunk(loader, chunk: list[Segment]):
     out = []
     for seg in chunk:
         try:
-            raw = source.load(seg) or empty_arrays(dims)
-            n_seen = len(raw["features"]) if "features" in raw else 0
-            arrays = select_frames(raw, options["conf_th"], options["max_bb"], file=seg.file,
-                                   segment=seg.key)
+            arrays, n_seen = loader(seg)
             layout = {k: (a.dtype.str, tuple(a.shape[1:])) for k, a in arrays.items()}
             out.append((seg, encode_value(arrays), n_seen, len(arrays["features"]), layout, None))
         except BadInputError as exc:

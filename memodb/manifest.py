@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 from pathlib import Path
 
 from .errors import DatabaseError
@@ -46,20 +45,20 @@ def write_json_atomic(path, obj, *, indent=None) -> None:
 
 
 class Checksum:
-    """sha256 over the (key, value) pairs of a database in key order.
-
-    Each pair contributes ``u32le(len(key)) key u64le(len(value)) value``; ``__keys__`` is not
-    included.
-    """
+    """Content checksum of a database: sha256 over, for each pair in key order,
+    ``key NUL sha256(value)`` (``__keys__`` excluded). Per-value digests let a check hash the
+    values in parallel and combine them in order."""
 
     def __init__(self):
         self._h = hashlib.sha256()
 
     def update(self, key: bytes, value) -> None:
-        self._h.update(struct.pack("<I", len(key)))
+        self.update_digest(key, hashlib.sha256(value).digest())
+
+    def update_digest(self, key: bytes, digest: bytes) -> None:
         self._h.update(key)
-        self._h.update(struct.pack("<Q", len(value)))
-        self._h.update(value)
+        self._h.update(b"\0")
+        self._h.update(digest)
 
     def hexdigest(self) -> str:
         return "sha256:" + self._h.hexdigest()

@@ -26,7 +26,11 @@ _envs_pid: int | None = None
 def open_env(path) -> lmdb.Environment:
     """The process's single read-only environment for ``path`` (reopened after fork)."""
     global _envs_pid
-    if _envs_pid != os.getpid():  # inherited handles are not usable after fork: forget them
+    if _envs_pid != os.getpid():
+        # Handles inherited through fork must not be used; close them (safe: opened read-only
+        # without a lock table) so LMDB lets this process open its own.
+        for inherited in _envs.values():
+            inherited.close()
         _envs.clear()
         _envs_pid = os.getpid()
     key = os.path.realpath(path)
@@ -136,3 +140,10 @@ class FeatureDB:
                     raise DatabaseError(f"{path}: unreadable nbb json ({exc}); rebuild the "
                                         "database") from exc
         return self._nbb
+
+
+def close_all() -> None:
+    """Close every environment this process opened for reading (e.g. before rewriting one)."""
+    for env in _envs.values():
+        env.close()
+    _envs.clear()

@@ -1,0 +1,183 @@
+"""``rawimg-db``: OpenFace face crops -> raw-crop database (FORMATS.md sections 2.3 and 4).
+
+Per clip, ``<clip>.csv`` (columns ``frame, face_id, timestamp, confidence, success``) and
+``<clip>_aligned/frame_det_<face:02d>_<frame:06d>.bmp``. Per frame the successful face with the
+highest confidence is used; frames are then selected exactly like create-imgdb's (confidence
+``> conf_th``, time order, first ``max_bb``) before any image is decoded. Crops become gray,
+``size x size`` (bilinear), ``(x - mean) / std``, float16. Without ``mean`` / ``std`` a first
+pass computes them over every kept crop of the corpus.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BadInputError
+from .frames import keep_index
+from .ids import check_key, find_duplicates, id_to_key
+from .imgdb import BuildResult, build_db
+from .manifest import fingerprint_files
+from .parallel import chunked, ordered_map
+from .progress import progress_bar
+from .sources import Segment
+
+STATS_CHUNK = 32
+
+
+@dataclass
+class OpenFaceSource:
+    root: Path
+    files: list = field(default_factory=list)  # the csv files
+    kind: str = "openface"
+
+    def fingerprint(self) -> dict:
+        images = [p for c in self.files for p in _aligned_dir(c).glob("*.bmp")]
+        return {"path": str(self.root), "type": self.kind,
+                **fingerprint_files(list(self.files) + images, self.root)}
+
+    def list_segments(self) -> list[Segment]:
+        segs = [Segment(id_to_key(p.stem), str(p)) for p in self.files]
+        dups = find_duplicates((s.key, s.file) for s in segs)
+        if dups:
+            key, where = sorted(dups.items())[0]
+            raise BadInputError(f"duplicate clip, found in {', '.join(where)}", segment=key,
+                                fix="rename or remove all but one of them")
+        for s in segs:
+            check_key(s.key, file=s.file)
+        return sorted(segs, key=lambda s: s.key)
+
+
+def open_openface(path) -> OpenFaceSource:
+    root = Path(path)
+    csvs = sorted(p for p in root.rglob("*.csv") if _aligned_dir(p).is_dir()) if root.is_dir() else []
+    if not csvs:
+        raise BadInputError("holds no OpenFace output (<clip>.csv beside <clip>_aligned/)",
+                            file=root, fix="point at the folder OpenFace FeatureExtraction wrote")
+    return OpenFaceSource(root, csvs)
+
+
+def _aligned_dir(csv_path: Path) -> Path:
+    return csv_path.with_name(csv_path.stem + "_aligned")
+
+
+def read_openface_csv(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frame numbers, face ids, confidences) of the best successful face of each frame."""
+    best: dict[int, tuple[float, int]] = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = [h.strip() for h in next(reader)]
+            col = {name: header.index(name) for name in ("frame", "face_id", "confidence", "success")}
+            for row in reader:
+                if not row:
+                    continue
+                if int(float(row[col["success"]])) != 1:
+                    continue
+                frame, face = int(float(row[col["frame"]])), int(float(row[col["face_id"]]))
+                conf = float(row[col["confidence"]])
+                if frame not in best or conf > best[frame][0]:
+                    best[frame] = (conf, face)
+    except (OSError, UnicodeDecodeError, StopIteration, ValueError, IndexError) as exc:
+        raise BadInputError(f"unreadable OpenFace csv ({type(exc).__name__}: {exc})", file=path,
+                            fix="re-run OpenFace for this clip") from exc
+    frames = np.array(sorted(best), dtype=np.int64)
+    faces = np.array([best[fr][1] for fr in frames], dtype=np.int64)
+    conf = np.array([best[fr][0] for fr in frames], dtype=np.float32)
+    return frames, faces, conf
+
+
+def _kept_crops(seg: Segment, conf_th: float, max_bb: int, size: int):
+    """Selected frames of a clip: (uint8 crops (k, size, size), confidence, frame numbers, seen)."""
+    from PIL import Image
+
+    frames, faces, conf = read_openface_csv(seg.file)
+    n_seen = len(frames)
+    keep = keep_index(conf, n_seen, conf_th, max_bb)
+    frames, faces, conf = frames[keep], faces[keep], conf[keep]
+    crops = np.empty((len(frames), size, size), dtype=np.uint8)
+    aligned = _aligned_dir(Path(seg.file))
+    for i, (fr, face) in enumerate(zip(frames, faces)):
+        img_path = aligned / f"frame_det_{face:02d}_{fr:06d}.bmp"
+        try:
+            with Image.open(img_path) as img:
+                img = img.convert("L")
+                if img.size != (size, size):
+                    img = img.resize((size, size), Image.BILINEAR)
+                crops[i] = np.asarray(img)
+        except (OSError, ValueError) as exc:
+            raise BadInputError(f"face crop of frame {fr} is missing or unreadable ({exc})",
+                                file=img_path, segment=seg.key,
+                                fix="re-run OpenFace for this clip") from exc
+    return crops, conf, frames, n_seen
+
+
+def _crop_segment(options: dict, seg: Segment):
+    crops, conf, frames, n_seen = _kept_crops(seg, options["conf_th"], options["max_bb"],
+                                               options["size"])
+    feats = ((crops.astype(np.float32) - options["mean"]) / options["std"]).astype(np.float16)
+    return {"features": feats, "confidence": conf.astype(np.float16),
+            "frame_idxs": frames.astype(np.int32)}, n_seen
+
+
+def _pixel_sums(conf_th, max_bb, size, chunk):
+    s = ss = 0.0
+    n = 0
+    for seg in chunk:
+        crops = _kept_crops(seg, conf_th, max_bb, size)[0].astype(np.float64)
+        s += crops.sum()
+        ss += np.square(crops).sum()
+        n += crops.size
+    return s, ss, n
+
+
+def corpus_pixel_stats(segs, conf_th, max_bb, size, workers=None, progress=False):
+    """Mean and std of the gray pixels of every kept crop (deterministic reduction order)."""
+    s = ss = 0.0
+    n = 0
+    chunks = chunked(segs, STATS_CHUNK)
+    with progress_bar(progress, len(chunks), "pixel statistics") as bar:
+        for cs, css, cn in ordered_map(partial(_pixel_sums, conf_th, max_bb, size), chunks, workers):
+            s, ss, n = s + cs, ss + css, n + cn
+            bar(1)
+    if n == 0:
+        raise BadInputError("no face crop passes the confidence threshold, so no mean/std "
+                            "can be computed", fix="lower --conf-th or give --mean and --std")
+    mean = s / n
+    return mean, math.sqrt(max(ss / n - mean * mean, 0.0))
+
+
+def rawimg_db(src, out_dir, *, size: int = 64, mean: float | None = None,
+              std: float | None = None, conf_th: float = 0.5, max_bb: int = 36, min_bb: int = 0,
+              workers: int | None = None, progress: bool = False) -> BuildResult:
+    """Build ``OUT_DIR/feat_th{conf_th}_max{max_bb}_min{min_bb}`` of normalised gray crops.
+
+    The mean / std used (given or computed) are in the manifest under ``normalization``.
+    """
+    if (mean is None) != (std is None):
+        raise BadInputError("give both --mean and --std, or neither (then they are computed "
+                            "over the corpus)")
+    if std is not None and not std > 0:
+        raise BadInputError(f"--std must be positive (got {std})")
+    if size < 8:
+        raise BadInputError(f"--size {size} is too small", fix="use 64 (or 112)")
+    source = open_openface(src)
+    # options are what was asked (mean / std None = computed); the values used are in
+    # the manifest's "normalization", filled once the build really starts.
+    options = {"conf_th": float(conf_th), "max_bb": int(max_bb), "min_bb": int(min_bb),
+               "modality": "face", "size": int(size), "mean": mean, "std": std}
+    norm: dict = {}
+
+    def make_loader(segs):
+        m, s = (mean, std) if mean is not None else corpus_pixel_stats(
+            segs, float(conf_th), int(max_bb), size, workers, progress)
+        norm["normalization"] = {"mean": float(m), "std": float(s), "computed": mean is None,
+                                 "formula": "(gray - mean) / std"}
+        return partial(_crop_segment, {**options, "mean": float(m), "std": float(s)})
+
+    return build_db(source, out_dir, "rawimg", options, workers, progress, make_loader,
+                    extra_manifest=norm)
