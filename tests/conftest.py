@@ -1,0 +1,59 @@
+"""Tiny corpora built in code (fixed seeds) for every test."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from memodb.reader import close_all
+from memodb.synth import make_h5_corpus, make_openface
+
+
+@pytest.fixture(autouse=True)
+def _close_envs():
+    yield
+    close_all()  # tests rewrite databases they have read
+
+
+@pytest.fixture
+def h5_root(tmp_path):
+    """Two movies x 10 segments (every 9th without faces) with has_active_spk lists."""
+    root = tmp_path / "h5"
+    make_h5_corpus(root, movies=2, segments=10, faces=12, seed=1, meta_dir=tmp_path / "meta")
+    return root
+
+
+@pytest.fixture
+def h5_ids(h5_root):
+    return [f"No{m:04d}.Movie_{m}_{s}" for m in range(2) for s in range(1, 11)]
+
+
+def write_npz(path, n=5, dim=342, seed=0, conf=None, **override):
+    """One trans2npz-style npz of ``n`` frames; ``override`` replaces or adds arrays."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "features": rng.normal(size=(n, dim)).astype(np.float16),
+        "soft_labels": rng.dirichlet(np.ones(8), size=n).astype(np.float16),
+        "confidence": (rng.uniform(0.6, 1.0, size=n) if conf is None else conf).astype(np.float16),
+        "frame_idxs": np.arange(n, dtype=np.int32),
+    }
+    arrays.update(override)
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return arrays
+
+
+@pytest.fixture
+def npz_dir(tmp_path):
+    """Six npz segments, one of them with no frame."""
+    d = tmp_path / "npz"
+    for i in range(6):
+        write_npz(d / f"movieA_{i + 1}.npz", n=0 if i == 3 else 4 + i, seed=i)
+    return d
+
+
+@pytest.fixture
+def openface_dir(tmp_path):
+    make_openface(tmp_path / "openface", clips=3, frames=8, size=48, seed=2)
+    return tmp_path / "openface"

@@ -1,0 +1,123 @@
+import json
+
+import lmdb
+import msgpack
+import msgpack_numpy
+import numpy as np
+import pytest
+
+from memodb.imgdb import create_imgdb
+from memodb.manifest import read_manifest
+from memodb.reader import FeatureDB, close_all
+from memodb.sources import open_source
+from tests.conftest import write_npz
+
+
+def read_like_original(db_dir, key):
+    """What the UNITER / MEmoBERT readers do: msgpack-numpy patched loads of txn.get(key)."""
+    env = lmdb.open(str(db_dir), readonly=True, create=False, lock=False)
+    with env.begin() as txn:
+        keys = json.loads(txn.get(b"__keys__"))
+        value = msgpack.loads(txn.get(key.encode()), raw=False, object_hook=msgpack_numpy.decode)
+    env.close()
+    return keys, value
+
+
+def test_compatible_layout(h5_root, h5_ids, tmp_path):
+    r = create_imgdb(h5_root, tmp_path / "out", conf_th=0.5, max_bb=36, workers=1)
+    assert r.path == tmp_path / "out" / "feat_th0.5_max36_min0"
+    nbb = json.loads((tmp_path / "out" / "nbb_th0.5_max36_min0.json").read_text())
+    assert sorted(nbb) == sorted(i + ".npz" for i in h5_ids)
+    keys, value = read_like_original(r.path, h5_ids[0] + ".npz")
+    assert keys == sorted(keys) and len(keys) == len(h5_ids)
+    assert set(value) == {"features", "soft_labels", "confidence", "frame_idxs"}
+    assert value["features"].dtype == np.float16 and value["features"].shape[1] == 342
+    assert value["frame_idxs"].dtype == np.int32
+    assert len(value["features"]) == nbb[h5_ids[0] + ".npz"]
+    m = read_manifest(r.path)
+    assert m["kind"] == "feature" and m["counts"]["segments"] == len(h5_ids)
+    assert m["arrays"]["features"] == {"dtype": "<f2", "shape": [None, 342]}
+
+
+def test_frame_selection_strict_threshold_time_order_then_max_bb(tmp_path):
+    conf = np.array([0.5, 0.9, 0.2, 0.51, 0.7, 0.95, 0.8], np.float16)
+    src = write_npz(tmp_path / "npz" / "m_1.npz", n=7, conf=conf)
+    r = create_imgdb(tmp_path / "npz", tmp_path / "out", conf_th=0.5, max_bb=3, workers=1)
+    got = FeatureDB(r.path)["m_1"]
+    assert got["frame_idxs"].tolist() == [1, 3, 4]  # 0.5 is not > 0.5; first 3 in time order
+    np.testing.assert_array_equal(got["features"], src["features"][[1, 3, 4]])
+
+
+def test_no_confidence_takes_first_max_bb(tmp_path):
+    write_npz(tmp_path / "npz" / "s_1.npz", n=80, dim=130, confidence=None)
+    r = create_imgdb(tmp_path / "npz", tmp_path / "out", modality="speech", workers=1)
+    assert r.path.name == "feat_th1.0_max64_min0"
+    assert len(FeatureDB(r.path)["s_1"]["features"]) == 64
+
+
+def test_threshold_zero_names_normalised(npz_dir, tmp_path):
+    assert create_imgdb(npz_dir, tmp_path / "o", conf_th=0, workers=1).path.name == \
+        "feat_th0.0_max36_min0"
+
+
+def test_min_bb_really_filters(npz_dir, tmp_path):
+    r = create_imgdb(npz_dir, tmp_path / "out", min_bb=6, workers=1)
+    kept = FeatureDB(r.path).keys()
+    assert kept == ["movieA_3.npz", "movieA_5.npz", "movieA_6.npz"]  # 6, 8, 9 frames
+    assert r.counts["dropped_below_min_bb"] == 3
+
+
+def test_deterministic_whatever_the_workers_and_h5_equals_npz(h5_root, tmp_path):
+    from memodb.trans2npz import trans2npz
+
+    a = create_imgdb(h5_root, tmp_path / "a", workers=1)
+    b = create_imgdb(h5_root, tmp_path / "b", workers=2)
+    trans2npz(h5_root, tmp_path / "npz", workers=2)
+    c = create_imgdb(tmp_path / "npz", tmp_path / "c", workers=2)
+    data = [(x.path / "data.mdb").read_bytes() for x in (a, b, c)]
+    assert data[0] == data[1] == data[2]
+    assert a.manifest["checksum"] == b.manifest["checksum"] == c.manifest["checksum"]
+    assert a.nbb_path.read_bytes() == c.nbb_path.read_bytes()
+
+
+def test_trans_features_from_h5(h5_root, tmp_path):
+    r = create_imgdb(h5_root, tmp_path / "out", feature="trans1", workers=1)
+    assert r.manifest["arrays"]["features"]["shape"] == [None, 216]
+
+
+def test_segment_layout_h5(tmp_path):
+    import h5py
+
+    from memodb.synth import segment_arrays
+
+    rng = np.random.default_rng(0)
+    for spk, vid, seg, n in [("Ses01F", "imp01", "F000", 5), ("Ses01F", "imp01", "M001", 0)]:
+        p = tmp_path / "h5" / spk / vid / f"{seg}.h5"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(p, "w") as f:
+            if n:  # a segment without faces has no datasets at all
+                for k, v in segment_arrays(rng, n).items():
+                    f.create_dataset(k, data=v)
+    assert open_source(tmp_path / "h5").kind == "h5-segment"
+    r = create_imgdb(tmp_path / "h5", tmp_path / "out", conf_th=0.0, workers=1)
+    db = FeatureDB(r.path)
+    assert db.keys() == ["Ses01F#imp01#F000.npz", "Ses01F#imp01#M001.npz"]
+    empty = db["Ses01F#imp01#M001"]
+    assert empty["features"].shape == (0, 342) and empty["soft_labels"].shape == (0, 8)
+    assert r.counts["empty"] == 1
+
+
+def test_map_grows_from_small_start(tmp_path, monkeypatch):
+    import memodb.writer as w
+
+    monkeypatch.setattr(w, "INITIAL_MAP", 64 << 10)
+    monkeypatch.setattr(w, "TXN_BYTES", 16 << 10)
+    for i in range(30):
+        write_npz(tmp_path / "npz" / f"m_{i}.npz", n=30, seed=i)
+    r = create_imgdb(tmp_path / "npz", tmp_path / "out", workers=1)
+    assert len(FeatureDB(r.path)) == 30
+    close_all()
+    assert (r.path / "data.mdb").stat().st_size < 4 << 20  # no huge sparse file
+    from memodb.check import check
+
+    assert check([r.path]).ok
