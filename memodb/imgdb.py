@@ -52,6 +52,10 @@ def create_imgdb(src, out_dir, *, conf_th: float | None = None, max_bb: int | No
         raise BadInputError(f"need 0 <= min_bb <= max_bb and max_bb >= 1 (got min_bb {min_bb}, "
                             f"max_bb {max_bb})", fix="change --min-bb / --max-bb")
     source = open_source(src, feature)
+    if modality == "speech" and source.kind != "npz":
+        raise BadInputError("speech features come as npz files (features, frame_idxs); this "
+                            "folder holds Denseface h5 files", file=src,
+                            fix="use --modality face, or point at the speech npz folder")
     options = {"conf_th": conf_th, "max_bb": max_bb, "min_bb": int(min_bb),
                "modality": modality, "feature": feature if source.kind != "npz" else None}
     return build_db(source, out_dir, "feature", options, workers, progress,

@@ -1,0 +1,1 @@
+"""memotrain: the thin trainer for MEmoBERT-style models (reads memodb databases)."""
