@@ -40,6 +40,9 @@ class OpenFaceSource:
         return {"path": str(self.root), "type": self.kind,
                 **fingerprint_files(list(self.files) + images, self.root)}
 
+    def __getstate__(self):  # workers only load segments: do not ship the file list per task
+        return {**self.__dict__, "files": []}
+
     def list_segments(self) -> list[Segment]:
         segs = [Segment(id_to_key(p.stem), str(p)) for p in self.files]
         dups = find_duplicates((s.key, s.file) for s in segs)

@@ -39,6 +39,9 @@ class Source:
     def fingerprint(self) -> dict:
         return {"path": str(self.root), "type": self.kind, **fingerprint_files(self.files, self.root)}
 
+    def __getstate__(self):  # workers only load segments: do not ship the file list per task
+        return {**self.__dict__, "files": []}
+
     def list_segments(self) -> list[Segment]:
         segs = {"npz": _list_npz, "h5-movie": _list_h5_movie, "h5-segment": _list_h5_segment}[
             self.kind](self)
