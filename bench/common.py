@@ -96,13 +96,15 @@ def timed(fn, *args, **kwargs):
 
 
 def warm(*paths) -> int:
-    """Read every file under ``paths`` once, so a timed run finds its inputs in the page cache."""
+    """Read every file under ``paths`` once, so a timed run finds its inputs in the page cache,
+    and flush dirty pages (``sync``), so it does not pay for earlier steps' writes."""
     n = 0
     for p in map(Path, paths):
         for f in [p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file()):
             with open(f, "rb") as fh:
                 while chunk := fh.read(1 << 20):
                     n += len(chunk)
+    os.sync()
     return n
 
 
@@ -177,8 +179,10 @@ def machine() -> str:
     with open("/proc/cpuinfo") as f:
         model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), model)
     ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
-    return (f"machine: {cores()} cores ({model}), {ram:.0f} GiB RAM, Python "
-            f"{platform.python_version()}, numpy {np.__version__}, lmdb {lmdb.__version__}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"machine: {cores()} cores ({model}), {ram:.0f} GiB RAM, load average {load} at the "
+            f"end, Python {platform.python_version()}, numpy {np.__version__}, lmdb "
+            f"{lmdb.__version__}")
 
 
 def report(name: str, title: str, header: list, rows: list, notes=()) -> str:

@@ -34,7 +34,13 @@ def split_id(segment_id: str) -> tuple[str, str]:
 
 def check_key(key: str, *, file=None) -> bytes:
     """Encode a key for LMDB, refusing what LMDB or a file system cannot hold."""
-    raw = key.encode("utf-8")
+    try:
+        raw = key.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = key.encode("utf-8", "backslashreplace").decode("utf-8")
+        raise BadInputError("the file name is not valid UTF-8",
+                            file=None if file is None else ascii(str(file)), segment=shown,
+                            fix="rename it with UTF-8 characters") from None
     if not key or key == KEYS_KEY.decode():
         raise BadInputError(f"the id {key!r} is reserved or empty", file=file, segment=key,
                             fix="rename the segment")

@@ -45,6 +45,13 @@ def open_env(path) -> lmdb.Environment:
         except lmdb.Error as exc:
             raise DatabaseError(f"{path}: cannot open LMDB database ({exc}); the file may be "
                                 "truncated or damaged: rebuild or re-copy it") from exc
+        # LMDB maps the file and dies with SIGBUS on pages past its end: refuse a cut copy.
+        have = os.path.getsize(os.path.join(key, "data.mdb"))
+        need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        if have < need:
+            env.close()
+            raise DatabaseError(f"{path}: data.mdb is truncated ({have} bytes, LMDB needs "
+                                f"{need}); re-copy or rebuild the database")
         _envs[key] = env
     return env
 

@@ -46,12 +46,12 @@ def trans2npz(h5_root, out_dir, *, feature: str = "feat", meta_dir=None,
     if source.kind == "npz":
         raise BadInputError("holds npz files, not Denseface h5 files", file=h5_root,
                             fix="give the h5 root; npz folders go straight to create-imgdb")
+    segs = source.list_segments()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _claim(out_dir, source, feature)
     for stale in out_dir.glob(".*.npz.tmp-*"):  # left by a killed run
         stale.unlink()
-    segs = source.list_segments()
     report = Trans2npzReport(out_dir)
     if meta_dir is not None:
         report.missing_in_h5, report.missing_in_list = compare_with_lists(segs, meta_dir, source)

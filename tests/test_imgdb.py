@@ -10,7 +10,7 @@ from memodb.imgdb import create_imgdb
 from memodb.manifest import read_manifest
 from memodb.reader import FeatureDB, close_all
 from memodb.sources import open_source
-from tests.conftest import write_npz
+from conftest import write_npz
 
 
 def read_like_original(db_dir, key):
