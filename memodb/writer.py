@@ -64,6 +64,9 @@ class StagedDatabase:
         self.env = None
 
     def __enter__(self):
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise OutputExistsError(f"{self.out_dir} is a file, not a folder; choose another "
+                                    "OUT_DIR")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._lock = open(self._lock_path, "w")
         try:

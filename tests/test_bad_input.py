@@ -805,3 +805,12 @@ def test_reader_missing_segment_and_garbage_value(tmp_path, good_db):
         damaged["movieA_2"]
     assert_names(ei.value, "movieA_2.npz", db_path, "rebuild")
     assert len(damaged["movieA_1"]["features"]) == 4  # the other segments still read
+
+
+def test_out_dir_is_a_file(tmp_path, npz_dir):
+    out = tmp_path / "out"
+    out.write_text("not a folder")
+    with pytest.raises(OutputExistsError) as ei:
+        create_imgdb(npz_dir, out, workers=1)
+    assert_names(ei.value, out, "is a file")
+    assert out.read_text() == "not a folder"
