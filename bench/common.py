@@ -3,8 +3,11 @@ database statistics, process-tree memory and the markdown report."""
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import os
 import platform
+import pstats
 import shutil
 import tempfile
 import time
@@ -93,6 +96,16 @@ def timed(fn, *args, **kwargs):
     t = time.perf_counter()
     result = fn(*args, **kwargs)
     return time.perf_counter() - t, result
+
+
+def cprofile(fn, *args, sorts=("tottime",), limit: int = 18, **kwargs) -> str:
+    """cProfile one call; the stats text, once per sort key."""
+    prof = cProfile.Profile()
+    prof.runcall(fn, *args, **kwargs)
+    text = io.StringIO()
+    for key in sorts:
+        pstats.Stats(prof, stream=text).sort_stats(key).print_stats(limit)
+    return text.getvalue()
 
 
 def warm(*paths) -> int:

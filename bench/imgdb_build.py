@@ -1,17 +1,15 @@
 """Feature-db build throughput: memo create_imgdb (from npz, and from h5 in one pass) against
 the original UNITER / MEmoBERT builder (npz -> db), on the same generated corpus.
 
-    python -m bench.imgdb_build [--segments 3000] [--movies 10] [--profile]
+    python -m bench.imgdb_build [--segments 3000] [--movies 10] [--repeat 5] [--profile]
 """
 from __future__ import annotations
 
-import cProfile
 import glob
-import io
 import json
 import multiprocessing as mp
 import os
-import pstats
+import shutil
 import statistics
 from functools import partial
 from pathlib import Path
@@ -27,7 +25,8 @@ from memodb.imgdb import create_imgdb
 from memodb.sources import empty_arrays, open_source, probe_dims
 from memodb.trans2npz import trans2npz
 
-from .common import MB, OUT, db_stats, make_h5, met, parser, ratio, report, scratch, timed, warm
+from .common import (MB, OUT, cores, cprofile, db_stats, make_h5, met, parser, ratio, report,
+                     scratch, timed, warm)
 
 CONF_TH, MAX_BB = 0.5, 36
 
@@ -96,17 +95,13 @@ def stages(npz: Path, h5: Path) -> str:
 def profile(npz: Path, h5: Path, out: Path, workers: int) -> str:
     """Stage timings, then cProfile of memo's builds: workers=1 (all the work in one process:
     where the CPU goes) and the main process at ``workers`` (is the consumer the bottleneck?)."""
-    text = io.StringIO(stages(npz, h5))
-    text.seek(0, io.SEEK_END)
+    text = stages(npz, h5)
     for src, w in ((npz, 1), (h5, 1), (npz, workers), (h5, workers)):
-        prof = cProfile.Profile()
-        prof.runcall(create_imgdb, src, out / f"{src.name}_{w}", conf_th=CONF_TH, max_bb=MAX_BB,
-                     workers=w)
-        text.write(f"\n===== memo create_imgdb from {src.name}, workers={w}"
-                   f"{' (main process only)' if w > 1 else ''} =====\n")
-        for key in ("tottime", "cumulative"):
-            pstats.Stats(prof, stream=text).sort_stats(key).print_stats(18)
-    return text.getvalue()
+        text += (f"\n===== memo create_imgdb from {src.name}, workers={w}"
+                 f"{' (main process only)' if w > 1 else ''} =====\n")
+        text += cprofile(create_imgdb, src, out / f"{src.name}_{w}", conf_th=CONF_TH,
+                         max_bb=MAX_BB, workers=w, sorts=("tottime", "cumulative"))
+    return text
 
 
 def main(argv=None) -> str:
@@ -121,6 +116,7 @@ def main(argv=None) -> str:
         h5 = d / "h5"
         make_h5(h5, args.segments, args.movies, args.seed)
         for r in range(args.repeat):  # round robin, so drift of the machine hits every build
+            shutil.rmtree(d / f"run{r - 1}", ignore_errors=True)  # keep only the last run
             run = d / f"run{r}"
             warm(h5)
             runs["t2n"].append(timed(trans2npz, h5, run / "npz", workers=w)[0])
@@ -159,8 +155,8 @@ def main(argv=None) -> str:
         f"trans1/trans2), conf_th {CONF_TH}, max_bb {MAX_BB}; {nbytes / MB:.1f} MB of stored "
         f"values; MB/s = stored value MB / build seconds; ratio = reference seconds / seconds "
         "(reference: baseline for npz->db, trans2npz + baseline for h5->db)",
-        f"{w} worker processes everywhere ({w} cores); baseline: fork Pool, per-file np.load, "
-        "selection conf > th then first max_bb, msgpack-numpy dumps in the worker, "
+        f"{w} worker processes everywhere ({cores()} cores); baseline: fork Pool, per-file "
+        "np.load, selection conf > th then first max_bb, msgpack-numpy dumps in the worker, "
         "imap_unordered(chunksize=128), txn.put in completion order, commit every 1000 puts, "
         "map_size 1 TiB, __keys__ and nbb json at the end",
         "page cache warm: every input file was read once (and dirty pages synced) right before "
@@ -170,7 +166,8 @@ def main(argv=None) -> str:
         f"the three databases hold identical values (same checksum): {met(len(set(stats)) == 1)}",
     ]
     return report("imgdb_build", "Feature-db build throughput (create-imgdb)",
-                  ["build", "best s", "median s", "segments/s", "MB/s", "vs reference", "goal", "met"], rows, notes)
+                  ["build", "best s", "median s", "segments/s", "MB/s", "vs reference", "goal",
+                   "met"], rows, notes)
 
 
 if __name__ == "__main__":

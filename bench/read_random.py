@@ -1,7 +1,7 @@
 """Random single-segment reads from a feature db: raw LMDB limit, the original training reader
 (msgpack-numpy + float32 conversion) and memo's FeatureDB, on the same keys.
 
-    python -m bench.read_random [--segments 5000] [--reads 20000]
+    python -m bench.read_random [--segments 5000] [--reads 20000] [--rounds 5] [--profile]
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 from memodb.imgdb import create_imgdb
 from memodb.reader import FeatureDB, open_env
 
-from .common import make_h5, met, parser, ratio, report, scratch, timed, warm
+from .common import OUT, cprofile, make_h5, met, parser, ratio, report, scratch, timed, warm
 
 
 def raw_limit(env, keys):
@@ -42,6 +42,8 @@ def main(argv=None) -> str:
     ap = parser(__doc__, segments=5000)
     ap.add_argument("--reads", type=int, default=20000, help="random reads per round")
     ap.add_argument("--rounds", type=int, default=5, help="rounds of each reader (best kept)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also cProfile memo's reads into bench/out/read_random_profile.txt")
     args = ap.parse_args(argv)
     with scratch(args, "read") as d:
         make_h5(d / "h5", args.segments, args.movies, args.seed)
@@ -58,6 +60,8 @@ def main(argv=None) -> str:
             runs["base"].append(timed(baseline, env, bkeys)[0])
             runs["memo"].append(timed(memo, db, keys)[0])
         one = db[keys[0]]
+        if args.profile:
+            (OUT / "read_random_profile.txt").write_text(cprofile(memo, db, keys))
         value_kb = sum(len(db.raw(k)) for k in keys) / len(keys) / 1e3
     rate = {k: args.reads / min(v) for k, v in runs.items()}
 

@@ -9,7 +9,6 @@ without copying the array data a second time.
 from __future__ import annotations
 
 import io
-import zipfile
 
 import msgpack
 import numpy as np
@@ -57,31 +56,37 @@ def encode_value(arrays: dict[str, np.ndarray]) -> bytes:
     return _packer.pack(arrays)
 
 
-def _decode_nd(obj):
-    if obj.get(b"nd") is True:
-        kind = obj.get(b"kind", b"")
-        if kind in (b"V", b"O"):
-            raise DatabaseError("structured or object arrays are not supported in feature values")
-        dtype = np.dtype(obj[b"type"])
-        return np.frombuffer(obj[b"data"], dtype=dtype).reshape(obj[b"shape"])
-    return obj
+_DTYPES: dict = {}
+unpackb, ndarray = msgpack.unpackb, np.ndarray
+
+
+def _dtype(type_str) -> np.dtype:
+    dt = _DTYPES.get(type_str)
+    if dt is None:
+        dt = np.dtype(type_str)
+        if dt.kind in "VO" or not isinstance(type_str, str):
+            raise TypeError(f"unsupported array type {type_str!r}")
+        dt = _DTYPES[type_str] = dt
+    return dt
 
 
 def decode_value(buf) -> dict[str, np.ndarray]:
     """Decode one value: a msgpack map (msgpack-numpy arrays) or an old in-memory npz blob.
 
-    Arrays are read-only views over the unpacked bytes; dtypes are kept (float16 stays float16).
-    Raises :class:`DatabaseError` when the bytes are not a feature value.
+    Arrays are read-only views over the unpacked bytes (one copy out of LMDB, none after);
+    dtypes are kept (float16 stays float16). Raises :class:`DatabaseError` when the bytes are
+    not a feature value.
     """
-    head = bytes(buf[:4])
     try:
-        if head == _NPZ_MAGIC:
+        if len(buf) and buf[0] == _NPZ_MAGIC[0]:
             with np.load(io.BytesIO(bytes(buf)), allow_pickle=False) as npz:
                 return {k: npz[k] for k in npz.files}
-        value = msgpack.unpackb(buf, raw=False, object_hook=_decode_nd, strict_map_key=False)
-    except (ValueError, TypeError, KeyError, zipfile.BadZipFile, EOFError, OSError,
-            msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise DatabaseError(f"value does not decode ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(value, dict) or not all(isinstance(v, np.ndarray) for v in value.values()):
-        raise DatabaseError("value is not a map of arrays")
-    return {k.decode() if isinstance(k, bytes) else str(k): v for k, v in value.items()}
+        out = {}
+        for name, arr in unpackb(buf, raw=False).items():
+            if arr[b"nd"] is not True or arr.get(b"kind", b"") != b"":
+                raise TypeError("not a plain numpy array")
+            t = arr[b"type"]
+            out[name] = ndarray(arr[b"shape"], _DTYPES.get(t) or _dtype(t), arr[b"data"])
+        return out
+    except Exception as exc:  # untrusted bytes: msgpack, zip, numpy and lookup errors alike
+        raise DatabaseError(f"value does not decode ({type(exc).__name__}: {exc})") from None

@@ -1,6 +1,7 @@
 """``create-imgdb``: npz folder or h5 root -> feature database (FORMATS.md section 3)."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -86,7 +87,7 @@ def build_db(source, out_dir, kind: str, options: dict, workers, progress, make_
               "frames_seen": 0, "frames_kept": 0}
     with StagedDatabase(out_dir, name) as db, progress_bar(progress, len(segs), name) as bar:
         for results in ordered_map(work, chunked(segs, CHUNK), workers):
-            for seg, value, n_seen, n_kept, layout, err in results:
+            for seg, value, digest, n_seen, n_kept, layout, err in results:
                 bar(1)
                 if err is not None:
                     errors.append(err)
@@ -101,7 +102,7 @@ def build_db(source, out_dir, kind: str, options: dict, workers, progress, make_
                     continue
                 if errors:
                     continue  # keep examining, stop writing
-                db.put(seg.key.encode("utf-8"), value)
+                db.put(seg.key.encode("utf-8"), value, digest)
                 nbb[seg.key] = n_kept
                 counts["segments"] += 1
                 counts["frames_kept"] += n_kept
@@ -144,7 +145,9 @@ def _encode_chunk(loader, chunk: list[Segment]):
         try:
             arrays, n_seen = loader(seg)
             layout = {k: (a.dtype.str, tuple(a.shape[1:])) for k, a in arrays.items()}
-            out.append((seg, encode_value(arrays), n_seen, len(arrays["features"]), layout, None))
+            value = encode_value(arrays)
+            out.append((seg, value, hashlib.sha256(value).digest(), n_seen,
+                        len(arrays["features"]), layout, None))
         except BadInputError as exc:
-            out.append((seg, None, 0, 0, None, exc))
+            out.append((seg, None, None, 0, 0, None, exc))
     return out

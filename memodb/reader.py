@@ -69,7 +69,17 @@ class FeatureDB:
         self._manifest = False  # not read yet
         self._nbb = None
         self._keys = None
-        open_env(self.path)  # fail early on a wrong path
+        self._pid = None
+        self._txn()  # fail early on a wrong path
+
+    def _txn(self):
+        """This process's read transaction. The database is immutable once built, so one
+        transaction per process serves every read (no begin / commit per segment)."""
+        if self._pid != os.getpid():
+            self._read = open_env(self.path).begin(buffers=True)
+            self._pid = os.getpid()
+            self._truncate = not self.memo_built  # memo stores exactly nbb frames
+        return self._read
 
     def __getstate__(self):
         return {"path": self.path}
@@ -89,21 +99,20 @@ class FeatureDB:
 
     def raw(self, key: str) -> bytes | None:
         """The stored bytes of a key (None when absent)."""
-        with open_env(self.path).begin(buffers=False) as txn:
-            return txn.get(key.encode("utf-8"))
+        buf = self._txn().get(key.encode("utf-8"))
+        return None if buf is None else bytes(buf)
 
     def get(self, segment: str) -> dict[str, np.ndarray]:
-        key = id_to_key(segment)
-        with open_env(self.path).begin(buffers=True) as txn:
-            buf = txn.get(key.encode("utf-8"))
-            if buf is None:
-                raise KeyError(f"{self.path}: no segment {key!r}")
-            try:
-                arrays = decode_value(buf)
-            except DatabaseError as exc:
-                raise DatabaseError(f"{self.path}: segment {key!r}: {exc}; rebuild the "
-                                    "database") from None
-        if not self.memo_built:  # memo stores exactly nbb frames; others may store more
+        key = segment if segment.endswith(".npz") else id_to_key(segment)
+        buf = self._txn().get(key.encode("utf-8"))
+        if buf is None:
+            raise KeyError(f"{self.path}: no segment {key!r}")
+        try:
+            arrays = decode_value(buf)
+        except DatabaseError as exc:
+            raise DatabaseError(f"{self.path}: segment {key!r}: {exc}; rebuild the "
+                                "database") from None
+        if self._truncate:  # other tools may store more frames than nbb says
             n = self.nbb().get(key)
             if n is not None and "features" in arrays and len(arrays["features"]) > n:
                 arrays = {k: v[:n] for k, v in arrays.items()}
@@ -112,23 +121,22 @@ class FeatureDB:
     __getitem__ = get
 
     def __contains__(self, segment: str) -> bool:
-        with open_env(self.path).begin(buffers=True) as txn:
-            return txn.get(id_to_key(segment).encode("utf-8")) is not None
+        return self._txn().get(id_to_key(segment).encode("utf-8")) is not None
 
     def keys(self) -> list[str]:
         """All segment keys (from ``__keys__``, or by scanning when it is missing)."""
         if self._keys is None:
-            with open_env(self.path).begin() as txn:
-                raw = txn.get(KEYS_KEY)
-                if raw is not None:
-                    try:
-                        self._keys = json.loads(raw)
-                    except ValueError as exc:
-                        raise DatabaseError(f"{self.path}: __keys__ is not JSON ({exc}); "
-                                            "rebuild the database") from exc
-                else:
-                    self._keys = [k.decode("utf-8") for k in txn.cursor().iternext(values=False)
-                                  if k != KEYS_KEY]
+            txn = self._txn()
+            raw = txn.get(KEYS_KEY)
+            if raw is not None:
+                try:
+                    self._keys = json.loads(bytes(raw))
+                except ValueError as exc:
+                    raise DatabaseError(f"{self.path}: __keys__ is not JSON ({exc}); "
+                                        "rebuild the database") from exc
+            else:
+                self._keys = [bytes(k).decode("utf-8")
+                              for k in txn.cursor().iternext(values=False) if k != KEYS_KEY]
         return self._keys
 
     def __len__(self) -> int:
@@ -150,7 +158,8 @@ class FeatureDB:
 
 
 def close_all() -> None:
-    """Close every environment this process opened for reading (e.g. before rewriting one)."""
+    """Close every environment this process opened for reading (e.g. before rewriting one).
+    FeatureDB objects made before must not be used afterwards."""
     for env in _envs.values():
         env.close()
     _envs.clear()

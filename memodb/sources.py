@@ -3,6 +3,7 @@ Denseface h5 layouts. A source lists its segments (sorted by key, duplicates ref
 loads one segment's raw arrays, named as in the npz files."""
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 from .errors import BadInputError, BadInputsError
 from .ids import check_key, find_duplicates, id_to_key
 from .manifest import fingerprint_files
+from .npzfast import parse_npz
 
 MOVIE_H5 = "has_active_spk_denseface_with_trans.h5"
 H5_FEATURES = ("feat", "trans1", "trans2")
@@ -125,7 +127,12 @@ def _list_h5_segment(src: Source) -> list[Segment]:
 
 def load_npz(path, segment=None) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with open(path, "rb") as f:
+            data = f.read()
+        arrays = parse_npz(data)
+        if arrays is not None:
+            return arrays
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     except Exception as exc:  # an untrusted file: zlib, zip, header and pickle errors alike
         raise BadInputError(f"unreadable npz ({type(exc).__name__}: {exc})", file=path,
@@ -151,23 +158,30 @@ def _cached_h5(path):
 
 
 def _load_h5(seg: Segment, feature: str) -> dict[str, np.ndarray]:
+    """Read one segment with h5py's low-level API (about twice as fast as ``group[name][()]``)."""
+    from h5py import h5d, h5g, h5s
+
     try:
         f = _cached_h5(seg.file)
-        node = f[seg.group] if seg.group else f
-        names = set(node.keys())
+        node = h5g.open(f.id, seg.group.encode("utf-8")) if seg.group else f["/"].id
+        names = {n.decode("utf-8") for n in node}
         if not names:
             return {}  # no face in this segment (the caller fills in empty arrays)
         if feature not in names:
             raise BadInputError(f"no '{feature}' dataset (has: {sorted(names)})", file=seg.file,
                                 segment=seg.key, fix="choose another --feature or re-extract")
-        out = {"features": node[feature][()]}
-        for h5name, npzname in H5_ARRAYS.items():
+        out = {}
+        for h5name, npzname in ((feature, "features"), *H5_ARRAYS.items()):
             if h5name in names:
-                out[npzname] = node[h5name][()]
+                ds = h5d.open(node, h5name.encode("utf-8"))
+                arr = np.empty(ds.shape, ds.dtype)
+                if arr.size:
+                    ds.read(h5s.ALL, h5s.ALL, arr)
+                out[npzname] = arr
         return out
     except BadInputError:
         raise
-    except (OSError, KeyError, ValueError, TypeError) as exc:
+    except Exception as exc:  # h5py raises many types on damaged files
         raise BadInputError(f"unreadable h5 data ({type(exc).__name__}: {exc})", file=seg.file,
                             segment=seg.key, fix="re-run the Denseface extractor for this movie"
                             ) from exc

@@ -82,12 +82,16 @@ class StagedDatabase:
                              meminit=True, sync=False, metasync=False, max_dbs=0)
         return self
 
-    def put(self, key: bytes, value: bytes) -> None:
-        """Add one value; keys must come in strictly increasing byte order."""
+    def put(self, key: bytes, value: bytes, digest: bytes | None = None) -> None:
+        """Add one value; keys must come in strictly increasing byte order. ``digest`` is the
+        value's sha256 when a worker already computed it."""
         if key <= self._last_key:
             raise ValueError(f"keys out of order: {key!r} after {self._last_key!r}")
         self._last_key = key
-        self.checksum.update(key, value)
+        if digest is None:
+            self.checksum.update(key, value)
+        else:
+            self.checksum.update_digest(key, digest)
         self.keys.append(key.decode("utf-8"))
         self._pending.append((key, value))
         self._pending_bytes += len(key) + len(value)
