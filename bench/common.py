@@ -8,7 +8,9 @@ import io
 import os
 import platform
 import pstats
+import resource
 import shutil
+import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
@@ -96,6 +98,12 @@ def timed(fn, *args, **kwargs):
     t = time.perf_counter()
     result = fn(*args, **kwargs)
     return time.perf_counter() - t, result
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and of its reaped children (pool workers)."""
+    return sum(getattr(resource.getrusage(who), f) for who in
+               (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) for f in ("ru_utime", "ru_stime"))
 
 
 def cprofile(fn, *args, sorts=("tottime",), limit: int = 18, **kwargs) -> str:
@@ -195,7 +203,20 @@ def machine() -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (f"machine: {cores()} cores ({model}), {ram:.0f} GiB RAM, load average {load} at the "
             f"end, Python {platform.python_version()}, numpy {np.__version__}, lmdb "
-            f"{lmdb.__version__}")
+            f"{lmdb.__version__}; memo at {revision()}")
+
+
+def revision() -> str:
+    """The measured code: git commit, and whether memodb/ differs from it."""
+    git = ["git", "-C", str(OUT.parent.parent)]
+    try:
+        sha = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "memodb"], capture_output=True,
+                               text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown revision"
+    return sha + (" + uncommitted changes in memodb/" if dirty else "")
 
 
 def report(name: str, title: str, header: list, rows: list, notes=()) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
-from .codec import decode_value
+from .codec import FastDecoder
 from .errors import DatabaseError
 from .ids import KEYS_KEY, id_to_key
 from .manifest import read_manifest
@@ -70,6 +70,7 @@ class FeatureDB:
         self._nbb = None
         self._keys = None
         self._pid = None
+        self._decode = FastDecoder()
         self._txn()  # fail early on a wrong path
 
     def _txn(self):
@@ -104,11 +105,12 @@ class FeatureDB:
 
     def get(self, segment: str) -> dict[str, np.ndarray]:
         key = segment if segment.endswith(".npz") else id_to_key(segment)
-        buf = self._txn().get(key.encode("utf-8"))
+        txn = self._read if self._pid == os.getpid() else self._txn()
+        buf = txn.get(key.encode("utf-8"))
         if buf is None:
             raise KeyError(f"{self.path}: no segment {key!r}")
         try:
-            arrays = decode_value(buf)
+            arrays = self._decode(buf)
         except DatabaseError as exc:
             raise DatabaseError(f"{self.path}: segment {key!r}: {exc}; rebuild the "
                                 "database") from None

@@ -55,3 +55,30 @@ def test_canonical_arrays_dtypes_and_order():
 def test_garbage_raises_named_error(junk):
     with pytest.raises(DatabaseError):
         decode_value(junk)
+
+
+def test_fast_decoder_equals_full_decoder_and_never_trusts_a_wrong_header():
+    from memodb.codec import FastDecoder
+
+    fast = FastDecoder()
+    rng = np.random.default_rng(0)
+    for n in [0, 1, 5, 5, 36, 36, 300, 300]:
+        value = encode_value({"features": rng.normal(size=(n, 342)).astype(np.float16),
+                              "confidence": np.ones(n, np.float16),
+                              "frame_idxs": np.arange(n, dtype=np.int32)})
+        for _ in range(2):  # first: full decode and learn; second: fast path
+            got, want = fast(value), decode_value(value)
+            assert list(got) == list(want)
+            for k in want:
+                assert got[k].dtype == want[k].dtype
+                np.testing.assert_array_equal(got[k], want[k])
+    # same length, other layout: the header check sends it to the full decoder
+    a = encode_value({"features": np.ones((4, 2), np.float16)})
+    b = encode_value({"features": np.ones((2, 4), np.float16)})
+    assert len(a) == len(b)
+    fast(a)
+    assert fast(b)["features"].shape == (2, 4)
+    broken = bytearray(a)
+    broken[3] ^= 0xFF
+    with pytest.raises(DatabaseError):
+        fast(bytes(broken))
