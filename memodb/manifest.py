@@ -70,11 +70,11 @@ def fingerprint_files(paths, root) -> dict:
     Changes when a file is added, removed, rewritten or touched; does not read contents.
     """
     h = hashlib.sha256()
-    root = Path(root)
+    prefix = os.path.join(str(root), "")
     n = total = 0
-    for p in sorted(Path(x) for x in paths):
-        st = p.stat()
-        rel = os.path.relpath(p, root)
+    for p in sorted(str(x) for x in paths):
+        st = os.stat(p)
+        rel = p[len(prefix):] if p.startswith(prefix) else os.path.relpath(p, root)
         h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
         n += 1
         total += st.st_size

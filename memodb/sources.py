@@ -79,18 +79,36 @@ def open_source(path, feature: str = "feat") -> Source:
     movie = sorted(root.glob(f"*/{MOVIE_H5}"))
     if movie:
         return Source(root, "h5-movie", feature, movie)
-    h5 = sorted(p for p in root.rglob("*.h5"))
-    if h5:
-        return Source(root, "h5-segment", feature, h5)
-    npz = sorted(p for p in root.rglob("*.npz") if not p.name.startswith("."))
-    if npz:
-        return Source(root, "npz", feature, npz)
+    found = find_files(root, (".h5", ".npz"))
+    if found[".h5"]:
+        return Source(root, "h5-segment", feature, found[".h5"])
+    if found[".npz"]:
+        return Source(root, "npz", feature, found[".npz"])
     raise BadInputError("holds no .npz files and no Denseface .h5 files", file=root,
                         fix="point at the trans2npz output or at the h5 root")
 
 
+def find_files(root, suffixes: tuple) -> dict[str, list[str]]:
+    """Sorted paths (str) of the files under ``root`` ending in each suffix; hidden files (our
+    own temporary files) are skipped. One walk with os.scandir: fast on 200k-file folders."""
+    found: dict[str, list[str]] = {s: [] for s in suffixes}
+    stack = [str(root)]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                else:
+                    for suffix in suffixes:
+                        if entry.name.endswith(suffix):
+                            found[suffix].append(entry.path)
+    return {s: sorted(v) for s, v in found.items()}
+
+
 def _list_npz(src: Source) -> list[Segment]:
-    return [Segment(id_to_key(p.name[:-4]), str(p)) for p in src.files]
+    return [Segment(id_to_key(os.path.basename(p)[:-4]), p) for p in src.files]
 
 
 def _open_h5(path):
@@ -120,8 +138,8 @@ def _list_h5_movie(src: Source) -> list[Segment]:
 def _list_h5_segment(src: Source) -> list[Segment]:
     segs = []
     for path in src.files:
-        rel = path.relative_to(src.root).with_suffix("")
-        segs.append(Segment(id_to_key("#".join(rel.parts)), str(path)))
+        rel = os.path.relpath(path, src.root)[:-len(".h5")]
+        segs.append(Segment(id_to_key("#".join(rel.split(os.sep))), path))
     return segs
 
 
