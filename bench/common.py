@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import math
 import os
 import platform
 import pstats
@@ -187,8 +188,10 @@ def watch_tree(proc, every: float = 0.05) -> dict:
     return peak
 
 
-def ratio(x: float) -> str:
-    return f"{x:.2f}x"
+def ratio(x: float, up: bool = False) -> str:
+    """``x`` with two decimals, rounded away from the goal (down, or up for "at most" goals),
+    so a figure that misses its goal never displays as meeting it."""
+    return f"{(math.ceil if up else math.floor)(x * 100) / 100:.2f}x"
 
 
 def met(ok: bool) -> str:
@@ -198,12 +201,12 @@ def met(ok: bool) -> str:
 def machine() -> str:
     model = platform.machine()
     with open("/proc/cpuinfo") as f:
-        model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), model)
+        model = next((x.split(":", 1)[1].strip() for x in f if x.startswith("model name")), model)
     ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (f"machine: {cores()} cores ({model}), {ram:.0f} GiB RAM, load average {load} at the "
             f"end, Python {platform.python_version()}, numpy {np.__version__}, lmdb "
-            f"{lmdb.__version__}; memo at {revision()}")
+            f"{lmdb.__version__}; memo at {REVISION}")
 
 
 def revision() -> str:
@@ -217,6 +220,9 @@ def revision() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown revision"
     return sha + (" + uncommitted changes in memodb/" if dirty else "")
+
+
+REVISION = revision()  # at import, when memodb was imported
 
 
 def report(name: str, title: str, header: list, rows: list, notes=()) -> str:

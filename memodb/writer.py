@@ -20,7 +20,7 @@ from .ids import KEYS_KEY
 from .manifest import MANIFEST, FORMAT_VERSION, Checksum, read_manifest, write_json_atomic
 
 INITIAL_MAP = 64 << 20
-TXN_BYTES = 64 << 20
+TXN_BYTES = 8 << 20
 
 
 def existing_build(final: Path, kind: str, options: dict, source: dict) -> dict | None:
