@@ -4,7 +4,6 @@ import lmdb
 import msgpack
 import msgpack_numpy
 import numpy as np
-import pytest
 
 from memodb.imgdb import create_imgdb
 from memodb.manifest import read_manifest
