@@ -19,12 +19,12 @@ import numpy as np
 
 from .errors import BadInputError
 from .frames import keep_index
-from .ids import check_key, find_duplicates, id_to_key
+from .ids import id_to_key
 from .imgdb import BuildResult, build_db
 from .manifest import fingerprint_files
 from .parallel import chunked, ordered_map
 from .progress import progress_bar
-from .sources import Segment
+from .sources import Segment, checked_segments
 
 STATS_CHUNK = 32
 
@@ -45,14 +45,7 @@ class OpenFaceSource:
 
     def list_segments(self) -> list[Segment]:
         segs = [Segment(id_to_key(p.stem), str(p)) for p in self.files]
-        dups = find_duplicates((s.key, s.file) for s in segs)
-        if dups:
-            key, where = sorted(dups.items())[0]
-            raise BadInputError(f"duplicate clip, found in {', '.join(where)}", segment=key,
-                                fix="rename or remove all but one of them")
-        for s in segs:
-            check_key(s.key, file=s.file)
-        return sorted(segs, key=lambda s: s.key)
+        return checked_segments(segs)
 
 
 def open_openface(path) -> OpenFaceSource:

@@ -46,27 +46,31 @@ class Source:
     def list_segments(self) -> list[Segment]:
         segs = {"npz": _list_npz, "h5-movie": _list_h5_movie, "h5-segment": _list_h5_segment}[
             self.kind](self)
-        dups = find_duplicates((s.key, f"{s.file}:{s.group}".rstrip(":")) for s in segs)
-        if dups:
-            raise BadInputsError([BadInputError(
-                f"duplicate id, found in {', '.join(where)}", segment=key,
-                fix="rename or remove all but one of them") for key, where in sorted(dups.items())],
-                "the database")
-        errors = []
-        for s in segs:
-            try:
-                check_key(s.key, file=s.file)
-            except BadInputError as e:
-                errors.append(e)
-        if errors:
-            raise BadInputsError(errors, "the database")
-        return sorted(segs, key=lambda s: s.key)
+        return checked_segments(segs)
 
     def load(self, seg: Segment) -> dict[str, np.ndarray]:
         """Raw arrays of one segment (npz names), or BadInputError naming file and segment."""
         if self.kind == "npz":
             return load_npz(seg.file, seg.key)
         return _load_h5(seg, self.feature)
+
+
+def checked_segments(segs: list[Segment]) -> list[Segment]:
+    """Segments sorted by key, after refusing duplicate keys and keys LMDB cannot hold (every
+    offender listed in one BadInputsError)."""
+    dups = find_duplicates((s.key, f"{s.file}:{s.group}".rstrip(":")) for s in segs)
+    errors = [BadInputError(f"duplicate id, found in {', '.join(where)}", segment=key,
+                            fix="rename or remove all but one of them")
+              for key, where in sorted(dups.items())]
+    if not errors:
+        for s in segs:
+            try:
+                check_key(s.key, file=s.file)
+            except BadInputError as e:
+                errors.append(e)
+    if errors:
+        raise BadInputsError(errors, "the database")
+    return sorted(segs, key=lambda s: s.key)
 
 
 def open_source(path, feature: str = "feat") -> Source:
