@@ -33,20 +33,23 @@ def open_env(path) -> lmdb.Environment:
             inherited.close()
         _envs.clear()
         _envs_pid = os.getpid()
-    key = os.path.realpath(path)
+    real = os.path.realpath(path)
+    try:  # a rebuilt database is a new file: key by inode so it is never read through an old map
+        st = os.stat(os.path.join(real, "data.mdb"))
+    except OSError:
+        raise DatabaseError(f"{path}: not an LMDB database (no data.mdb); give the "
+                            "database directory, e.g. OUT_DIR/feat_th0.5_max36_min0") from None
+    key = f"{real}\0{st.st_dev}:{st.st_ino}"
     env = _envs.get(key)
     if env is None:
-        if not os.path.isfile(os.path.join(key, "data.mdb")):
-            raise DatabaseError(f"{path}: not an LMDB database (no data.mdb); give the "
-                                "database directory, e.g. OUT_DIR/feat_th0.5_max36_min0")
         try:
-            env = lmdb.open(key, readonly=True, lock=False, readahead=False, meminit=False,
+            env = lmdb.open(real, readonly=True, lock=False, readahead=False, meminit=False,
                             max_readers=1024, subdir=True)
         except lmdb.Error as exc:
             raise DatabaseError(f"{path}: cannot open LMDB database ({exc}); the file may be "
                                 "truncated or damaged: rebuild or re-copy it") from exc
         # LMDB maps the file and dies with SIGBUS on pages past its end: refuse a cut copy.
-        have = os.path.getsize(os.path.join(key, "data.mdb"))
+        have = os.path.getsize(os.path.join(real, "data.mdb"))
         need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
         if have < need:
             env.close()

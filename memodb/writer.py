@@ -23,12 +23,15 @@ INITIAL_MAP = 64 << 20
 TXN_BYTES = 8 << 20
 
 
-def existing_build(final: Path, kind: str, options: dict, source: dict) -> dict | None:
+def existing_build(final: Path, kind: str, options: dict, source: dict,
+                   replace: bool = False) -> dict | None:
     """Manifest of an identical finished build at ``final``, None when nothing is there.
 
-    Raises OutputExistsError when ``final`` holds anything else.
+    Raises OutputExistsError when ``final`` holds anything else, unless ``replace`` (then a
+    different memo database there is reported as None: it will be replaced when the new one
+    is published).
     """
-    if not final.exists():
+    if not final.exists() or (final.is_dir() and not any(final.iterdir())):
         return None
     manifest = read_manifest(final)
     if manifest is None:
@@ -37,6 +40,8 @@ def existing_build(final: Path, kind: str, options: dict, source: dict) -> dict 
             "move it away or choose another OUT_DIR")
     same = (manifest.get("kind") == kind and manifest.get("options") == options
             and manifest.get("source", {}).get("fingerprint") == source.get("fingerprint"))
+    if not same and replace:
+        return None
     if not same:
         raise OutputExistsError(
             f"{final} already holds a different {manifest.get('kind')} database "
@@ -51,8 +56,10 @@ class StagedDatabase:
     On an exception the partial directory is removed and nothing is published.
     """
 
-    def __init__(self, out_dir, name: str):
+    def __init__(self, out_dir, name: str, *, keys_entry: bool = True, replace: bool = False):
         self.out_dir = Path(out_dir)
+        self.keys_entry = keys_entry  # write the __keys__ list (feature databases)
+        self.replace = replace  # publish over an existing database of the same name
         self.final = self.out_dir / name
         self.partial = self.out_dir / f".{name}.partial"
         self._lock_path = self.out_dir / f".{name}.lock"
@@ -112,22 +119,34 @@ class StagedDatabase:
                 self.env.set_mapsize(max(size * 2, size + 3 * need))
         self._pending, self._pending_bytes = [], 0
 
-    def finish(self, manifest: dict, side_files: dict | None = None) -> tuple[Path, dict]:
-        """Write ``__keys__``, side files (name -> JSON object, written beside the database
-        directory) and the manifest, then publish the directory under its final name."""
-        keys_json = json.dumps(self.keys).encode("utf-8")
-        self._flush(extra=[(KEYS_KEY, keys_json)])
+    def finish(self, manifest: dict, side_files: dict | None = None,
+               inner_files: dict | None = None) -> tuple[Path, dict]:
+        """Write ``__keys__``, side files (name -> JSON object; ``side_files`` beside the
+        database directory, ``inner_files`` inside it) and the manifest, then publish the
+        directory under its final name."""
+        extra = [(KEYS_KEY, json.dumps(self.keys).encode("utf-8"))] if self.keys_entry else []
+        self._flush(extra=extra)
         self.env.sync(True)
         self.env.close()
         self.env = None
+        for name, obj in (inner_files or {}).items():
+            write_json_atomic(self.partial / name, obj)
         for name, obj in (side_files or {}).items():
             write_json_atomic(self.out_dir / name, obj)
         manifest = {"format_version": FORMAT_VERSION, **manifest,
                     "checksum": self.checksum.hexdigest()}
         write_json_atomic(self.partial / MANIFEST, manifest, indent=1)
         _fsync_dir(self.partial)
+        old = None
+        if self.replace and self.final.exists():
+            old = self.out_dir / f".{self.final.name}.replaced"
+            if old.exists():
+                shutil.rmtree(old)
+            os.rename(self.final, old)
         os.rename(self.partial, self.final)
         _fsync_dir(self.out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         return self.final, manifest
 
     def __exit__(self, exc_type, exc, tb):

@@ -1,0 +1,162 @@
+"""Transcript files -> (id, text, label) records (FORMATS.md section 2.4).
+
+Accepted layouts, recognised from the content:
+
+- pretraining captions ``{"<segmentId>": ["sentence", ...]}``;
+- downstream refs ``{"<utt_id>": {"txt": ["sentence"], "label": int}}``;
+- JSON lines, one ``{"id": ..., "text": ..., "label": int (optional)}`` per line.
+
+A segment's sentences are joined with a space into one text. Ids are mapped to key form
+(``/`` -> ``-``). Every problem in the file is collected and reported at once.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BadInputError, BadInputsError
+from .ids import check_key, find_duplicates, normalize_id
+
+
+@dataclass(frozen=True)
+class Transcript:
+    id: str  # key form (``/`` mapped to ``-``)
+    text: str
+    label: int | None = None
+
+
+def read_transcripts(path) -> tuple[list[Transcript], str]:
+    """Parse a transcript file; returns the records in file order and the layout's name."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadInputError(f"cannot read it ({exc.strerror})", file=path,
+                            fix="check the transcript path") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise BadInputError(f"line {line}, column {col}: byte 0x{data[exc.start]:02x} is not "
+                            "UTF-8", file=path,
+                            fix="re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                            ) from None
+    errors: list[BadInputError] = []
+    dups: list = []
+
+    def pairs_hook(pairs):
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) != len(keys):
+            dups.extend(k for k in sorted(set(keys)) if keys.count(k) > 1)
+        return dict(pairs)
+
+    try:
+        obj = json.loads(text, object_pairs_hook=pairs_hook)
+        lines = None
+    except json.JSONDecodeError as exc:
+        if exc.msg != "Extra data":
+            raise BadInputError(f"not valid JSON: {exc.msg} at line {exc.lineno} column "
+                                f"{exc.colno}", file=path, fix="repair the JSON") from None
+        lines = text.splitlines()
+    if lines is not None:
+        layout, raw = "jsonl", _jsonl(lines, path, errors, pairs_hook)
+    elif isinstance(obj, dict):
+        layout, raw = _mapping(obj, path, errors)
+    else:
+        raise BadInputError(f"top-level JSON is a {type(obj).__name__}; expected an object "
+                            "{id: [sentence]} or {id: {txt, label}}, or JSON lines", file=path,
+                            fix="convert the file to one of the layouts in the README")
+    for k in dups:
+        errors.append(BadInputError("the id appears twice in the file", file=path, segment=k,
+                                    fix="keep one entry per id"))
+    records = []
+    for raw_id, sentences, label in raw:
+        key = normalize_id(raw_id)
+        try:
+            check_key(key, file=path)
+        except BadInputError as exc:
+            errors.append(exc)
+            continue
+        records.append((raw_id, Transcript(key, " ".join(sentences), label)))
+    for key, raw_ids in find_duplicates((r.id, raw) for raw, r in records).items():
+        if len(set(raw_ids)) == 1:
+            errors.append(BadInputError(f"the id appears {len(raw_ids)} times", file=path,
+                                        segment=key, fix="keep one entry per id"))
+        else:
+            errors.append(BadInputError(f"ids {sorted(set(raw_ids))} map to the same key once "
+                                        "'/' is replaced by '-'", file=path, segment=key,
+                                        fix="rename the ids so they stay distinct"))
+    records = [r for _, r in records]
+    labelled = sum(r.label is not None for r in records)
+    if 0 < labelled < len(records):
+        errors.append(BadInputError(f"{len(records) - labelled} of {len(records)} records have "
+                                    "no label while the others have one", file=path,
+                                    fix="give every record a label, or none"))
+    if errors:
+        raise BadInputsError(errors, "no text database")
+    return records, layout
+
+
+def _sentences(value, path, seg, errors):
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(s, str) for s in value):
+        return value
+    errors.append(BadInputError(f"text is {type(value).__name__} {str(value)[:40]!r}; "
+                                "expected a string or a list of strings", file=path,
+                                segment=seg, fix="store the sentences as strings"))
+    return None
+
+
+def _label(value, path, seg, errors):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        errors.append(BadInputError(f"label {value!r} is not a non-negative integer", file=path,
+                                    segment=seg, fix="store class indices 0, 1, ..."))
+        return None
+    return value
+
+
+def _mapping(obj: dict, path, errors):
+    is_refs = any(isinstance(v, dict) for v in obj.values())
+    out = []
+    for seg, value in obj.items():
+        if is_refs:
+            if not isinstance(value, dict) or "txt" not in value:
+                errors.append(BadInputError("expected {\"txt\": [sentence], \"label\": int}",
+                                            file=path, segment=seg,
+                                            fix="give every utterance a txt field"))
+                continue
+            sentences = _sentences(value["txt"], path, seg, errors)
+            label = _label(value.get("label"), path, seg, errors)
+        else:
+            sentences, label = _sentences(value, path, seg, errors), None
+        if sentences is not None:
+            out.append((seg, sentences, label))
+    return ("refs" if is_refs else "captions"), out
+
+
+def _jsonl(lines, path, errors, hook):
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"line {n}"
+        try:
+            rec = json.loads(line, object_pairs_hook=hook)
+        except json.JSONDecodeError as exc:
+            errors.append(BadInputError(f"{where}: not valid JSON ({exc.msg})", file=path,
+                                        fix="repair that line"))
+            continue
+        if not isinstance(rec, dict) or not isinstance(rec.get("id"), str) or "text" not in rec:
+            errors.append(BadInputError(f"{where}: expected an object with a string 'id' and a "
+                                        "'text'", file=path, fix="repair that line"))
+            continue
+        sentences = _sentences(rec["text"], path, rec["id"], errors)
+        label = _label(rec.get("label"), path, rec["id"], errors)
+        if sentences is not None:
+            out.append((rec["id"], sentences, label))
+    return out

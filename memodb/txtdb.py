@@ -1,0 +1,349 @@
+"""``create-txtdb``: transcripts -> tokenised text databases (FORMATS.md section 5).
+
+One text per segment (its sentences joined), keyed by the segment id. With a feature database
+the texts are aligned with the segments that really have faces; with splits the corpus becomes
+one database per split plus ``splits.json``. Each database is built with
+:class:`~memodb.writer.StagedDatabase`: complete under its final name or absent.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lz4.frame
+import msgpack
+
+from . import __version__
+from .errors import BadInputError, DatabaseError
+from .ids import id_to_key
+from .lexicon import read_lexicon
+from .manifest import read_manifest
+from .progress import progress_bar
+from .reader import FeatureDB, open_env
+from .splits import SPLITS_FILE, TRAIN, SplitSpec, assign_splits, parse_split, write_splits_file
+from .transcripts import read_transcripts
+from .wordpiece import WordPieceTokenizer, bundled_vocab_dir, load_vocab
+from .writer import StagedDatabase, existing_build
+
+KIND = "text"
+LONG_POLICIES = ("truncate", "drop")
+META, ID2LEN, TXT2IMG, IMG2TXTS = "meta.json", "id2len.json", "txt2img.json", "img2txts.json"
+MAX_LISTED = 10  # ids shown per warning
+
+
+@dataclass
+class TextBuildResult:
+    out_dir: Path
+    dbs: dict  # split name ("" without splits) -> database directory
+    manifests: dict  # split name -> manifest
+    counts: dict  # corpus-level: what was read, filtered, truncated, kept
+    skipped: bool = False  # every database was already built from the same inputs
+    warnings: list = field(default_factory=list)
+
+
+def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
+                 max_len: int = 100, long: str = "truncate", lexicon=None, labels=None,
+                 splits=(), seed: int = 0, dataset: str | None = None, progress: bool = False,
+                 replace: bool = False) -> TextBuildResult:
+    """Build the text database(s) of one transcript file.
+
+    - ``vocab``: BERT vocabulary folder (default: the bundled bert-base-uncased vocab.txt).
+    - ``img_db``: feature database; only segments stored there with at least ``min_faces``
+      kept frames get a text (the others are counted: ``no_features``, ``no_faces``).
+    - ``max_len`` / ``long``: texts longer than ``max_len`` pieces are truncated or dropped.
+    - ``lexicon``: emotion lexicon file; adds ``emo_input_ids`` / ``emo_labels`` /
+      ``emo_type_ids`` to every example.
+    - ``labels``: class names; every label must be an index into them.
+    - ``splits``: ``["val=3000", "trn3k=3000@train"]`` (see :mod:`memodb.splits`); without
+      splits OUT_DIR itself is the database, with them OUT_DIR/<split>/ and splits.json.
+    - ``replace``: rebuild a database built from other inputs instead of refusing.
+    """
+    src, out_dir = Path(src), Path(out_dir)
+    if max_len < 1:
+        raise BadInputError(f"max_len {max_len} must be at least 1", fix="raise --max-len")
+    if long not in LONG_POLICIES:
+        raise BadInputError(f"unknown long-text policy {long!r}", fix="use truncate or drop")
+    if min_faces < 0:
+        raise BadInputError(f"min_faces {min_faces} must be >= 0", fix="change --min-faces")
+    specs = [s if isinstance(s, SplitSpec) else parse_split(s) for s in splits]
+    voc = load_vocab(vocab if vocab is not None else bundled_vocab_dir())
+    tok = WordPieceTokenizer(voc)
+    lex = None
+    if lexicon is not None:
+        lex = read_lexicon(lexicon, tok.normalize)
+        tok.lexicon = lex
+    img = _open_img_db(img_db) if img_db is not None else None
+    dataset = dataset or src.stem
+    options = {"dataset": dataset, "max_len": int(max_len), "long": long,
+               "img_db": img is not None, "min_faces": int(min_faces) if img else None,
+               "lexicon": lex is not None, "labels": list(labels) if labels else None,
+               "splits": [str(s) for s in specs], "seed": int(seed) if specs else None}
+    source = _fingerprint(src, voc, lex, img, specs)
+    names = [TRAIN] + [s.name for s in specs] if specs else [""]
+    targets = {n: (out_dir / n if n else out_dir) for n in names}
+    done = {n: existing_build(p, KIND, {**options, "split": n or None}, source, replace)
+            for n, p in targets.items()}
+    if all(m is not None for m in done.values()) and (
+            not specs or (out_dir / SPLITS_FILE).exists()):
+        counts = next(iter(done.values()))["corpus"]
+        return TextBuildResult(out_dir, targets, done, counts, skipped=True)
+
+    records, layout = read_transcripts(src)
+    counts = {"source_texts": len(records), "no_features": 0, "no_faces": 0, "no_caption": 0,
+              "empty": 0, "truncated": 0, "dropped_too_long": 0, "texts": 0}
+    warnings: list[str] = []
+    if img is not None:
+        records = _align(records, img, min_faces, counts, warnings, src)
+    encoded = tok.encode_many([r.text for r in records])
+    kept, empty, too_long = [], [], []
+    for rec, enc in zip(records, encoded):
+        if not len(enc):
+            empty.append(rec.id)
+            continue
+        if len(enc) > max_len:
+            too_long.append(rec.id)
+            if long == "drop":
+                continue
+            enc.truncate(max_len)
+        kept.append((rec, enc))
+    counts["empty"] = len(empty)
+    counts["truncated" if long == "truncate" else "dropped_too_long"] = len(too_long)
+    counts["texts"] = len(kept)
+    _note(warnings, empty, "have no text (empty or whitespace only) and were left out")
+    _note(warnings, too_long, f"are longer than {max_len} pieces and were "
+          + ("truncated" if long == "truncate" else "left out"))
+    if not kept:
+        raise BadInputError("no text is left to write (see the counts: "
+                            + ", ".join(f"{k} {v}" for k, v in counts.items() if v) + ")",
+                            file=src, fix="check the transcripts, --img-db and --min-faces")
+    label_info = _labels(kept, labels, src)
+
+    by_id = {rec.id: (rec, enc) for rec, enc in kept}
+    if specs:
+        assigned, unusable = assign_splits(by_id, specs, seed,
+                                           known={r.id for r in records} | set(empty))
+        for name, ids in unusable.items():
+            _note(warnings, ids, f"are listed for split {name} but have no usable text")
+    else:
+        assigned = {"": sorted(by_id)}
+    roles = {TRAIN: "train", **{s.name: s.role for s in specs}}
+    manifests = {}
+    base = {"kind": KIND, "memo_version": __version__, "source": source,
+            "vocab": {**voc.meta(), "file": str(voc.file)},
+            "lexicon": lex.summary() if lex else None, "layout": layout, "corpus": counts}
+    for name in names:
+        if done[name] is not None:
+            manifests[name] = done[name]
+            continue
+        manifest = {**base, "options": {**options, "split": name or None},
+                    "split": {"name": name, "role": roles[name], "seed": seed} if name else None,
+                    "img_db": _img_link(img, targets[name], min_faces)}
+        manifests[name] = _write_db(targets[name], assigned[name], by_id, voc, lex, dataset,
+                                    manifest, label_info, replace, progress)
+    if specs:
+        write_splits_file(out_dir, {n: assigned[n] for n in names}, roles, seed,
+                          {"dataset": dataset})
+    return TextBuildResult(out_dir, targets, manifests, counts, warnings=warnings)
+
+
+def _note(warnings: list, ids, what: str) -> None:
+    if ids:
+        shown = ", ".join(list(ids)[:MAX_LISTED]) + (" ..." if len(ids) > MAX_LISTED else "")
+        warnings.append(f"{len(ids)} text(s) {what}: {shown}")
+
+
+def _open_img_db(path) -> FeatureDB:
+    path = Path(path)
+    if not (path / "data.mdb").is_file():
+        raise BadInputError("not a feature database (no data.mdb)", file=path,
+                            fix="give the database directory, e.g. img_db/feat_th0.5_max36_min0")
+    return FeatureDB(path)
+
+
+def _fingerprint(src: Path, voc, lex, img, specs) -> dict:
+    """Everything the text databases depend on: the transcript file, vocabulary, lexicon,
+    feature database and id lists."""
+    h = hashlib.sha256()
+    files = [src] + [Path(s.ids_file) for s in specs if s.ids_file]
+    for f in files:
+        try:
+            st = os.stat(f)
+        except OSError:
+            raise BadInputError("cannot read it", file=f, fix="check the path") from None
+        h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8",
+                                                                         "surrogateescape"))
+    h.update(f"vocab {voc.sha256} lower {voc.lowercase}\n".encode())
+    h.update(f"lexicon {lex.sha256 if lex else None}\n".encode())
+    h.update(f"img_db {_img_identity(img)}\n".encode())
+    return {"path": str(src.resolve()), "fingerprint": "sha256:" + h.hexdigest(),
+            "files": len(files), "bytes": sum(os.path.getsize(f) for f in files)}
+
+
+def _img_identity(img) -> str | None:
+    if img is None:
+        return None
+    if img.manifest is not None:
+        return img.manifest["checksum"]
+    st = os.stat(img.path / "data.mdb")  # a database without manifest: size and time
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _img_link(img, db_dir: Path, min_faces: int) -> dict | None:
+    if img is None:
+        return None
+    return {"path": os.path.relpath(img.path.resolve(), db_dir.resolve()),
+            "checksum": _img_identity(img), "min_faces": min_faces}
+
+
+def _align(records, img: FeatureDB, min_faces: int, counts: dict, warnings: list, src):
+    """Keep the transcripts whose segment is in the feature db with enough faces."""
+    keys = set(img.keys())
+    nbb = img.nbb()
+    no_feat, no_faces, kept, seen = [], [], [], set()
+    for rec in records:
+        key = id_to_key(rec.id)
+        seen.add(key)
+        if key not in keys:
+            no_feat.append(rec.id)
+            continue
+        faces = nbb[key] if key in nbb else len(img[key].get("features", ()))
+        if faces < min_faces:
+            no_faces.append(rec.id)
+            continue
+        kept.append(rec)
+    no_caption = sorted(k[:-4] for k in keys - seen)
+    counts.update(no_features=len(no_feat), no_faces=len(no_faces), no_caption=len(no_caption))
+    if records and not kept and no_feat:
+        raise BadInputError(f"none of the {len(records)} transcripts has a segment in the "
+                            f"feature database {img.path} (e.g. {records[0].id!r})", file=src,
+                            fix="check that --img-db belongs to this corpus")
+    _note(warnings, no_feat, "have no segment in the feature database and were left out")
+    _note(warnings, no_faces, f"have fewer than {min_faces} face(s) and were left out")
+    _note(warnings, no_caption, "are segments of the feature database without a transcript")
+    return kept
+
+
+def _labels(kept, names, src) -> dict | None:
+    labels = [rec.label for rec, _ in kept if rec.label is not None]
+    if not labels:
+        if names:
+            raise BadInputError("label names were given but the transcripts carry no label",
+                                file=src, fix="use downstream refs with labels, or drop "
+                                "--labels")
+        return None
+    if names:
+        bad = [rec.id for rec, _ in kept if rec.label >= len(names)]
+        if bad:
+            raise BadInputError(f"{len(bad)} label(s) outside 0..{len(names) - 1} "
+                                f"({', '.join(names)}), e.g. {bad[0]!r}", file=src,
+                                fix="check the labels or the class names")
+    return {"names": list(names) if names else None,
+            "set": list(range(len(names))) if names else sorted(set(labels))}
+
+
+def encode_example(rec, enc, voc, lex, dataset: str) -> bytes:
+    """The compatible LMDB value of one text: lz4 frame of a msgpack map."""
+    img_fname = id_to_key(rec.id)
+    ex = {"id": rec.id, "dataset": dataset, "file_path": img_fname, "img_fname": img_fname,
+          "toked_caption": enc.pieces, "input_ids": enc.ids, "word_ids": enc.word_ids}
+    if rec.label is not None:
+        ex["target"] = rec.label
+    if lex is not None:
+        emo = [(i, cats) for i, cats in zip(enc.ids, enc.emotions) if cats]
+        ex["emo_input_ids"] = [i for i, _ in emo]
+        ex["emo_labels"] = [list(c) for _, c in emo]
+        ex["emo_type_ids"] = [lex.type_id(c) for c in enc.emotions]
+    return lz4.frame.compress(msgpack.packb(ex, use_bin_type=True))
+
+
+def decode_example(buf) -> dict:
+    try:
+        return msgpack.unpackb(lz4.frame.decompress(buf), raw=False)
+    except Exception as exc:  # lz4 and msgpack raise several types on damaged bytes
+        raise DatabaseError(f"not an lz4-compressed msgpack text example ({exc})") from None
+
+
+def _write_db(path: Path, ids, by_id, voc, lex, dataset, manifest, label_info, replace,
+              progress) -> dict:
+    id2len, txt2img, img2txts = {}, {}, {}
+    label_counts: dict[int, int] = {}
+    with StagedDatabase(path.parent, path.name, keys_entry=False, replace=replace) as db, \
+            progress_bar(progress, len(ids), f"txt {path.name}") as bar:
+        for i in ids:
+            rec, enc = by_id[i]
+            db.put(i.encode("utf-8"), encode_example(rec, enc, voc, lex, dataset))
+            key = id_to_key(i)
+            id2len[i] = len(enc)
+            txt2img[i] = key
+            img2txts[key] = [i]
+            if rec.label is not None:
+                label_counts[rec.label] = label_counts.get(rec.label, 0) + 1
+            bar(1)
+        counts = {"texts": len(ids), "pieces": sum(id2len.values()),
+                  "max_len": max(id2len.values(), default=0)}
+        if label_info is not None:
+            manifest["labels"] = {**label_info, "counts": {str(k): label_counts[k]
+                                                           for k in sorted(label_counts)}}
+        else:
+            manifest["labels"] = None
+        manifest["counts"] = counts
+        meta = {**voc.meta(), "dataset": dataset, **manifest["options"]}
+        _, manifest = db.finish(manifest, inner_files={
+            META: meta, ID2LEN: id2len, TXT2IMG: txt2img, IMG2TXTS: img2txts})
+    return manifest
+
+
+class TextDB:
+    """Read a text database (memo-built or from the original tools): ``db[id]`` is the
+    example dict; ``ids()``, ``id2len``, ``txt2img``, ``meta`` and ``manifest`` as stored."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        open_env(self.path)  # fail early on a wrong path
+        self._json: dict = {}
+
+    def _side(self, name):
+        if name not in self._json:
+            p = self.path / name
+            try:
+                self._json[name] = json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise DatabaseError(f"{p}: unreadable ({exc}); rebuild the text "
+                                    "database") from None
+        return self._json[name]
+
+    @property
+    def meta(self) -> dict:
+        return self._side(META)
+
+    @property
+    def id2len(self) -> dict:
+        return self._side(ID2LEN)
+
+    @property
+    def txt2img(self) -> dict:
+        return self._side(TXT2IMG)
+
+    @property
+    def manifest(self) -> dict | None:
+        return read_manifest(self.path)
+
+    def ids(self) -> list[str]:
+        return list(self.id2len)
+
+    def __len__(self) -> int:
+        return len(self.id2len)
+
+    def __getitem__(self, text_id: str) -> dict:
+        env = open_env(self.path)
+        with env.begin(buffers=True) as txn:
+            buf = txn.get(text_id.encode("utf-8"))
+            if buf is None:
+                raise KeyError(f"{self.path}: no text {text_id!r}")
+            try:
+                return decode_example(buf)
+            except DatabaseError as exc:
+                raise DatabaseError(f"{self.path}: text {text_id!r}: {exc}") from None
