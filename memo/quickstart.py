@@ -1,21 +1,33 @@
 """``memo quickstart``: the whole chain on a small corpus generated in code.
 
-Stages that exist so far: generate the corpus, trans2npz, create-imgdb (from the h5 files
-directly), rawimg-db, check, stats. Re-running in the same folder reuses what is built.
+Stages that exist so far: generate the corpus and its dataset config, trans2npz, then
+``memo db build`` (face features straight from the h5 files, raw face crops, tokenised text
+databases with splits and emotion words, check), then stats. Re-running in the same folder
+reuses what is built.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memodb.check import CheckReport, check
-from memodb.imgdb import create_imgdb
-from memodb.rawimg import rawimg_db
+from memodb.check import CheckReport
+from memodb.dataset import build_dataset
 from memodb.stats import feature_stats
-from memodb.synth import make_captions, make_h5_corpus, make_openface
+from memodb.synth import make_captions, make_h5_corpus, make_lexicon, make_openface
 from memodb.trans2npz import trans2npz
 
 MOVIES, SEGMENTS, CLIPS = 4, 25, 6
+CONFIG = {
+    "name": "quickstart",
+    "lexicon": "lexicon.tsv",
+    "features": {
+        "face": {"source": "h5", "conf_th": 0.5, "max_bb": 36},
+        "rawimg": {"type": "rawimg", "source": "openface", "size": 64},
+    },
+    "text": {"source": "captions.json", "faces_from": "face", "min_faces": 1, "max_len": 30,
+             "splits": ["val=10", "trn3k=10@train"], "seed": 0},
+}
 
 
 @dataclass
@@ -27,15 +39,18 @@ class QuickstartResult:
 
 
 def generate_corpus(corpus: Path) -> None:
-    """The built-in corpus: Denseface h5 for a few movies, their segment lists, captions and
-    OpenFace-style crops. Written once; the marker file makes re-runs reuse it."""
+    """The built-in corpus: Denseface h5 for a few movies, their segment lists, captions, an
+    emotion lexicon, OpenFace-style crops and the dataset config. Written once; the marker
+    file makes re-runs reuse it."""
     marker = corpus / ".complete"
     if marker.exists():
         return
     ids = make_h5_corpus(corpus / "h5", movies=MOVIES, segments=SEGMENTS, seed=0,
                          meta_dir=corpus / "meta")
     make_captions(ids, corpus / "captions.json", seed=0)
+    make_lexicon(corpus / "lexicon.tsv")
     make_openface(corpus / "openface", clips=CLIPS, frames=16, seed=0)
+    (corpus / "config.json").write_text(json.dumps(CONFIG, indent=1) + "\n")
     marker.write_text("")
 
 
@@ -50,26 +65,22 @@ def quickstart(workdir="memo-quickstart", workers: int | None = None,
         log(f"[{len(res.steps)}] {stage:<13} {summary}  ->  {path}")
 
     generate_corpus(corpus)
-    step("corpus", corpus, f"{MOVIES} movies x {SEGMENTS} segments (h5), captions, "
-         f"{CLIPS} OpenFace clips")
+    step("corpus", corpus, f"{MOVIES} movies x {SEGMENTS} segments (h5), captions, lexicon, "
+         f"{CLIPS} OpenFace clips, config.json")
     t = trans2npz(corpus / "h5", workdir / "npz", meta_dir=corpus / "meta", workers=workers,
                   progress=progress)
     step("trans2npz", t.out_dir, f"{t.written} written, {t.skipped} already there")
-    img = create_imgdb(corpus / "h5", workdir / "img_db", conf_th=0.5, max_bb=36,
-                       workers=workers, progress=progress)
-    c = img.counts
-    step("create-imgdb", img.path, f"{c['segments']} segments, {c['empty']} without faces, "
-         f"{c['frames_kept']}/{c['frames_seen']} frames kept" + (" (up to date)" * img.skipped))
-    raw = rawimg_db(corpus / "openface", workdir / "rawimg_db", size=64, workers=workers,
-                    progress=progress)
-    n = raw.manifest["normalization"]
-    step("rawimg-db", raw.path, f"{raw.counts['segments']} clips, mean {n['mean']:.2f} "
-         f"std {n['std']:.2f}" + (" (up to date)" * raw.skipped))
-    res.report = check([img.path, raw.path], workers=workers)
-    step("check", workdir, "clean" if res.report.ok else
+    dataset = workdir / "dataset"
+    built = build_dataset(corpus / "config.json", dataset, workers=workers, progress=progress)
+    for s in built.steps:
+        step(f"build {s.name}", s.path, f"{s.summary}" + (" (up to date)" *
+                                                            (s.status == "up to date")))
+    res.report = built.report
+    step("check", dataset / "check.json", "clean" if res.report.ok else
          f"{sum(len(d.problems) for d in res.report.databases)} problem(s)")
-    res.stats = feature_stats(img.path)
+    face = next(s.path for s in built.steps if s.name == "face")
+    res.stats = feature_stats(face)
     s = res.stats["nbb"]
-    step("stats", img.path, f"faces per segment mean {s['mean']:.1f} median {s['median']:.0f} "
+    step("stats", face, f"faces per segment mean {s['mean']:.1f} median {s['median']:.0f} "
          f"p80 {s['p80']:.0f} max {s['max']}")
     return res

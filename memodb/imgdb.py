@@ -13,7 +13,7 @@ from .frames import select_frames
 from .naming import db_name, nbb_name
 from .parallel import chunked, ordered_map
 from .progress import progress_bar
-from .sources import Segment, Source, empty_arrays, open_source, probe_dims
+from .sources import Segment, Source, close_h5_files, empty_arrays, open_source, probe_dims
 from .writer import StagedDatabase, existing_build
 
 MODALITY_DEFAULTS = {"face": (0.5, 36), "speech": (1.0, 64)}
@@ -34,7 +34,8 @@ class BuildResult:
 
 def create_imgdb(src, out_dir, *, conf_th: float | None = None, max_bb: int | None = None,
                  min_bb: int = 0, modality: str = "face", feature: str = "feat",
-                 workers: int | None = None, progress: bool = False) -> BuildResult:
+                 workers: int | None = None, progress: bool = False,
+                 replace: bool = False) -> BuildResult:
     """Build ``OUT_DIR/feat_th{conf_th}_max{max_bb}_min{min_bb}`` and its nbb json.
 
     ``conf_th`` / ``max_bb`` default to 0.5 / 36 for faces and 1.0 / 64 for speech. Segments
@@ -42,7 +43,8 @@ def create_imgdb(src, out_dir, *, conf_th: float | None = None, max_bb: int | No
     manifest as ``dropped_below_min_bb``); with the default 0 every segment is kept, including
     those with no face. ``feature`` picks the h5 dataset (feat, trans1, trans2) for h5 input.
     Any bad segment aborts the build after every segment was examined; the error lists them all
-    and nothing is published.
+    and nothing is published. A different database already at the output name is refused,
+    unless ``replace`` (then it is replaced once the new one is complete).
     """
     if modality not in MODALITY_DEFAULTS:
         raise BadInputError(f"unknown modality {modality!r}", fix="use face or speech")
@@ -60,11 +62,12 @@ def create_imgdb(src, out_dir, *, conf_th: float | None = None, max_bb: int | No
     options = {"conf_th": conf_th, "max_bb": max_bb, "min_bb": int(min_bb),
                "modality": modality, "feature": feature if source.kind != "npz" else None}
     return build_db(source, out_dir, "feature", options, workers, progress,
-                    lambda segs: partial(_select_segment, source, options, probe_dims(source, segs)))
+                    lambda segs: partial(_select_segment, source, options,
+                                         probe_dims(source, segs)), replace=replace)
 
 
 def build_db(source, out_dir, kind: str, options: dict, workers, progress, make_loader,
-             extra_manifest: dict | None = None) -> BuildResult:
+             extra_manifest: dict | None = None, replace: bool = False) -> BuildResult:
     """Shared build driver: list, load + select in workers (in key order), write, publish.
 
     ``make_loader(segments)`` returns a picklable ``loader(segment) -> (arrays, frames seen)``
@@ -75,9 +78,18 @@ def build_db(source, out_dir, kind: str, options: dict, workers, progress, make_
     name = db_name(options["conf_th"], options["max_bb"], options["min_bb"])
     nbb_file = nbb_name(options["conf_th"], options["max_bb"], options["min_bb"])
     fp = source.fingerprint()
-    done = existing_build(out_dir / name, kind, options, fp)
+    done = existing_build(out_dir / name, kind, options, fp, replace)
     if done is not None:
         return BuildResult(out_dir / name, out_dir / nbb_file, done, skipped=True)
+    try:
+        return _build(source, out_dir, name, nbb_file, kind, options, fp, workers, progress,
+                      make_loader, extra_manifest, replace)
+    finally:
+        close_h5_files()
+
+
+def _build(source, out_dir, name, nbb_file, kind, options, fp, workers, progress, make_loader,
+           extra_manifest, replace) -> BuildResult:
     segs = source.list_segments()
     work = partial(_encode_chunk, make_loader(segs))
     nbb: dict[str, int] = {}
@@ -85,7 +97,8 @@ def build_db(source, out_dir, kind: str, options: dict, workers, progress, make_
     arrays_seen: dict = {}
     counts = {"source_segments": len(segs), "segments": 0, "empty": 0, "dropped_below_min_bb": 0,
               "frames_seen": 0, "frames_kept": 0}
-    with StagedDatabase(out_dir, name) as db, progress_bar(progress, len(segs), name) as bar:
+    with StagedDatabase(out_dir, name, replace=replace) as db, \
+            progress_bar(progress, len(segs), name) as bar:
         for results in ordered_map(work, chunked(segs, CHUNK), workers):
             for seg, value, digest, n_seen, n_kept, layout, err in results:
                 bar(1)

@@ -149,7 +149,8 @@ def corpus_pixel_stats(segs, conf_th, max_bb, size, workers=None, progress=False
 
 def rawimg_db(src, out_dir, *, size: int = 64, mean: float | None = None,
               std: float | None = None, conf_th: float = 0.5, max_bb: int = 36, min_bb: int = 0,
-              workers: int | None = None, progress: bool = False) -> BuildResult:
+              workers: int | None = None, progress: bool = False,
+              replace: bool = False) -> BuildResult:
     """Build ``OUT_DIR/feat_th{conf_th}_max{max_bb}_min{min_bb}`` of normalised gray crops.
 
     The mean / std used (given or computed) are in the manifest under ``normalization``.
@@ -176,4 +177,4 @@ def rawimg_db(src, out_dir, *, size: int = 64, mean: float | None = None,
         return partial(_crop_segment, {**options, "mean": float(m), "std": float(s)})
 
     return build_db(source, out_dir, "rawimg", options, workers, progress, make_loader,
-                    extra_manifest=norm)
+                    extra_manifest=norm, replace=replace)

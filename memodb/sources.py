@@ -166,17 +166,27 @@ _h5_pid = None
 
 
 def _cached_h5(path):
-    """One open h5 file per path per process (a movie's segments are read one after another)."""
+    """One open h5 file per path per process (a movie's segments are read one after another).
+    Keyed by inode, size and mtime too: a file rewritten since it was opened is reopened."""
     global _h5_pid
     if _h5_pid != os.getpid():
         _h5_cache.clear()
         _h5_pid = os.getpid()
-    f = _h5_cache.get(path)
+    st = os.stat(path)
+    key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
+    f = _h5_cache.get(key)
     if f is None:
         while len(_h5_cache) >= 4:
             _h5_cache.pop(next(iter(_h5_cache))).close()
-        f = _h5_cache[path] = _open_h5(path)
+        f = _h5_cache[key] = _open_h5(path)
     return f
+
+
+def close_h5_files() -> None:
+    """Close the h5 files this process keeps open (at the end of a build)."""
+    if _h5_pid == os.getpid():
+        while _h5_cache:
+            _h5_cache.popitem()[1].close()
 
 
 def _load_h5(seg: Segment, feature: str) -> dict[str, np.ndarray]:

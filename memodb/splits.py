@@ -163,13 +163,14 @@ def _check_listed(spec: SplitSpec, listed: set, known: set) -> None:
                             fix="check the id list belongs to this corpus")
 
 
-def write_splits_file(folder, splits: dict, roles: dict, seed, extra: dict | None = None):
-    """Record a group of split databases (folder-relative names) and their roles."""
+def write_splits_file(folder, counts: dict, roles: dict, seed, extra: dict | None = None):
+    """Record a group of split databases (``{name: text count}``, folder-relative names) and
+    their roles."""
     from .manifest import write_json_atomic
 
     body = {"kind": "splits", "seed": seed, **(extra or {}), "splits": {
-        name: {"db": name, "role": roles[name], "texts": len(ids),
+        name: {"db": name, "role": roles[name], "texts": n,
                **({"of": TRAIN} if roles[name] == "monitor" else {})}
-        for name, ids in splits.items()}}
+        for name, n in counts.items()}}
     write_json_atomic(Path(folder) / SPLITS_FILE, body, indent=1)
     return body

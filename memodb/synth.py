@@ -68,6 +68,16 @@ def make_captions(ids, path, seed: int = 0) -> dict:
     return caps
 
 
+LEXICON = {"angry": "anger", "wonderful": "joy", "laughed": "joy", "cried": "sadness",
+           "alone": "sadness", "late": "anger"}
+
+
+def make_lexicon(path) -> dict:
+    """A tiny emotion lexicon over :data:`WORDS` (word<TAB>category)."""
+    Path(path).write_text("".join(f"{w}\t{c}\n" for w, c in LEXICON.items()))
+    return LEXICON
+
+
 def make_openface(root, clips: int = 4, frames: int = 12, size: int = 112, seed: int = 0) -> list:
     """OpenFace-style output (FORMATS.md 2.3): ``<clip>.csv`` and ``<clip>_aligned/*.bmp``."""
     from PIL import Image

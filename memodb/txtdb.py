@@ -144,7 +144,7 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
         manifests[name] = _write_db(targets[name], assigned[name], by_id, voc, lex, dataset,
                                     manifest, label_info, replace, progress)
     if specs:
-        write_splits_file(out_dir, {n: assigned[n] for n in names}, roles, seed,
+        write_splits_file(out_dir, {n: len(assigned[n]) for n in names}, roles, seed,
                           {"dataset": dataset})
     return TextBuildResult(out_dir, targets, manifests, counts, warnings=warnings)
 

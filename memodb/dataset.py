@@ -1,0 +1,241 @@
+"""``memo db build``: one dataset config -> a dataset folder with every database, checked.
+
+A config (JSON; paths relative to the config file) names the feature databases to build and
+the text databases aligned with one of them::
+
+    {
+      "name": "movies",
+      "vocab": "bert-base-uncased",            (optional: the bundled bert-base-uncased vocab)
+      "lexicon": "emo_lexicon.tsv",            (optional)
+      "features": {
+        "face":   {"source": "h5", "conf_th": 0.5, "max_bb": 36},
+        "speech": {"source": "wav2vec_npz", "modality": "speech"},
+        "rawimg": {"type": "rawimg", "source": "openface", "size": 64}
+      },
+      "text": {
+        "source": "captions.json", "faces_from": "face", "min_faces": 1,
+        "max_len": 100, "long": "truncate",
+        "splits": ["val=3000", "trn3k=3000@train"], "seed": 0
+      }
+    }
+
+For downstream corpora, ``text`` gives per-split files instead of ``source`` / ``splits``,
+optionally per fold (``{fold}`` in the paths): ``"sources": {"train": "refs/{fold}/trn.json",
+"val": "refs/{fold}/val.json", "test": "refs/{fold}/tst.json"}, "folds": [1, 2, 3],
+"labels": ["anger", "happy", "neutral", "sad"]``.
+
+The folder gets ``<feature name>/feat_th.../`` (+ nbb json), ``txt/`` (one db per split and
+``splits.json``; with folds ``txt/fold<f>/...``), ``dataset.json`` (what was built from what)
+and ``check.json`` (the check report). Every database is built only when its inputs or options
+changed (fingerprints in its manifest); a killed build resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .check import CheckReport, check
+from .errors import BadInputError
+from .imgdb import create_imgdb
+from .manifest import write_json_atomic
+from .rawimg import rawimg_db
+from .splits import TRAIN, write_splits_file
+from .txtdb import create_txtdb
+
+DATASET_FILE = "dataset.json"
+CHECK_FILE = "check.json"
+TEXT_DIR = "txt"
+
+_TOP = {"name", "vocab", "lexicon", "features", "text"}
+_FEATURE = {"type", "source", "modality", "feature", "conf_th", "max_bb", "min_bb"}
+_RAWIMG = {"type", "source", "size", "mean", "std", "conf_th", "max_bb", "min_bb"}
+_TEXT = {"source", "sources", "folds", "faces_from", "min_faces", "max_len", "long", "labels",
+         "splits", "seed", "dataset"}
+_SPLIT_ROLES = {"train": "train", "val": "heldout", "test": "heldout"}
+
+
+@dataclass
+class Step:
+    stage: str  # "feature", "rawimg", "text"
+    name: str  # database name inside the dataset folder
+    path: str
+    status: str  # "built", "up to date"
+    summary: str
+    seconds: float
+
+
+@dataclass
+class DatasetResult:
+    out_dir: Path
+    steps: list = field(default_factory=list)
+    report: CheckReport | None = None
+    warnings: list = field(default_factory=list)
+
+
+def load_config(path) -> dict:
+    """Read and validate a dataset config; paths become absolute (relative to its folder)."""
+    path = Path(path)
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"cannot read the config ({exc})", file=path) from None
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"not valid JSON: {exc.msg} at line {exc.lineno} column "
+                            f"{exc.colno}", file=path, fix="repair the JSON") from None
+    if not isinstance(cfg, dict):
+        raise BadInputError("the config must be a JSON object", file=path)
+    base = path.resolve().parent
+
+    def where(*keys):
+        return "config key " + ".".join(str(k) for k in keys)
+
+    def unknown(obj, allowed, *keys):
+        if not isinstance(obj, dict):
+            raise BadInputError(f"{where(*keys)} must be an object", file=path)
+        extra = sorted(set(obj) - allowed)
+        if extra:
+            raise BadInputError(f"{where(*keys)}: unknown key(s) {extra}", file=path,
+                                fix=f"use only {sorted(allowed)}")
+
+    def absolute(value, *keys):
+        if not isinstance(value, str) or not value:
+            raise BadInputError(f"{where(*keys)} must be a path string", file=path)
+        return str((base / value).resolve()) if "{fold}" not in value else str(base / value)
+
+    unknown(cfg, _TOP)
+    out = {"name": cfg.get("name") or path.stem, "vocab": None, "lexicon": None,
+           "features": {}, "text": None}
+    for key in ("vocab", "lexicon"):
+        if cfg.get(key) is not None:
+            out[key] = absolute(cfg[key], key)
+    features = cfg.get("features") or {}
+    unknown(features, set(features), "features")
+    for name, spec in features.items():
+        kind = spec.get("type", "feature") if isinstance(spec, dict) else None
+        if kind not in ("feature", "rawimg"):
+            raise BadInputError(f"{where('features', name, 'type')} is {kind!r}", file=path,
+                                fix="use \"feature\" (default) or \"rawimg\"")
+        unknown(spec, _FEATURE if kind == "feature" else _RAWIMG, "features", name)
+        if name == TEXT_DIR or not name.replace("_", "").replace("-", "").isalnum():
+            raise BadInputError(f"{where('features', name)}: the name must be letters, digits, "
+                                f"'_' or '-', and not {TEXT_DIR!r}", file=path)
+        if "source" not in spec:
+            raise BadInputError(f"{where('features', name)} has no source", file=path)
+        out["features"][name] = {**spec, "type": kind,
+                                 "source": absolute(spec["source"], "features", name)}
+    text = cfg.get("text")
+    if text is not None:
+        unknown(text, _TEXT, "text")
+        t = dict(text)
+        if ("source" in t) == ("sources" in t):
+            raise BadInputError(f"{where('text')} needs either source (one file, optional "
+                                "splits) or sources (one file per split)", file=path)
+        if "source" in t:
+            t["source"] = absolute(t["source"], "text", "source")
+            if "folds" in t:
+                raise BadInputError(f"{where('text', 'folds')} needs per-split sources",
+                                    file=path, fix="use \"sources\": {\"train\": ..., ...}")
+        else:
+            unknown(t["sources"], set(_SPLIT_ROLES), "text", "sources")
+            if TRAIN not in t["sources"]:
+                raise BadInputError(f"{where('text', 'sources')} has no train file", file=path)
+            if "splits" in t:
+                raise BadInputError(f"{where('text', 'splits')} cannot be combined with "
+                                    "per-split sources", file=path)
+            t["sources"] = {k: absolute(v, "text", "sources", k) for k, v in t["sources"].items()}
+            folds = t.get("folds")
+            has_placeholder = any("{fold}" in v for v in t["sources"].values())
+            if folds is not None and (not isinstance(folds, list) or not folds):
+                raise BadInputError(f"{where('text', 'folds')} must be a non-empty list",
+                                    file=path)
+            if bool(folds) != has_placeholder:
+                raise BadInputError(f"{where('text')}: folds and a {{fold}} placeholder in "
+                                    "the source paths go together", file=path)
+        faces_from = t.get("faces_from")
+        if faces_from is not None and out["features"].get(faces_from, {}).get("type") != \
+                "feature":
+            raise BadInputError(f"{where('text', 'faces_from')} is {faces_from!r}, not a "
+                                "feature database of this config", file=path,
+                                fix=f"use one of {sorted(out['features'])}")
+        out["text"] = t
+    if not out["features"] and out["text"] is None:
+        raise BadInputError("the config builds nothing (no features, no text)", file=path)
+    return out
+
+
+def build_dataset(config, out_dir, *, workers: int | None = None, progress: bool = False,
+                  log=None) -> DatasetResult:
+    """Build (or bring up to date) every database of a dataset config in ``out_dir``, then
+    check the folder. ``config`` is a path or a dict from :func:`load_config`."""
+    cfg = load_config(config) if not isinstance(config, dict) else config
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    res = DatasetResult(out_dir)
+    dbs: dict[str, dict] = {}
+
+    def record(stage, name, path, skipped, summary, t0):
+        step = Step(stage, name, str(path), "up to date" if skipped else "built", summary,
+                    round(time.perf_counter() - t0, 2))
+        res.steps.append(step)
+        dbs[name] = {"path": str(Path(path).relative_to(out_dir)), "kind": stage}
+        if log:
+            log(step)
+
+    feature_paths = {}
+    for name, spec in cfg["features"].items():
+        t0 = time.perf_counter()
+        opts = {k: v for k, v in spec.items() if k not in ("type", "source")}
+        build = rawimg_db if spec["type"] == "rawimg" else create_imgdb
+        r = build(spec["source"], out_dir / name, workers=workers, progress=progress,
+                  replace=True, **opts)
+        c = r.counts
+        feature_paths[name] = r.path
+        res.warnings += _stale(out_dir / name, r.path)
+        record(spec["type"], name, r.path, r.skipped,
+               f"{c['segments']} segments, {c['empty']} without frames", t0)
+    text = cfg["text"]
+    if text is not None:
+        common = {"vocab": cfg["vocab"], "lexicon": cfg["lexicon"],
+                  "img_db": feature_paths.get(text.get("faces_from")),
+                  "min_faces": text.get("min_faces", 1), "max_len": text.get("max_len", 100),
+                  "long": text.get("long", "truncate"), "labels": text.get("labels"),
+                  "dataset": text.get("dataset") or cfg["name"], "progress": progress,
+                  "replace": True}
+        if "source" in text:
+            t0 = time.perf_counter()
+            r = create_txtdb(text["source"], out_dir / TEXT_DIR, splits=text.get("splits", ()),
+                             seed=text.get("seed", 0), **common)
+            res.warnings += r.warnings
+            for split, path in r.dbs.items():
+                record("text", f"{TEXT_DIR}/{split}" if split else TEXT_DIR, path, r.skipped,
+                       f"{r.manifests[split]['counts']['texts']} texts", t0)
+        else:
+            for fold in text.get("folds") or [None]:
+                group = out_dir / TEXT_DIR / (f"fold{fold}" if fold is not None else "")
+                assigned = {}
+                for split, src in text["sources"].items():
+                    t0 = time.perf_counter()
+                    src = src.replace("{fold}", str(fold)) if fold is not None else src
+                    r = create_txtdb(src, group / split, **common)
+                    res.warnings += [f"{group.name}/{split}: {w}" for w in r.warnings]
+                    assigned[split] = r.manifests[""]["counts"]["texts"]
+                    record("text", str((group / split).relative_to(out_dir)), group / split,
+                           r.skipped, f"{assigned[split]} texts", t0)
+                write_splits_file(group, assigned, _SPLIT_ROLES, None,
+                                  {"dataset": common["dataset"]})
+    write_json_atomic(out_dir / DATASET_FILE, {
+        "kind": "dataset", "name": cfg["name"], "memo_version": __version__, "config": cfg,
+        "databases": dbs}, indent=1)
+    res.report = check([out_dir], workers=workers, progress=progress)
+    write_json_atomic(out_dir / CHECK_FILE, res.report.to_dict(), indent=1)
+    return res
+
+
+def _stale(folder: Path, current: Path) -> list[str]:
+    """Databases in a feature folder other than the one this config builds (options changed)."""
+    return sorted(f"{p}: built with other options; delete it if unused"
+                  for p in folder.iterdir()
+                  if p.is_dir() and p != current and (p / "manifest.json").exists())
