@@ -122,6 +122,96 @@ def _report_build(r) -> None:
                   if c["dropped_below_min_bb"] else ""))
 
 
+@db.command("create-txtdb")
+@click.argument("src", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--vocab", type=click.Path(exists=True), default=None,
+              help="BERT vocabulary folder (vocab.txt). [default: bundled bert-base-uncased]")
+@click.option("--img-db", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Feature database: keep only texts of segments stored there.")
+@click.option("--min-faces", type=click.IntRange(min=0), default=1, show_default=True,
+              help="With --img-db: leave out segments with fewer kept faces (0 keeps them).")
+@click.option("--max-len", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Longest text in word pieces (without [CLS] / [SEP]).")
+@click.option("--long", "long_policy", type=click.Choice(["truncate", "drop"]),
+              default="truncate", show_default=True, help="What happens to longer texts.")
+@click.option("--lexicon", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Emotion lexicon (word<TAB>category, or NRC word<TAB>emotion<TAB>0|1).")
+@click.option("--labels", default=None,
+              help="Comma-separated class names; labels must index them (e.g. "
+                   "anger,happy,neutral,sad).")
+@click.option("--split", "splits", multiple=True, metavar="NAME=COUNT|FILE[@train]",
+              help="A held-out split (val=3000), an id list (test=ids.txt), or a monitor set "
+                   "drawn from train (trn3k=3000@train). Repeatable; the rest is train.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the splits.")
+@click.option("--dataset", default=None, help="Dataset name stored in every example "
+              "[default: the SRC file name].")
+@_errors
+def create_txtdb_cmd(src, out_dir, vocab, img_db, min_faces, max_len, long_policy, lexicon,
+                     labels, splits, seed, dataset):
+    """Tokenise transcripts into text database(s) aligned with a feature database.
+
+    SRC: captions {id: [sentence]}, downstream refs {id: {"txt": [..], "label": int}}, or
+    JSON lines {"id", "text", "label"?}. Without --split OUT_DIR is the database; with splits
+    OUT_DIR/<split>/ per split and OUT_DIR/splits.json.
+    """
+    from memodb.txtdb import create_txtdb
+
+    r = create_txtdb(src, out_dir, vocab=vocab, img_db=img_db, min_faces=min_faces,
+                     max_len=max_len, long=long_policy, lexicon=lexicon,
+                     labels=labels.split(",") if labels else None, splits=splits, seed=seed,
+                     dataset=dataset, progress=_progress())
+    for w in r.warnings:
+        click.echo(f"warning: {w}", err=True)
+    c = r.counts
+    for split, path in r.dbs.items():
+        m = r.manifests[split]
+        click.echo(f"{path}: {m['counts']['texts']} texts"
+                   + (f" ({split})" if split else "") + (" up to date" if r.skipped else ""))
+    if not r.skipped:
+        dropped = {k: v for k, v in c.items() if v and k not in ("source_texts", "texts")}
+        click.echo(f"{c['texts']} of {c['source_texts']} transcripts kept"
+                   + (": " + ", ".join(f"{k} {v}" for k, v in dropped.items()) if dropped
+                      else ""))
+
+
+@db.command("build")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@workers_option
+@_errors
+def build_cmd(config, out_dir, workers):
+    """Build every database of a dataset config into OUT_DIR, then check it.
+
+    Re-running rebuilds only what changed; after a kill it resumes. Exit code 1 when the
+    check finds problems (report in OUT_DIR/check.json).
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from memodb.dataset import build_dataset
+
+    progress = _progress()
+    res = build_dataset(config, out_dir, workers=workers, progress=progress,
+                        log=None if progress else
+                        lambda s: click.echo(f"{s.status:<10} {s.name}: {s.summary}", err=True))
+    table = Table(title=f"dataset {out_dir}")
+    for col in ("database", "kind", "status", "contents", "seconds"):
+        table.add_column(col, justify="right" if col == "seconds" else "left")
+    for s in res.steps:
+        table.add_row(s.name, s.stage, s.status, s.summary, f"{s.seconds:.1f}")
+    Console(soft_wrap=True).print(table)
+    for w in res.warnings:
+        click.echo(f"warning: {w}", err=True)
+    bad = [d for d in res.report.databases if not d.ok]
+    for d in bad:
+        for p in d.problems:
+            click.echo(f"error {d.path}: {p}", err=True)
+    click.echo(f"check: {'clean' if not bad else f'{len(bad)} database(s) with problems'} "
+               f"({len(res.report.databases)} checked; report in {res.out_dir}/check.json)")
+    sys.exit(res.report.exit_code)
+
+
 @db.command("check")
 @click.argument("dbs", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
@@ -136,9 +226,9 @@ def check_cmd(dbs, as_json, workers):
         click.echo(report.to_json())
     else:
         for d in report.databases:
-            click.echo(f"{'OK  ' if d.ok else 'FAIL'} {d.path} ({d.kind}, "
-                       f"{d.counts.get('segments', 0)} segments, "
-                       f"{d.counts.get('empty', 0)} empty)")
+            summary = d.summary()
+            click.echo(f"{'OK  ' if d.ok else 'FAIL'} {d.path} ({d.kind}"
+                       + (f", {summary})" if summary else ")"))
             for p in d.problems:
                 click.echo(f"  error {p}")
             for p in d.warnings:
@@ -149,26 +239,87 @@ def check_cmd(dbs, as_json, workers):
 @db.command("stats")
 @click.argument("db_path", metavar="DB", type=click.Path(exists=True, file_okay=False))
 @click.option("--parquet", type=click.Path(dir_okay=False), default=None,
-              help="Also write one row per segment (key, segment_id, faces) to this file.")
+              help="Also write one row per segment (key, segment_id, faces) or, for text "
+                   "databases, per text (id, split, text_len, faces, label) to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 @_errors
 def stats_cmd(db_path, parquet, as_json):
-    """Segment count, faces per segment (mean, median, p80, max) and array dims."""
-    from memodb.stats import feature_stats
+    """Describe a database: feature dbs (segments, faces per segment, array dims) or text dbs
+    and split folders (length histogram, labels, lexicon coverage, faces per text)."""
+    from memodb.stats import stats
 
-    s = feature_stats(db_path, parquet=parquet)
+    s = stats(db_path, parquet=parquet)
     if as_json:
         click.echo(json.dumps(s, indent=1))
         return
-    n = s["nbb"]
-    click.echo(f"{s['path']} ({s['kind']})")
-    click.echo(f"  segments   {s['segments']} ({s['empty']} without frames)")
-    click.echo(f"  frames     mean {n['mean']:.2f}  median {n['median']:.1f}  p80 {n['p80']:.1f}"
-               f"  max {n['max']}  total {n['total']}")
-    for name, a in s["arrays"].items():
-        click.echo(f"  {name:<12}{a['dtype']} {a['dims']}")
+    if s["kind"] == "splits":
+        roles = ", ".join(f"{n} ({r})" for n, r in s["roles"].items())
+        click.echo(f"{s['path']} (text splits, seed {s['seed']}): {roles}")
+        for name, sub in s["splits"].items():
+            _echo_text_stats(sub, "  ")
+    elif "length" in s:
+        _echo_text_stats(s, "")
+    else:
+        n = s["nbb"]
+        click.echo(f"{s['path']} ({s['kind']})")
+        click.echo(f"  segments   {s['segments']} ({s['empty']} without frames)")
+        click.echo(f"  frames     mean {n['mean']:.2f}  median {n['median']:.1f}  "
+                   f"p80 {n['p80']:.1f}  max {n['max']}  total {n['total']}")
+        for name, a in s["arrays"].items():
+            click.echo(f"  {name:<12}{a['dtype']} {a['dims']}")
     if parquet:
         click.echo(f"  rows written to {parquet}")
+
+
+def _pct(part, whole) -> str:
+    return f"{100 * part / whole:5.1f}%" if whole else "    -"
+
+
+def _echo_text_stats(s: dict, ind: str) -> None:
+    split = s["split"]
+    where = f"; split {split['name']}" + (f", {split['role']}" if split["role"] else "") \
+        if split else ""
+    click.echo(f"{ind}{s['path']} ({s['kind']}{where})")
+    n, ln = s["texts"], s["length"]
+    click.echo(f"{ind}  texts      {n}")
+    click.echo(f"{ind}  length     mean {ln['mean']:.2f}  median {ln['median']:.1f}  "
+               f"p95 {ln['p95']:.1f}  max {ln['max']}  total {ln['total']} pieces"
+               + (f"  ({ln['empty']} empty)" if ln["empty"] else ""))
+    top = max((b["count"] for b in ln["histogram"]), default=0)
+    width = len(str(top))
+    for b in ln["histogram"]:
+        bar = "#" * (round(30 * b["count"] / top) if top else 0)
+        click.echo(f"{ind}    {b['bin']:>7}  {b['count']:>{width}}  {_pct(b['count'], n)}  "
+                   f"{bar}".rstrip())
+    lab = s["labels"]
+    if lab is not None:
+        click.echo(f"{ind}  labels" + (f"     ({lab['unlabelled']} unlabelled)"
+                                       if lab["unlabelled"] else ""))
+        names = [str(c["label"]) + (f" {c['name']}" if c["name"] else "") for c in lab["counts"]]
+        w = max(map(len, names), default=0)
+        cw = max((len(str(c["count"])) for c in lab["counts"]), default=0)
+        for name, c in zip(names, lab["counts"]):
+            click.echo(f"{ind}    {name:<{w}}  {c['count']:>{cw}}  {_pct(c['count'], n)}")
+    lex = s["lexicon"]
+    if lex is not None:
+        click.echo(f"{ind}  lexicon    {lex['texts_with_emotion']} of {n} texts with an emotion "
+                   f"word ({100 * lex['texts_fraction']:.1f}%); {lex['emotion_pieces']} of "
+                   f"{ln['total']} pieces ({100 * lex['pieces_fraction']:.1f}%)")
+        cats = [c["name"] or f"type {c['type_id']}" for c in lex["categories"]]
+        w = max(map(len, cats), default=0)
+        for name, c in zip(cats, lex["categories"]):
+            click.echo(f"{ind}    {name:<{w}}  {c['words']} word(s), {c['pieces']} piece(s)")
+    f = s["faces"]
+    if f is not None:
+        if not f["available"]:
+            click.echo(f"{ind}  faces      feature db {f['db']} not found")
+        else:
+            click.echo(f"{ind}  faces      mean {f['mean']:.2f}  median {f['median']:.1f}  "
+                       f"min {f['min']}  max {f['max']}  total {f['total']}"
+                       + (f"  ({f['missing']} text(s) without a segment)" if f["missing"]
+                          else "")
+                       + ("  (feature db changed since the build)"
+                          if f.get("checksum_ok") is False else ""))
 
 
 @main.command()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -54,6 +55,19 @@ class DbReport:
                 "problems": [vars(p) for p in self.problems],
                 "warnings": [vars(p) for p in self.warnings]}
 
+    def summary(self) -> str:
+        """What the database holds, in a few words (``memo db check`` prints it)."""
+        c = self.counts
+        if self.kind == "text":
+            return f"{c.get('texts', 0)} texts, {c.get('pieces', 0)} pieces"
+        if self.kind == "splits":
+            return f"{c.get('splits', 0)} splits, {c.get('texts', 0)} texts"
+        if self.kind == "dataset":
+            return f"{c.get('databases', 0)} databases"
+        if self.kind in ("missing", "partial"):
+            return ""
+        return f"{c.get('segments', 0)} segments, {c.get('empty', 0)} empty"
+
 
 @dataclass
 class CheckReport:
@@ -76,34 +90,110 @@ class CheckReport:
         return json.dumps(self.to_dict(), indent=1, ensure_ascii=False)
 
 
-def find_databases(path) -> list[Path]:
-    """A database directory itself, or the databases directly inside a folder."""
+@dataclass
+class _Found:
+    """What a walk below a folder found (each list sorted, paths as walked)."""
+
+    dbs: list = field(default_factory=list)
+    partials: list = field(default_factory=list)  # .<name>.partial: unfinished builds
+    split_groups: list = field(default_factory=list)  # folders holding splits.json
+    datasets: list = field(default_factory=list)  # folders holding dataset.json
+
+
+def _walk(path) -> _Found:
+    """Databases anywhere below ``path`` (or ``path`` itself), skipping hidden entries;
+    symbolic links are followed once (no loops). A database directory is not entered."""
+    from .check_text import DATASET_FILE
+    from .splits import SPLITS_FILE
+
+    found = _Found()
     path = Path(path)
     if (path / "data.mdb").exists():
-        return [path]
-    if path.is_dir():
-        return sorted(p for p in path.iterdir()
-                      if (p / "data.mdb").exists() and not p.name.startswith("."))
-    return []
+        found.dbs.append(path)
+        return found
+    seen = set()
+    stack = [path] if path.is_dir() else []
+    while stack:
+        folder = stack.pop()
+        real = os.path.realpath(folder)
+        if real in seen:
+            continue
+        seen.add(real)
+        if (folder / SPLITS_FILE).is_file():
+            found.split_groups.append(folder)
+        if (folder / DATASET_FILE).is_file():
+            found.datasets.append(folder)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                is_dir = e.is_dir()
+            except OSError:
+                continue
+            if not is_dir:
+                continue
+            sub = folder / e.name
+            if e.name.startswith("."):
+                if e.name.endswith(".partial"):
+                    found.partials.append(sub)
+                continue
+            if (sub / "data.mdb").exists():
+                found.dbs.append(sub)
+            else:
+                stack.append(sub)
+    for lst in (found.dbs, found.partials, found.split_groups, found.datasets):
+        lst.sort()
+    return found
+
+
+def find_databases(path) -> list[Path]:
+    """A database directory itself, or every database nested anywhere below a folder
+    (hidden entries skipped)."""
+    return _walk(path).dbs
+
+
+def db_kind(path) -> str:
+    """"text" for a text database (manifest kind, or its side files), else "feature"."""
+    from .check_text import is_text_db
+
+    return "text" if is_text_db(path) else "feature"
 
 
 def check(paths, *, workers: int | None = None, progress: bool = False) -> CheckReport:
-    """Check every database found at ``paths`` (database directories or folders of them)."""
+    """Check every database found at ``paths`` (database directories or folders holding them
+    at any depth), every split group (folder with splits.json) and dataset folder
+    (dataset.json) found there."""
+    from .check_text import _check_text_db, check_dataset, check_split_group
+
     report = CheckReport()
+    links: dict = {}  # linked feature databases, read once per run
     for path in paths:
-        dbs = find_databases(path)
-        if not dbs:
+        found = _walk(path)
+        if not found.dbs:
             r = DbReport(str(path), kind="missing")
             r.problem("not_found", "no LMDB database here (no data.mdb in it or in its "
                       "sub-folders); give a database directory or a folder of them")
             report.databases.append(r)
-        for partial_dir in sorted(Path(path).glob(".*.partial")) if Path(path).is_dir() else []:
+        for partial_dir in found.partials:
             r = DbReport(str(partial_dir), kind="partial")
             r.warn("unfinished_build", "an interrupted build left this; the next build of the "
                    "same database removes it")
             report.databases.append(r)
-        for db in dbs:
-            report.databases.append(check_feature_db(db, workers=workers, progress=progress))
+        ids_by_db: dict = {}
+        for db in found.dbs:
+            if db_kind(db) == "text":
+                rep, ids = _check_text_db(db, workers=workers, progress=progress, links=links)
+                if ids is not None:
+                    ids_by_db[os.path.realpath(db)] = ids
+            else:
+                rep = check_feature_db(db, workers=workers, progress=progress)
+            report.databases.append(rep)
+        for folder in found.split_groups:
+            report.databases.append(check_split_group(folder, ids_by_db))
+        for folder in found.datasets:
+            report.databases.append(check_dataset(folder, find_databases))
     return report
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BadInputError
-from .ids import normalize_id
+from .ids import key_to_id, normalize_id
 
 SPLITS_FILE = "splits.json"
 TRAIN = "train"
@@ -87,7 +87,7 @@ def read_id_list(path) -> list[str]:
                                 fix="give one id per line or a JSON list of strings") from None
     else:
         ids = [line.strip() for line in text.splitlines() if line.strip()]
-    return [normalize_id(i) for i in ids]
+    return [key_to_id(normalize_id(i)) for i in ids]
 
 
 def assign_splits(ids, specs, seed: int, *, known=(), base_dir=".") -> tuple[dict, dict]:

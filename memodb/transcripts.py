@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BadInputError, BadInputsError
-from .ids import check_key, find_duplicates, normalize_id
+from .ids import check_key, find_duplicates, key_to_id, normalize_id
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def read_transcripts(path) -> tuple[list[Transcript], str]:
                                     fix="keep one entry per id"))
     records = []
     for raw_id, sentences, label in raw:
-        key = normalize_id(raw_id)
+        key = key_to_id(normalize_id(raw_id))  # "x.npz" names segment x, as in img_fname
         try:
             check_key(key, file=path)
         except BadInputError as exc:
@@ -86,7 +86,8 @@ def read_transcripts(path) -> tuple[list[Transcript], str]:
                                         segment=key, fix="keep one entry per id"))
         else:
             errors.append(BadInputError(f"ids {sorted(set(raw_ids))} map to the same key once "
-                                        "'/' is replaced by '-'", file=path, segment=key,
+                                        "'/' is replaced by '-' (and .npz dropped)", file=path,
+                                        segment=key,
                                         fix="rename the ids so they stay distinct"))
     records = [r for _, r in records]
     labelled = sum(r.label is not None for r in records)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
     done = {n: existing_build(p, KIND, {**options, "split": n or None}, source, replace)
             for n, p in targets.items()}
     if all(m is not None for m in done.values()) and (
-            not specs or (out_dir / SPLITS_FILE).exists()):
+            not specs or sorted(_listed_splits(out_dir)) == sorted(names)):
         counts = next(iter(done.values()))["corpus"]
         return TextBuildResult(out_dir, targets, done, counts, skipped=True)
 
@@ -129,6 +130,10 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
             _note(warnings, ids, f"are listed for split {name} but have no usable text")
     else:
         assigned = {"": sorted(by_id)}
+    for name, ids in assigned.items():
+        if not ids:
+            raise BadInputError(f"split {name} would be empty (none of its ids has a usable "
+                                "text)", file=src, fix="check its id list or count")
     roles = {TRAIN: "train", **{s.name: s.role for s in specs}}
     manifests = {}
     base = {"kind": KIND, "memo_version": __version__, "source": source,
@@ -144,9 +149,21 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
         manifests[name] = _write_db(targets[name], assigned[name], by_id, voc, lex, dataset,
                                     manifest, label_info, replace, progress)
     if specs:
+        stale = [out_dir / n for n in _listed_splits(out_dir) if n not in names]
         write_splits_file(out_dir, {n: len(assigned[n]) for n in names}, roles, seed,
                           {"dataset": dataset})
+        for path in stale:  # split databases of an earlier split plan, no longer listed
+            if read_manifest(path) is not None:
+                shutil.rmtree(path)
     return TextBuildResult(out_dir, targets, manifests, counts, warnings=warnings)
+
+
+def _listed_splits(folder: Path) -> list[str]:
+    """Split names recorded in a folder's splits.json ([] when there is none)."""
+    try:
+        return list(json.loads((folder / SPLITS_FILE).read_text(encoding="utf-8"))["splits"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def _note(warnings: list, ids, what: str) -> None:

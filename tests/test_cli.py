@@ -64,7 +64,8 @@ def test_errors_are_one_line_with_exit_code_1(tmp_path):
 def test_quickstart_runs_and_reruns(tmp_path):
     res = CliRunner().invoke(main, ["quickstart", str(tmp_path / "qs"), "--workers", "2"])
     assert res.exit_code == 0, res.output
-    for stage in ("trans2npz", "create-imgdb", "rawimg-db", "check", "stats"):
+    for stage in ("trans2npz", "build face", "build rawimg", "build txt/train", "build txt/val",
+                  "check", "stats"):
         assert stage in res.output
     assert "clean" in res.output
     again = CliRunner().invoke(main, ["quickstart", str(tmp_path / "qs"), "--workers", "1"])

@@ -1,0 +1,609 @@
+"""``memo db check`` for text databases, split groups and dataset folders.
+
+Every rule is a :class:`~memodb.check.Problem` with a code, naming the text id where there is
+one. Values are decoded and hashed in worker processes (chunks in key order, so the content
+checksum is combined in order); the cross-file rules (id2len, txt2img, img2txts, the linked
+feature database, splits) use sets and dicts on the parent side.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from functools import partial
+from pathlib import Path
+
+from .check import DbReport
+from .errors import DatabaseError, MemoError
+from .ids import KEYS_KEY
+from .manifest import Checksum, read_manifest
+from .parallel import chunked, ordered_map
+from .progress import progress_bar
+from .reader import FeatureDB, open_env
+from .splits import SPLITS_FILE
+from .txtdb import ID2LEN, IMG2TXTS, META, TXT2IMG, decode_example
+
+CHUNK = 512
+MAX_LISTED = 10  # ids shown in one message
+VOCAB_KEYS = ("PAD", "UNK", "CLS", "SEP", "MASK", "v_range", "vocab_sha256")
+ROLES = ("train", "heldout", "monitor")
+DATASET_FILE = "dataset.json"
+
+# Vocabulary token -> id maps, loaded in the parent before the workers fork (then inherited).
+_VOCABS: dict[str, dict] = {}
+
+
+def is_text_db(path) -> bool:
+    """A text database: manifest kind "text", or (without manifest) the text side files."""
+    path = Path(path)
+    try:
+        manifest = read_manifest(path)
+    except MemoError:
+        manifest = None
+    if manifest is not None:
+        return manifest.get("kind") == "text"
+    return (path / ID2LEN).exists() or (path / TXT2IMG).exists()
+
+
+# --------------------------------------------------------------------------- text database
+
+def check_text_db(path, *, workers: int | None = None, progress: bool = False,
+                  links: dict | None = None) -> DbReport:
+    """Check one text database (FORMATS.md section 5); see the module docstring."""
+    return _check_text_db(path, workers=workers, progress=progress, links=links)[0]
+
+
+def _check_text_db(path, *, workers=None, progress=False, links=None):
+    """(report, set of stored ids or None when unreadable)."""
+    path = Path(path)
+    rep = DbReport(str(path), kind="text")
+    try:
+        manifest = read_manifest(path)
+        env = open_env(path)
+        with env.begin() as txn:
+            stored = list(txn.cursor().iternext(values=False))
+    except (MemoError, UnicodeDecodeError) as exc:
+        rep.problem("unreadable", str(exc))
+        return rep, None
+    except Exception as exc:  # lmdb raises many types on damaged files
+        rep.problem("unreadable", f"LMDB cannot read it ({type(exc).__name__}: {exc}); "
+                    "re-copy or rebuild the database")
+        return rep, None
+    if manifest is None:
+        rep.warn("no_manifest", "no memo manifest (built by another tool, or not finished): "
+                 "counts, checksum, vocabulary and feature links cannot be verified")
+    if KEYS_KEY in stored:
+        stored.remove(KEYS_KEY)
+        rep.warn("keys_entry", "a __keys__ entry is stored; text databases have none (readers "
+                 "list ids from id2len.json)")
+    names = []
+    for k in stored:
+        try:
+            names.append(k.decode("utf-8"))
+        except UnicodeDecodeError:
+            rep.problem("bad_key", f"key {k!r} is not UTF-8")
+    name_set = set(names)
+
+    m = manifest or {}
+    meta = _side(rep, path, META, dict)
+    id2len = _side(rep, path, ID2LEN, dict)
+    txt2img = _side(rep, path, TXT2IMG, dict)
+    img2txts = _side(rep, path, IMG2TXTS, dict)
+    vocab = m.get("vocab") or {}
+    options = m.get("options") or {}
+    labels = m.get("labels")
+    ctx = _context(rep, path, manifest, meta, vocab, options, labels)
+
+    checksum = Checksum()
+    lengths: dict[str, int] = {}
+    img_of: dict[str, str] = {}
+    targets: Counter = Counter()
+    with progress_bar(progress, len(names), f"check {path.name}") as bar:
+        chunks = chunked(names, CHUNK)
+        results = ordered_map(partial(_inspect_chunk, str(path), ctx), chunks,
+                              workers if len(chunks) > 1 else 1)  # no pool for one chunk
+        for keys, (digests, lens, imgs, tgts, problems) in zip(chunks, results):
+            bar(len(keys))
+            for key, digest in zip(keys, digests):
+                checksum.update_digest(key.encode("utf-8"), digest)
+            for key, code, message in problems:
+                rep.problem(code, message, key)
+            lengths.update((k, n) for k, n in zip(keys, lens) if n is not None)
+            img_of.update((k, i) for k, i in zip(keys, imgs) if i is not None)
+            targets.update(t for t in tgts if t is not None)
+
+    max_len = options.get("max_len")
+    if isinstance(max_len, int) and max(lengths.values(), default=0) > max_len:
+        for key, n in lengths.items():
+            if n > max_len:
+                rep.problem("too_long", f"{n} pieces, more than the build's max_len {max_len}",
+                            key)
+    if id2len is not None:
+        _same_keys(rep, ID2LEN, id2len, name_set)
+        for key, n in lengths.items() if id2len != lengths else ():
+            if key in id2len and id2len[key] != n:
+                rep.problem("id2len_mismatch", f"{ID2LEN} says {id2len[key]!r} pieces, the "
+                            f"example holds {n}", key)
+    if txt2img is not None:
+        _same_keys(rep, TXT2IMG, txt2img, name_set)
+        for key, img in img_of.items() if txt2img != img_of else ():
+            if key in txt2img and txt2img[key] != img:
+                rep.problem("txt2img_mismatch", f"{TXT2IMG} says {txt2img[key]!r}, the example's "
+                            f"img_fname is {img!r}", key)
+        if img2txts is not None:
+            _check_inverse(rep, txt2img, img2txts)
+    rep.counts = {"texts": len(names), "pieces": sum(lengths.values())}
+    if manifest is not None:
+        _check_manifest(rep, manifest, meta, lengths, targets, len(names), checksum.hexdigest())
+        if manifest.get("img_db"):
+            _check_img_link(rep, path, manifest["img_db"],
+                            txt2img if txt2img is not None else img_of, links)
+    return rep, name_set
+
+
+def _side(rep: DbReport, path: Path, name: str, typ):
+    p = path / name
+    if not p.exists():
+        rep.problem("side_missing", f"no {name} in the database directory; rebuild it")
+        return None
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        rep.problem("side_unreadable", f"{name} is not readable JSON ({exc}); rebuild")
+        return None
+    if not isinstance(data, typ):
+        rep.problem("side_unreadable", f"{name} is not a JSON object; rebuild")
+        return None
+    return data
+
+
+def _context(rep, path, manifest, meta, vocab, options, labels) -> dict:
+    """What every worker needs to check one example (small: it is sent with each chunk)."""
+    meta = meta or {}
+    size = vocab.get("vocab_size", meta.get("vocab_size"))
+    if not isinstance(size, int):
+        v_range = vocab.get("v_range", meta.get("v_range"))
+        size = v_range[1] if isinstance(v_range, list) and len(v_range) == 2 else None
+    label_set = None
+    if isinstance(labels, dict) and isinstance(labels.get("set"), list):
+        label_set = frozenset(labels["set"])
+    lexicon = manifest.get("lexicon") if manifest else None
+    categories = lexicon.get("categories") if isinstance(lexicon, dict) else None
+    return {"memo": manifest is not None, "vocab_size": size, "label_set": label_set,
+            "labels": None if manifest is None else labels is not None,
+            "lexicon": None if manifest is None else lexicon is not None,
+            "emo_types": len(categories) if isinstance(categories, list) else None,
+            "vocab": _vocab_for(rep, path, vocab)}
+
+
+def _vocab_for(rep, path: Path, vocab: dict) -> str | None:
+    """The vocabulary file to check pieces against (loaded into _VOCABS), or None."""
+    file = vocab.get("file")
+    if not file:
+        return None
+    f = Path(file) if Path(file).is_absolute() else path / file
+    try:
+        data = f.read_bytes()
+    except OSError:
+        rep.warn("vocab_unavailable", f"the vocabulary {f} recorded at build time is gone; "
+                 "pieces cannot be checked against it")
+        return None
+    sha = hashlib.sha256(data).hexdigest()
+    if sha != vocab.get("vocab_sha256"):
+        rep.problem("vocab_changed", f"the vocabulary {f} has sha256 {sha}, the build used "
+                    f"{vocab.get('vocab_sha256')}: the ids were made with another vocabulary")
+        return None
+    key = f"{f.resolve()}\0{sha}"
+    if key not in _VOCABS:
+        _VOCABS[key] = _vocab_index(data)
+    return key
+
+
+def _vocab_index(data: bytes) -> dict:
+    index: dict[str, int] = {}
+    for i, tok in enumerate(data.decode("utf-8", "replace").splitlines()):
+        index.setdefault(tok, i)
+    return index
+
+
+def _worker_vocab(key: str | None):
+    """The token map in a worker: inherited through fork, or read again (spawn)."""
+    if not key:
+        return None
+    if key not in _VOCABS:
+        _VOCABS[key] = _vocab_index(Path(key.split("\0")[0]).read_bytes())
+    return _VOCABS[key]
+
+
+_INT, _STR, _LIST = {int}, {str}, {list}
+
+
+def _int_list(v) -> bool:
+    return type(v) is list and (not v or set(map(type, v)) == _INT)
+
+
+def _str_list(v) -> bool:
+    return type(v) is list and (not v or set(map(type, v)) == _STR)
+
+
+def _inspect_chunk(path: str, ctx: dict, keys: list[str]):
+    """Decode and check each example of a chunk. Returns columns, one item per key: sha256
+    digests, lengths (None: unknown), img_fname (None: unusable), targets (None: none), and
+    the problems found as (key, code, message)."""
+    digests, lengths, imgs, targets, problems = [], [], [], [], []
+    vocab = _worker_vocab(ctx["vocab"])
+    env = open_env(path)
+    with env.begin(buffers=True) as txn:
+        for key in keys:
+            buf = txn.get(key.encode("utf-8"))
+            digests.append(hashlib.sha256(buf).digest())
+            try:
+                ex = decode_example(buf)
+            except DatabaseError as exc:
+                ex, found = None, [("undecodable", str(exc))]
+            else:
+                found = []
+            if ex is None:
+                lengths.append(None), imgs.append(None), targets.append(None)
+            else:
+                length, img, target = _inspect_example(key, ex, ctx, vocab, found)
+                lengths.append(length), imgs.append(img), targets.append(target)
+            problems.extend((key, code, msg) for code, msg in found)
+    return digests, lengths, imgs, targets, problems
+
+
+def _inspect_example(key: str, ex, ctx: dict, vocab, problems: list):
+    """Check one decoded example; append (code, message) to ``problems``; return its
+    (length, img_fname, target), None where unusable. Element checks run in C (map, set,
+    min / max) so a 200k-text database checks in seconds."""
+
+    def add(code, message):
+        problems.append((code, message))
+
+    if type(ex) is not dict:
+        add("bad_field", f"the value is a {type(ex).__name__}, not a map of fields")
+        return None, None, None
+
+    def bad(field, what):
+        add("bad_field", f"'{field}' " + ("is missing" if field not in ex else f"is not {what}"))
+
+    get = ex.get
+    for f in (("id", "dataset", "file_path", "img_fname") if ctx["memo"]
+              else ("id", "img_fname")):
+        if type(get(f)) is not str:
+            bad(f, "a string")
+    if type(get("id")) is str and ex["id"] != key:
+        add("id_mismatch", f"the example's id is {ex['id']!r}, its key {key!r}")
+    caption = get("toked_caption")
+    if not _str_list(caption):
+        bad("toked_caption", "a list of strings")
+        caption = None
+    ids = get("input_ids")
+    if not _int_list(ids):
+        bad("input_ids", "a list of integers")
+        ids = None
+    seqs = {"toked_caption": caption, "input_ids": ids}
+    if ctx["memo"] or "word_ids" in ex:
+        seqs["word_ids"] = get("word_ids") if _int_list(get("word_ids")) else None
+        if seqs["word_ids"] is None:
+            bad("word_ids", "a list of integers")
+    emo = ctx["lexicon"] or "emo_input_ids" in ex or "emo_labels" in ex or "emo_type_ids" in ex
+    if emo:
+        for f in ("emo_input_ids", "emo_type_ids"):
+            if not _int_list(get(f)):
+                bad(f, "a list of integers")
+        el = get("emo_labels")
+        if not (type(el) is list and (not el or set(map(type, el)) == _LIST)):
+            bad("emo_labels", "a list of lists")
+        if _int_list(get("emo_type_ids")):
+            seqs["emo_type_ids"] = ex["emo_type_ids"]
+    lens = {f: len(v) for f, v in seqs.items() if v is not None}
+    length = lens.get("input_ids", lens.get("toked_caption"))
+    if len(set(lens.values())) > 1:
+        add("length_mismatch", "sequences differ in length ("
+            + ", ".join(f"{f} {n}" for f, n in lens.items()) + ")")
+    size = ctx["vocab_size"]
+    if ids and size is not None and (min(ids) < 0 or max(ids) >= size):
+        bad_ids = [i for i in ids if not 0 <= i < size]
+        add("id_out_of_range", f"input_ids {bad_ids[:MAX_LISTED]} outside [0, {size})")
+    if vocab is not None and ids is not None and caption is not None \
+            and list(map(vocab.get, caption)) != ids[:len(caption)]:
+        for pos, (piece, i) in enumerate(zip(caption, ids)):
+            if vocab.get(piece) != i:
+                add("piece_mismatch", f"piece {pos} {piece!r} has id {vocab.get(piece)} in the "
+                    f"vocabulary, input_ids holds {i}")
+                break
+    if emo and ids is not None and "emo_type_ids" in seqs and _int_list(get("emo_input_ids")):
+        n = ctx["emo_types"]
+        types = seqs["emo_type_ids"]
+        if n is not None and types and (min(types) < 0 or max(types) > n):
+            add("emo_mismatch", f"emo_type_ids outside 0..{n} (the lexicon's categories)")
+        elif ex["emo_input_ids"] != [i for i, t in zip(ids, types) if t]:
+            add("emo_mismatch", "emo_input_ids are not the input_ids of the pieces "
+                "emo_type_ids marks")
+        if type(get("emo_labels")) is list and \
+                len(ex["emo_labels"]) != len(ex["emo_input_ids"]):
+            add("length_mismatch", f"emo_labels {len(ex['emo_labels'])}, "
+                f"emo_input_ids {len(ex['emo_input_ids'])}")
+    target = get("target")
+    if "target" in ex:
+        if type(target) is not int:
+            bad("target", "an integer")
+            target = None
+        elif ctx["label_set"] is not None and target not in ctx["label_set"]:
+            add("label_out_of_range", f"target {target} is not one of the labels "
+                f"{sorted(ctx['label_set'])}")
+        elif ctx["labels"] is False:
+            add("label_unexpected", f"target {target} stored but the manifest records no "
+                "labels")
+    elif ctx["labels"]:
+        add("label_missing", "no target, but the database has labels")
+    img = get("img_fname")
+    return length, img if type(img) is str else None, target
+
+
+def _same_keys(rep: DbReport, name: str, side: dict, stored: set) -> None:
+    code = name.split(".")[0]
+    side_keys = side.keys()
+    for k in sorted(side_keys - stored):
+        rep.problem(f"{code}_extra", f"in {name} but not stored", k)
+    for k in sorted(stored - side_keys):
+        rep.problem(f"{code}_unlisted", f"stored but not in {name}", k)
+
+
+def _check_inverse(rep: DbReport, txt2img: dict, img2txts: dict) -> None:
+    """img2txts must be exactly {img: [ids]} of txt2img inverted."""
+    lists: dict = {}
+    for t, img in txt2img.items():
+        if type(img) is str:
+            lists.setdefault(img, []).append(t)
+    if lists == img2txts:  # the usual case: same lists in the same order
+        return
+    expect = {img: set(ts) for img, ts in lists.items()}
+    named = set()
+    for img, ts in img2txts.items():
+        if not (isinstance(ts, list) and all(isinstance(t, str) for t in ts)):
+            rep.problem("img2txts_mismatch", f"{IMG2TXTS}[{img!r}] is not a list of text ids")
+            continue
+        want = expect.get(img, set())
+        if not ts and not want:
+            rep.problem("img2txts_mismatch", f"{IMG2TXTS} lists {img!r} with no text; "
+                        f"no text maps to it in {TXT2IMG}")
+        if len(set(ts)) != len(ts):
+            twice = [t for t, n in Counter(ts).items() if n > 1]
+            rep.problem("img2txts_mismatch", f"{IMG2TXTS}[{img!r}] lists a text twice",
+                        min(twice))
+        for t in sorted(set(ts) - want):
+            named.add(t)
+            rep.problem("img2txts_mismatch", f"{IMG2TXTS} lists it under {img!r}, {TXT2IMG} "
+                        f"maps it to {txt2img.get(t)!r}", t)
+    for img, want in expect.items():
+        have = img2txts.get(img)
+        have = set(have) if isinstance(have, list) else set()
+        for t in sorted(want - have):
+            if t not in named:
+                rep.problem("img2txts_mismatch", f"{TXT2IMG} maps it to {img!r} but "
+                            f"{IMG2TXTS} does not list it there", t)
+
+
+def _check_manifest(rep, manifest, meta, lengths, targets, n_texts, checksum) -> None:
+    m_counts = manifest.get("counts") or {}
+    found = {"texts": n_texts, "pieces": sum(lengths.values()),
+             "max_len": max(lengths.values(), default=0)}
+    for k, v in found.items():
+        if k in m_counts and m_counts[k] != v:
+            rep.problem("count_mismatch", f"manifest says {k} {m_counts[k]}, the database "
+                        f"holds {v}")
+    if "texts" not in m_counts:
+        rep.problem("count_mismatch", "the manifest records no text count")
+    labels = manifest.get("labels")
+    if isinstance(labels, dict) and isinstance(labels.get("counts"), dict):
+        have = {str(k): v for k, v in sorted(targets.items())}
+        if labels["counts"] != have:
+            rep.problem("label_count_mismatch", f"manifest label counts {labels['counts']}, "
+                        f"the examples hold {have}")
+    if manifest.get("checksum") != checksum:
+        rep.problem("checksum_mismatch", f"content checksum {checksum} differs from the "
+                    f"manifest's {manifest.get('checksum')}: values changed after the build")
+    vocab = manifest.get("vocab") or {}
+    if meta is not None:
+        for k in VOCAB_KEYS:
+            if k in vocab and meta.get(k) != vocab[k]:
+                rep.problem("meta_mismatch", f"{META} has {k} {meta.get(k)!r}, the manifest's "
+                            f"vocabulary {vocab[k]!r}")
+
+
+def _linked(path: Path, links: dict | None):
+    """(keys set, nbb, manifest, FeatureDB) of a feature database, cached per check run."""
+    real = os.path.realpath(path)
+    if links is not None and real in links:
+        return links[real]
+    db = FeatureDB(path)
+    got = (_stored_ids(path), db.nbb(), db.manifest, db)  # stored keys, not __keys__
+    if links is not None:
+        links[real] = got
+    return got
+
+
+def _check_img_link(rep: DbReport, path: Path, link: dict, txt2img: dict, links) -> None:
+    rel = link.get("path")
+    img_path = path / rel if isinstance(rel, str) else None
+    if img_path is None or not (img_path / "data.mdb").is_file():
+        rep.problem("img_db_missing", f"the feature database {img_path} (img_db.path {rel!r} "
+                    "in the manifest, relative to this database) is not there: it was moved "
+                    "or deleted; move it back or rebuild the text database")
+        return
+    try:
+        keys, nbb, img_manifest, db = _linked(img_path, links)
+    except MemoError as exc:
+        rep.problem("img_db_unreadable", f"the linked feature database: {exc}")
+        return
+    recorded = link.get("checksum")
+    if img_manifest is not None:
+        if img_manifest.get("checksum") != recorded:
+            rep.problem("img_db_changed", f"the feature database {img_path} changed since the "
+                        f"text database was built (checksum {img_manifest.get('checksum')}, "
+                        f"built against {recorded}); rebuild the text database")
+    else:
+        st = os.stat(img_path / "data.mdb")
+        if f"{st.st_size}:{st.st_mtime_ns}" != recorded:
+            rep.warn("img_db_unverified", f"the feature database {img_path} has no manifest "
+                     "and its size or time differ from the build's: it may have changed")
+    min_faces = link.get("min_faces") or 0
+    for t in sorted(txt2img):
+        img = txt2img[t]
+        if type(img) is not str:
+            continue  # reported as txt2img_mismatch
+        if img not in keys:
+            rep.problem("img_missing", f"its segment {img!r} is not in the feature database "
+                        f"{img_path}", t)
+            continue
+        if min_faces:
+            try:
+                n = nbb[img] if img in nbb else len(db[img].get("features", ()))
+            except MemoError as exc:
+                rep.problem("img_unreadable", f"its segment {img!r}: {exc}", t)
+                continue
+            if type(n) is int and n < min_faces:
+                rep.problem("img_too_few_faces", f"its segment {img!r} has {n} frame(s) in "
+                            f"the feature database, the build required {min_faces}", t)
+
+
+# --------------------------------------------------------------------------- split groups
+
+def _stored_ids(db: Path) -> set:
+    env = open_env(db)
+    with env.begin() as txn:
+        return {bytes(k).decode("utf-8", "replace")
+                for k in txn.cursor().iternext(values=False) if k != KEYS_KEY}
+
+
+def check_split_group(folder, ids_by_db: dict | None = None) -> DbReport:
+    """Check a folder holding ``splits.json``: every listed database there, train and held-out
+    sets pairwise disjoint, no two held-out sets equal, monitors inside their parent.
+    ``ids_by_db`` maps a database's real path to the ids its check found (read otherwise)."""
+    folder = Path(folder)
+    rep = DbReport(str(folder), kind="splits")
+    try:
+        body = json.loads((folder / SPLITS_FILE).read_text(encoding="utf-8"))
+        assert isinstance(body, dict) and isinstance(body.get("splits"), dict)
+        assert all(isinstance(e, dict) for e in body["splits"].values())
+    except (OSError, ValueError, AssertionError):
+        rep.problem("splits_unreadable", f"{SPLITS_FILE} is not a JSON object with a "
+                    "'splits' map; rebuild the split databases")
+        return rep
+    ids_by_db = ids_by_db if ids_by_db is not None else {}
+    ids: dict[str, set] = {}
+    roles: dict[str, str] = {}
+    listed_dbs = set()
+    for name, entry in sorted(body["splits"].items()):
+        role = entry.get("role")
+        if role not in ROLES:
+            rep.problem("split_role", f"split {name!r} has role {role!r}, not one of {ROLES}")
+            continue
+        db = folder / str(entry.get("db", name))
+        listed_dbs.add(os.path.realpath(db))
+        if not (db / "data.mdb").is_file():
+            rep.problem("split_db_missing", f"split {name!r}: no database at {db}")
+            continue
+        real = os.path.realpath(db)
+        try:
+            got = ids_by_db.get(real)
+            ids[name] = got if got is not None else _stored_ids(db)
+            manifest = read_manifest(db)
+        except MemoError as exc:
+            rep.problem("split_db_unreadable", f"split {name!r}: {exc}")
+            continue
+        roles[name] = role
+        if isinstance(entry.get("texts"), int) and entry["texts"] != len(ids[name]):
+            rep.problem("splits_count", f"{SPLITS_FILE} says split {name!r} holds "
+                        f"{entry['texts']} texts, its database {len(ids[name])}")
+        split = (manifest or {}).get("split")
+        if isinstance(split, dict) and split.get("role") not in (None, role):
+            rep.problem("split_role_mismatch", f"split {name!r} is {role} in {SPLITS_FILE} "
+                        f"but {split.get('role')} in its manifest")
+    if not any(r == "train" for r in roles.values()) and ids:
+        rep.problem("split_no_train", f"{SPLITS_FILE} lists no train split")
+    # train and held-out sets pairwise disjoint: one pass, owner of each id
+    owner: dict[str, str] = {}
+    shared: dict[tuple, list] = {}
+    disjoint = [n for n in sorted(roles) if roles[n] in ("train", "heldout")]
+    for name in disjoint:
+        for t in ids[name]:
+            first = owner.setdefault(t, name)
+            if first != name:
+                shared.setdefault((first, name), []).append(t)
+    heldout = [n for n in disjoint if roles[n] == "heldout"]
+    for i, a in enumerate(heldout):
+        for b in heldout[i + 1:]:
+            if ids[a] and ids[a] == ids[b]:
+                rep.problem("splits_identical", f"held-out splits {a!r} and {b!r} hold the "
+                            f"same {len(ids[a])} ids (validation equals test)", min(ids[a]))
+    for (a, b), ts in sorted(shared.items()):
+        rep.problem("splits_overlap", f"in both {a!r} ({roles[a]}) and {b!r} ({roles[b]}); "
+                    f"{len(ts)} id(s) shared", min(ts))
+    for name, entry in sorted(body["splits"].items()):
+        if roles.get(name) != "monitor":
+            continue
+        of = entry.get("of")
+        if of not in ids:
+            rep.problem("split_of_unknown", f"monitor split {name!r} is drawn from {of!r}, "
+                        "which is not a listed split")
+            continue
+        outside = ids[name] - ids[of]
+        if outside:
+            rep.problem("monitor_outside", f"in monitor split {name!r} but not in {of!r} "
+                        f"({len(outside)} id(s) outside)", min(outside))
+    for sub in sorted(folder.iterdir()):
+        if not sub.name.startswith(".") and (sub / "data.mdb").exists() \
+                and os.path.realpath(sub) not in listed_dbs:
+            rep.warn("split_unlisted", f"database {sub.name} is in the folder but not in "
+                     f"{SPLITS_FILE} (left from an earlier build?)")
+    rep.counts = {"splits": len(body["splits"]), "texts": sum(len(v) for v in ids.values())}
+    return rep
+
+
+# --------------------------------------------------------------------------- dataset folders
+
+def check_dataset(folder, find) -> DbReport:
+    """Check a dataset folder's ``dataset.json`` (written by ``memo db build``): every listed
+    path exists and text databases link feature databases inside the folder. ``find`` lists
+    the databases below a path (:func:`memodb.check.find_databases`)."""
+    folder = Path(folder)
+    rep = DbReport(str(folder), kind="dataset")
+    try:
+        body = json.loads((folder / DATASET_FILE).read_text(encoding="utf-8"))
+        assert isinstance(body, dict) and isinstance(body.get("databases"), dict)
+        assert all(isinstance(e, dict) and isinstance(e.get("path"), str)
+                   for e in body["databases"].values())
+    except (OSError, ValueError, AssertionError):
+        rep.problem("dataset_unreadable", f"{DATASET_FILE} is not a JSON object with a "
+                    "'databases' map of {path, kind}; rebuild with memo db build")
+        return rep
+    dbs = set(find(folder))
+    for name, entry in sorted(body["databases"].items()):
+        p = folder / entry["path"]
+        if not p.exists():
+            rep.problem("dataset_db_missing", f"database {name!r} ({entry.get('kind')}) is "
+                        f"listed at {entry['path']} but is not there")
+            continue
+        found = find(p)
+        if not found:
+            rep.problem("dataset_db_missing", f"database {name!r} ({entry.get('kind')}): "
+                        f"{entry['path']} holds no database")
+        dbs.update(found)
+    root = os.path.realpath(folder)
+    for db in sorted(dbs):
+        try:
+            manifest = read_manifest(db)
+        except MemoError:
+            continue  # the database's own check reports it
+        link = (manifest or {}).get("img_db") if (manifest or {}).get("kind") == "text" else None
+        if isinstance(link, dict) and isinstance(link.get("path"), str):
+            target = os.path.realpath(Path(db) / link["path"])
+            if os.path.commonpath([root, target]) != root:
+                rep.warn("img_db_outside", f"text database {db} links the feature database "
+                         f"{target}, outside the dataset folder: copying the folder breaks it")
+    rep.counts = {"databases": len(body["databases"])}
+    return rep
