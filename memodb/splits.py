@@ -50,14 +50,14 @@ def parse_split(text: str) -> SplitSpec:
     """``val=3000`` / ``trn3k=3000@train`` / ``test=ids/test.txt`` -> SplitSpec."""
     fix = "write NAME=COUNT, NAME=FILE, or either with @train (e.g. val=3000 trn3k=3000@train)"
     name, sep, value = text.partition("=")
-    if not sep or not value:
-        raise BadInputError(f"split {text!r} has no '='", fix=fix)
-    if not _NAME.match(name):
-        raise BadInputError(f"split name {name!r} must be letters, digits, '_', '.', '-'",
-                            fix=fix)
     if name == TRAIN:
         raise BadInputError("'train' is what is left once the other splits are taken",
                             fix="name only the held-out and monitor splits")
+    if not sep or not value:
+        raise BadInputError(f"split {text!r} needs NAME=VALUE", fix=fix)
+    if not _NAME.match(name):
+        raise BadInputError(f"split name {name!r} must be letters, digits, '_', '.', '-'",
+                            fix=fix)
     monitor = value.endswith("@train")
     value = value[: -len("@train")] if monitor else value
     if value.isdigit():

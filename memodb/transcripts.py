@@ -19,6 +19,29 @@ from .errors import BadInputError, BadInputsError
 from .ids import check_key, find_duplicates, key_to_id, normalize_id
 
 
+JSONL_SUFFIXES = (".jsonl", ".jsonlines", ".ndjson")
+
+
+class _Obj(dict):
+    """A JSON object that remembers keys given more than once (json keeps the last one)."""
+
+    dups: tuple = ()
+
+    @classmethod
+    def from_pairs(cls, pairs):
+        obj = cls(pairs)
+        if len(obj) != len(pairs):
+            keys = [k for k, _ in pairs]
+            obj.dups = tuple(sorted({k for k in keys if keys.count(k) > 1}))
+        return obj
+
+
+def _is_record(obj: dict) -> bool:
+    """One JSON-lines record (``{"id": str, "text": ...}``), not a captions mapping."""
+    return isinstance(obj.get("id"), str) and "text" in obj and set(obj) <= {"id", "text",
+                                                                              "label"}
+
+
 @dataclass(frozen=True)
 class Transcript:
     id: str  # key form (``/`` mapped to ``-``)
@@ -44,33 +67,31 @@ def read_transcripts(path) -> tuple[list[Transcript], str]:
                             fix="re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
                             ) from None
     errors: list[BadInputError] = []
-    dups: list = []
-
-    def pairs_hook(pairs):
-        keys = [k for k, _ in pairs]
-        if len(set(keys)) != len(keys):
-            dups.extend(k for k in sorted(set(keys)) if keys.count(k) > 1)
-        return dict(pairs)
-
-    try:
-        obj = json.loads(text, object_pairs_hook=pairs_hook)
-        lines = None
-    except json.JSONDecodeError as exc:
-        if exc.msg != "Extra data":
-            raise BadInputError(f"not valid JSON: {exc.msg} at line {exc.lineno} column "
-                                f"{exc.colno}", file=path, fix="repair the JSON") from None
+    lines = None
+    if path.suffix.lower() in JSONL_SUFFIXES:
         lines = text.splitlines()
+    else:
+        try:
+            obj = json.loads(text, object_pairs_hook=_Obj.from_pairs)
+        except json.JSONDecodeError as exc:
+            if exc.msg != "Extra data":
+                raise BadInputError(f"not valid JSON: {exc.msg} at line {exc.lineno} column "
+                                    f"{exc.colno}", file=path, fix="repair the JSON") from None
+            lines = text.splitlines()
+        else:
+            if isinstance(obj, dict) and _is_record(obj):  # JSON lines holding one record
+                lines = text.splitlines()
     if lines is not None:
-        layout, raw = "jsonl", _jsonl(lines, path, errors, pairs_hook)
+        layout, raw = "jsonl", _jsonl(lines, path, errors)
     elif isinstance(obj, dict):
+        for k in obj.dups:
+            errors.append(BadInputError("the id appears more than once in the file", file=path,
+                                        segment=k, fix="keep one entry per id"))
         layout, raw = _mapping(obj, path, errors)
     else:
         raise BadInputError(f"top-level JSON is a {type(obj).__name__}; expected an object "
                             "{id: [sentence]} or {id: {txt, label}}, or JSON lines", file=path,
                             fix="convert the file to one of the layouts in the README")
-    for k in dups:
-        errors.append(BadInputError("the id appears twice in the file", file=path, segment=k,
-                                    fix="keep one entry per id"))
     records = []
     for raw_id, sentences, label in raw:
         key = key_to_id(normalize_id(raw_id))  # "x.npz" names segment x, as in img_fname
@@ -96,7 +117,7 @@ def read_transcripts(path) -> tuple[list[Transcript], str]:
                                     "no label while the others have one", file=path,
                                     fix="give every record a label, or none"))
     if errors:
-        raise BadInputsError(errors, "no text database")
+        raise BadInputsError(errors, "the text database")
     return records, layout
 
 
@@ -117,8 +138,7 @@ def _label(value, path, seg, errors):
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         errors.append(BadInputError(f"label {value!r} is not a non-negative integer", file=path,
                                     segment=seg, fix="store class indices 0, 1, ..."))
-        return None
-    return value
+    return value  # an invalid label still counts as given (the error above aborts the read)
 
 
 def _mapping(obj: dict, path, errors):
@@ -126,6 +146,10 @@ def _mapping(obj: dict, path, errors):
     out = []
     for seg, value in obj.items():
         if is_refs:
+            if getattr(value, "dups", ()):
+                errors.append(BadInputError(f"key(s) {list(value.dups)} appear more than once "
+                                            "in this record", file=path, segment=seg,
+                                            fix="keep one txt and one label per utterance"))
             if not isinstance(value, dict) or "txt" not in value:
                 errors.append(BadInputError("expected {\"txt\": [sentence], \"label\": int}",
                                             file=path, segment=seg,
@@ -140,14 +164,14 @@ def _mapping(obj: dict, path, errors):
     return ("refs" if is_refs else "captions"), out
 
 
-def _jsonl(lines, path, errors, hook):
+def _jsonl(lines, path, errors):
     out = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         where = f"line {n}"
         try:
-            rec = json.loads(line, object_pairs_hook=hook)
+            rec = json.loads(line, object_pairs_hook=_Obj.from_pairs)
         except json.JSONDecodeError as exc:
             errors.append(BadInputError(f"{where}: not valid JSON ({exc.msg})", file=path,
                                         fix="repair that line"))
@@ -156,6 +180,10 @@ def _jsonl(lines, path, errors, hook):
             errors.append(BadInputError(f"{where}: expected an object with a string 'id' and a "
                                         "'text'", file=path, fix="repair that line"))
             continue
+        if rec.dups:
+            errors.append(BadInputError(f"{where}: key(s) {list(rec.dups)} appear more than "
+                                        "once", file=path, segment=rec["id"],
+                                        fix="keep one id, text and label per line"))
         sentences = _sentences(rec["text"], path, rec["id"], errors)
         label = _label(rec.get("label"), path, rec["id"], errors)
         if sentences is not None:

@@ -66,10 +66,14 @@ def load_vocab(path) -> Vocab:
                             file=path, fix=fix)
     data = file.read_bytes()
     try:
-        tokens = data.decode("utf-8").splitlines()
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadInputError(f"not a UTF-8 text file (byte {exc.start})", file=file,
                             fix=fix) from None
+    # one token per "\n"-terminated line, trailing whitespace trimmed: as `tokenizers` reads it
+    tokens = [t.rstrip() for t in text.split("\n")]
+    if tokens and tokens[-1] == "":
+        tokens.pop()
     index: dict[str, int] = {}
     for i, tok in enumerate(tokens):
         index.setdefault(tok, i)
@@ -132,6 +136,12 @@ class WordPieceTokenizer:
                                            strip_accents=None, clean_text=True,
                                            handle_chinese_chars=True, wordpieces_prefix="##")
         self._cache: dict[str, tuple] = {}
+        got = {k: self._tok.token_to_id(t) for k, t in SPECIALS.items()}
+        if got != vocab.ids or self._tok.get_vocab_size() != vocab.size:
+            raise BadInputError(f"the tokenizer reads this vocabulary differently ({got}, "
+                                f"{self._tok.get_vocab_size()} tokens) from memo ({vocab.ids}, "
+                                f"{vocab.size})", file=vocab.file,
+                                fix="use a plain vocab.txt: one token per line")
 
     def normalize(self, word: str) -> str:
         return self._tok.normalizer.normalize_str(word)

@@ -57,3 +57,12 @@ def npz_dir(tmp_path):
 def openface_dir(tmp_path):
     make_openface(tmp_path / "openface", clips=3, frames=8, size=48, seed=2)
     return tmp_path / "openface"
+
+
+@pytest.fixture
+def feature_db(tmp_path, h5_root):
+    """The feature database of ``h5_root`` (conf_th 0.5, max_bb 36, min_bb 0): its 20
+    segments, the two 9th segments without a face."""
+    from memodb.imgdb import create_imgdb
+
+    return create_imgdb(h5_root, tmp_path / "img", workers=1).path
