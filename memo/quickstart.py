@@ -62,7 +62,7 @@ def quickstart(workdir="memo-quickstart", workers: int | None = None,
 
     def step(stage, path, summary):
         res.steps.append((stage, str(path), summary))
-        log(f"[{len(res.steps)}] {stage:<13} {summary}  ->  {path}")
+        log(f"[{len(res.steps)}] {stage:<16} {summary}  ->  {path}")
 
     generate_corpus(corpus)
     step("corpus", corpus, f"{MOVIES} movies x {SEGMENTS} segments (h5), captions, lexicon, "
