@@ -146,9 +146,10 @@ def _report_build(r) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the splits.")
 @click.option("--dataset", default=None, help="Dataset name stored in every example "
               "[default: the SRC file name].")
+@workers_option
 @_errors
 def create_txtdb_cmd(src, out_dir, vocab, img_db, min_faces, max_len, long_policy, lexicon,
-                     labels, splits, seed, dataset):
+                     labels, splits, seed, dataset, workers):
     """Tokenise transcripts into text database(s) aligned with a feature database.
 
     SRC: captions {id: [sentence]}, downstream refs {id: {"txt": [..], "label": int}}, or
@@ -160,7 +161,7 @@ def create_txtdb_cmd(src, out_dir, vocab, img_db, min_faces, max_len, long_polic
     r = create_txtdb(src, out_dir, vocab=vocab, img_db=img_db, min_faces=min_faces,
                      max_len=max_len, long=long_policy, lexicon=lexicon,
                      labels=labels.split(",") if labels else None, splits=splits, seed=seed,
-                     dataset=dataset, progress=_progress())
+                     dataset=dataset, workers=workers, progress=_progress())
     for w in r.warnings:
         click.echo(f"warning: {w}", err=True)
     c = r.counts

@@ -202,8 +202,8 @@ def build_dataset(config, out_dir, *, workers: int | None = None, progress: bool
                   "img_db": feature_paths.get(text.get("faces_from")),
                   "min_faces": text.get("min_faces", 1), "max_len": text.get("max_len", 100),
                   "long": text.get("long", "truncate"), "labels": text.get("labels"),
-                  "dataset": text.get("dataset") or cfg["name"], "progress": progress,
-                  "replace": True}
+                  "dataset": text.get("dataset") or cfg["name"], "workers": workers,
+                  "progress": progress, "replace": True}
         if "source" in text:
             t0 = time.perf_counter()
             r = create_txtdb(text["source"], out_dir / TEXT_DIR, splits=text.get("splits", ()),

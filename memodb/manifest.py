@@ -36,9 +36,10 @@ def write_json_atomic(path, obj, *, indent=None) -> None:
     """Write JSON to ``path`` through a temporary file and a rename (never half-written)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # json.dumps (one call into the C encoder) is many times faster than json.dump
+    text = json.dumps(obj, indent=indent, ensure_ascii=False, sort_keys=indent is not None)
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=indent, ensure_ascii=False, sort_keys=indent is not None)
-        f.write("\n") if indent is not None else None
+        f.write(text + "\n" if indent is not None else text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

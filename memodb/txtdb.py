@@ -22,17 +22,19 @@ from .errors import BadInputError, DatabaseError
 from .ids import id_to_key
 from .lexicon import read_lexicon
 from .manifest import read_manifest
+from .parallel import chunked, ordered_map
 from .progress import progress_bar
 from .reader import FeatureDB, open_env
 from .splits import SPLITS_FILE, TRAIN, SplitSpec, assign_splits, parse_split, write_splits_file
 from .transcripts import read_transcripts
-from .wordpiece import WordPieceTokenizer, bundled_vocab_dir, load_vocab
+from .wordpiece import WordPieceTokenizer, assemble, bundled_vocab_dir, load_vocab
 from .writer import StagedDatabase, existing_build
 
 KIND = "text"
 LONG_POLICIES = ("truncate", "drop")
 META, ID2LEN, TXT2IMG, IMG2TXTS = "meta.json", "id2len.json", "txt2img.json", "img2txts.json"
 MAX_LISTED = 10  # ids shown per warning
+CHUNK = 2048  # texts per worker task
 
 
 @dataclass
@@ -47,7 +49,8 @@ class TextBuildResult:
 
 def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
                  max_len: int = 100, long: str = "truncate", lexicon=None, labels=None,
-                 splits=(), seed: int = 0, dataset: str | None = None, progress: bool = False,
+                 splits=(), seed: int = 0, dataset: str | None = None,
+                 workers: int | None = None, progress: bool = False,
                  replace: bool = False) -> TextBuildResult:
     """Build the text database(s) of one transcript file.
 
@@ -61,6 +64,8 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
     - ``splits``: ``["val=3000", "trn3k=3000@train"]`` (see :mod:`memodb.splits`); without
       splits OUT_DIR itself is the database, with them OUT_DIR/<split>/ and splits.json.
     - ``replace``: rebuild a database built from other inputs instead of refusing.
+    - ``workers``: processes encoding the values (default: all cores); the output does not
+      depend on it.
     """
     src, out_dir = Path(src), Path(out_dir)
     if max_len < 1:
@@ -98,18 +103,21 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
     warnings: list[str] = []
     if img is not None:
         records = _align(records, img, min_faces, counts, warnings, src)
-    encoded = tok.encode_many([r.text for r in records])
+    texts = [r.text.split() for r in records]
+    cache = tok.learn({w for words in texts for w in words})
+    plen = {w: len(e[0]) for w, e in cache.items()}
     kept, empty, too_long = [], [], []
-    for rec, enc in zip(records, encoded):
-        if not len(enc):
+    for rec, words in zip(records, texts):
+        n = sum(map(plen.__getitem__, words))
+        if not n:
             empty.append(rec.id)
             continue
-        if len(enc) > max_len:
+        if n > max_len:
             too_long.append(rec.id)
             if long == "drop":
                 continue
-            enc.truncate(max_len)
-        kept.append((rec, enc))
+            n = max_len
+        kept.append((rec, words, n))
     counts["empty"] = len(empty)
     counts["truncated" if long == "truncate" else "dropped_too_long"] = len(too_long)
     counts["texts"] = len(kept)
@@ -122,7 +130,7 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
                             file=src, fix="check the transcripts, --img-db and --min-faces")
     label_info = _labels(kept, labels, src)
 
-    by_id = {rec.id: (rec, enc) for rec, enc in kept}
+    by_id = {item[0].id: item for item in kept}
     if specs:
         assigned, unusable = assign_splits(by_id, specs, seed,
                                            known={r.id for r in records} | set(empty))
@@ -146,8 +154,9 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
         manifest = {**base, "options": {**options, "split": name or None},
                     "split": {"name": name, "role": roles[name], "seed": seed} if name else None,
                     "img_db": _img_link(img, targets[name], min_faces)}
-        manifests[name] = _write_db(targets[name], assigned[name], by_id, voc, lex, dataset,
-                                    manifest, label_info, replace, progress)
+        manifests[name] = _write_db(targets[name], assigned[name], by_id, voc, manifest,
+                                    label_info, replace, progress, workers,
+                                    (cache, lex, dataset, max_len))
     if specs:
         stale = [out_dir / n for n in _listed_splits(out_dir) if n not in names]
         write_splits_file(out_dir, {n: len(assigned[n]) for n in names}, roles, seed,
@@ -244,7 +253,7 @@ def _align(records, img: FeatureDB, min_faces: int, counts: dict, warnings: list
 
 
 def _labels(kept, names, src) -> dict | None:
-    labels = [rec.label for rec, _ in kept if rec.label is not None]
+    labels = [rec.label for rec, *_ in kept if rec.label is not None]
     if not labels:
         if names:
             raise BadInputError("label names were given but the transcripts carry no label",
@@ -252,7 +261,7 @@ def _labels(kept, names, src) -> dict | None:
                                 "--labels")
         return None
     if names:
-        bad = [rec.id for rec, _ in kept if rec.label >= len(names)]
+        bad = [rec.id for rec, *_ in kept if rec.label >= len(names)]
         if bad:
             raise BadInputError(f"{len(bad)} label(s) outside 0..{len(names) - 1} "
                                 f"({', '.join(names)}), e.g. {bad[0]!r}", file=src,
@@ -261,19 +270,37 @@ def _labels(kept, names, src) -> dict | None:
             "set": list(range(len(names))) if names else sorted(set(labels))}
 
 
-def encode_example(rec, enc, voc, lex, dataset: str) -> bytes:
+def encode_example(text_id: str, label, enc, lex, dataset: str) -> bytes:
     """The compatible LMDB value of one text: lz4 frame of a msgpack map."""
-    img_fname = id_to_key(rec.id)
-    ex = {"id": rec.id, "dataset": dataset, "file_path": img_fname, "img_fname": img_fname,
+    img_fname = id_to_key(text_id)
+    ex = {"id": text_id, "dataset": dataset, "file_path": img_fname, "img_fname": img_fname,
           "toked_caption": enc.pieces, "input_ids": enc.ids, "word_ids": enc.word_ids}
-    if rec.label is not None:
-        ex["target"] = rec.label
+    if label is not None:
+        ex["target"] = label
     if lex is not None:
         emo = [(i, cats) for i, cats in zip(enc.ids, enc.emotions) if cats]
         ex["emo_input_ids"] = [i for i, _ in emo]
         ex["emo_labels"] = [list(c) for _, c in emo]
         ex["emo_type_ids"] = [lex.type_id(c) for c in enc.emotions]
     return lz4.frame.compress(msgpack.packb(ex, use_bin_type=True))
+
+
+# (word cache, lexicon, dataset name, max_len) of the build in progress: set before the worker
+# processes fork, so they inherit the cache instead of receiving it with every task.
+_ENCODING: tuple = ()
+
+
+def _encode_chunk(chunk) -> list:
+    """Worker: ``[(id, label, words)]`` -> ``[(key bytes, value, sha256 digest)]``."""
+    cache, lex, dataset, max_len = _ENCODING
+    out = []
+    for text_id, label, words in chunk:
+        enc = assemble(words, cache, lex is not None)
+        if len(enc) > max_len:
+            enc.truncate(max_len)
+        value = encode_example(text_id, label, enc, lex, dataset)
+        out.append((text_id.encode("utf-8"), value, hashlib.sha256(value).digest()))
+    return out
 
 
 def decode_example(buf) -> dict:
@@ -283,33 +310,39 @@ def decode_example(buf) -> dict:
         raise DatabaseError(f"not an lz4-compressed msgpack text example ({exc})") from None
 
 
-def _write_db(path: Path, ids, by_id, voc, lex, dataset, manifest, label_info, replace,
-              progress) -> dict:
+def _write_db(path: Path, ids, by_id, voc, manifest, label_info, replace, progress, workers,
+              encoding) -> dict:
+    global _ENCODING
     id2len, txt2img, img2txts = {}, {}, {}
     label_counts: dict[int, int] = {}
-    with StagedDatabase(path.parent, path.name, keys_entry=False, replace=replace) as db, \
-            progress_bar(progress, len(ids), f"txt {path.name}") as bar:
-        for i in ids:
-            rec, enc = by_id[i]
-            db.put(i.encode("utf-8"), encode_example(rec, enc, voc, lex, dataset))
-            key = id_to_key(i)
-            id2len[i] = len(enc)
-            txt2img[i] = key
-            img2txts[key] = [i]
-            if rec.label is not None:
-                label_counts[rec.label] = label_counts.get(rec.label, 0) + 1
-            bar(1)
-        counts = {"texts": len(ids), "pieces": sum(id2len.values()),
-                  "max_len": max(id2len.values(), default=0)}
-        if label_info is not None:
-            manifest["labels"] = {**label_info, "counts": {str(k): label_counts[k]
-                                                           for k in sorted(label_counts)}}
-        else:
-            manifest["labels"] = None
-        manifest["counts"] = counts
-        meta = {**voc.meta(), "dataset": dataset, **manifest["options"]}
-        _, manifest = db.finish(manifest, inner_files={
-            META: meta, ID2LEN: id2len, TXT2IMG: txt2img, IMG2TXTS: img2txts})
+    for i in ids:
+        rec, _, n = by_id[i]
+        key = id_to_key(i)
+        id2len[i] = n
+        txt2img[i] = key
+        img2txts[key] = [i]
+        if rec.label is not None:
+            label_counts[rec.label] = label_counts.get(rec.label, 0) + 1
+    tasks = [[(i, by_id[i][0].label, by_id[i][1]) for i in chunk]
+             for chunk in chunked(ids, CHUNK)]
+    _ENCODING = encoding
+    try:
+        with StagedDatabase(path.parent, path.name, keys_entry=False, replace=replace) as db, \
+                progress_bar(progress, len(ids), f"txt {path.name}") as bar:
+            for results in ordered_map(_encode_chunk, tasks, workers):
+                for key, value, digest in results:
+                    db.put(key, value, digest)
+                bar(len(results))
+            manifest["counts"] = {"texts": len(ids), "pieces": sum(id2len.values()),
+                                  "max_len": max(id2len.values(), default=0)}
+            manifest["labels"] = None if label_info is None else {
+                **label_info,
+                "counts": {str(k): label_counts[k] for k in sorted(label_counts)}}
+            meta = {**voc.meta(), **manifest["options"]}
+            _, manifest = db.finish(manifest, inner_files={
+                META: meta, ID2LEN: id2len, TXT2IMG: txt2img, IMG2TXTS: img2txts})
+    finally:
+        _ENCODING = ()
     return manifest
 
 

@@ -146,16 +146,18 @@ class WordPieceTokenizer:
     def normalize(self, word: str) -> str:
         return self._tok.normalizer.normalize_str(word)
 
-    def _learn(self, words) -> None:
+    def learn(self, words) -> dict:
+        """Tokenise every word not seen yet (one batched call); returns the word cache,
+        ``{word: (ids, pieces, per-piece emotion categories or None)}``."""
         new = [w for w in words if w not in self._cache]
-        if not new:
-            return
-        encs = self._tok.encode_batch([[w] for w in new], is_pretokenized=True,
-                                      add_special_tokens=False)
-        for word, enc in zip(new, encs):
-            pieces = tuple(enc.tokens)
-            emo = self._emotions(word, pieces, enc.offsets) if self.lexicon else None
-            self._cache[word] = (tuple(enc.ids), pieces, emo)
+        if new:
+            encs = self._tok.encode_batch([[w] for w in new], is_pretokenized=True,
+                                          add_special_tokens=False)
+            for word, enc in zip(new, encs):
+                pieces = tuple(enc.tokens)
+                emo = self._emotions(word, pieces, enc.offsets) if self.lexicon else None
+                self._cache[word] = (tuple(enc.ids), pieces, emo)
+        return self._cache
 
     def _emotions(self, word: str, pieces, offsets) -> tuple:
         """Per piece, the categories of the basic word it belongs to."""
@@ -174,25 +176,16 @@ class WordPieceTokenizer:
     def encode_many(self, texts) -> list[Encoded]:
         """Tokenise every text (a list of str); words yielding no piece are dropped."""
         split = [t.split() for t in texts]
-        self._learn({w for words in split for w in words})
-        cache = self._cache
-        out = []
-        for words in split:
-            ids, pieces, word_ids = [], [], []
-            emotions = [] if self.lexicon else None
-            n = 0
-            for w in words:
-                w_ids, w_pieces, w_emo = cache[w]
-                if not w_ids:
-                    continue
-                ids.extend(w_ids)
-                pieces.extend(w_pieces)
-                word_ids.extend([n] * len(w_ids))
-                if emotions is not None:
-                    emotions.extend(w_emo)
-                n += 1
-            out.append(Encoded(ids, pieces, word_ids, emotions))
-        return out
+        cache = self.learn({w for words in split for w in words})
+        return [assemble(words, cache, self.lexicon is not None) for words in split]
 
     def encode(self, text: str) -> Encoded:
         return self.encode_many([text])[0]
+
+
+def assemble(words, cache: dict, emotions: bool) -> Encoded:
+    """One text's encoding from the word cache (every word already learnt)."""
+    ents = [e for e in map(cache.__getitem__, words) if e[0]]
+    return Encoded([i for e in ents for i in e[0]], [p for e in ents for p in e[1]],
+                   [k for k, e in enumerate(ents) for _ in e[0]],
+                   [c for e in ents for c in e[2]] if emotions else None)
