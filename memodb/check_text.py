@@ -22,7 +22,8 @@ from .parallel import chunked, ordered_map
 from .progress import progress_bar
 from .reader import FeatureDB, open_env
 from .splits import SPLITS_FILE
-from .txtdb import ID2LEN, IMG2TXTS, META, TXT2IMG, decode_example
+from .txtcodec import decode_example
+from .txtdb import ID2LEN, IMG2TXTS, META, TXT2IMG
 
 CHUNK = 512
 MAX_LISTED = 10  # ids shown in one message

@@ -57,9 +57,7 @@ class Checksum:
         self.update_digest(key, hashlib.sha256(value).digest())
 
     def update_digest(self, key: bytes, digest: bytes) -> None:
-        self._h.update(key)
-        self._h.update(b"\0")
-        self._h.update(digest)
+        self._h.update(b"%s\0%s" % (key, digest))
 
     def hexdigest(self) -> str:
         return "sha256:" + self._h.hexdigest()

@@ -126,7 +126,7 @@ def _split_folder_stats(folder: Path) -> tuple[dict, list]:
 
 def _text_db_stats(path: Path, split: str | None = None) -> tuple[dict, list]:
     """One pass over the values (one read transaction, a cursor) -> (stats, parquet rows)."""
-    from .txtdb import decode_example  # lz4 / msgpack value format
+    from .txtcodec import decode_example  # lz4 / msgpack value format
 
     manifest = read_manifest(path) or {}
     split_info = manifest.get("split")

@@ -12,7 +12,7 @@ A segment's sentences are joined with a space into one text. Ids are mapped to k
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 from .errors import BadInputError, BadInputsError
@@ -42,9 +42,8 @@ def _is_record(obj: dict) -> bool:
                                                                               "label"}
 
 
-@dataclass(frozen=True)
-class Transcript:
-    id: str  # key form (``/`` mapped to ``-``)
+class Transcript(NamedTuple):
+    id: str  # key form (``/`` mapped to ``-``, no ``.npz``)
     text: str
     label: int | None = None
 
@@ -92,25 +91,21 @@ def read_transcripts(path) -> tuple[list[Transcript], str]:
         raise BadInputError(f"top-level JSON is a {type(obj).__name__}; expected an object "
                             "{id: [sentence]} or {id: {txt, label}}, or JSON lines", file=path,
                             fix="convert the file to one of the layouts in the README")
-    records = []
+    records, raw_ids = [], []
     for raw_id, sentences, label in raw:
-        key = key_to_id(normalize_id(raw_id))  # "x.npz" names segment x, as in img_fname
+        key = raw_id
+        if "/" in key or key.endswith(".npz"):  # "x.npz" names segment x, as in img_fname
+            key = key_to_id(normalize_id(raw_id))
         try:
             check_key(key, file=path)
         except BadInputError as exc:
             errors.append(exc)
             continue
-        records.append((raw_id, Transcript(key, " ".join(sentences), label)))
-    for key, raw_ids in find_duplicates((r.id, raw) for raw, r in records).items():
-        if len(set(raw_ids)) == 1:
-            errors.append(BadInputError(f"the id appears {len(raw_ids)} times", file=path,
-                                        segment=key, fix="keep one entry per id"))
-        else:
-            errors.append(BadInputError(f"ids {sorted(set(raw_ids))} map to the same key once "
-                                        "'/' is replaced by '-' (and .npz dropped)", file=path,
-                                        segment=key,
-                                        fix="rename the ids so they stay distinct"))
-    records = [r for _, r in records]
+        records.append(Transcript(key, sentences[0] if len(sentences) == 1
+                                  else " ".join(sentences), label))
+        raw_ids.append(raw_id)
+    if len({r.id for r in records}) != len(records):
+        _duplicates(records, raw_ids, path, errors)
     labelled = sum(r.label is not None for r in records)
     if 0 < labelled < len(records):
         errors.append(BadInputError(f"{len(records) - labelled} of {len(records)} records have "
@@ -121,7 +116,21 @@ def read_transcripts(path) -> tuple[list[Transcript], str]:
     return records, layout
 
 
+def _duplicates(records, raw_ids, path, errors) -> None:
+    for key, raws in find_duplicates((r.id, raw) for r, raw in zip(records, raw_ids)).items():
+        if len(set(raws)) == 1:
+            errors.append(BadInputError(f"the id appears {len(raws)} times", file=path,
+                                        segment=key, fix="keep one entry per id"))
+        else:
+            errors.append(BadInputError(f"ids {sorted(set(raws))} map to the same key once "
+                                        "'/' is replaced by '-' (and .npz dropped)", file=path,
+                                        segment=key,
+                                        fix="rename the ids so they stay distinct"))
+
+
 def _sentences(value, path, seg, errors):
+    if type(value) is list and len(value) == 1 and type(value[0]) is str:
+        return value  # the usual case, checked fast
     if isinstance(value, str):
         return [value]
     if isinstance(value, list) and all(isinstance(s, str) for s in value):

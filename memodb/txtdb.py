@@ -14,12 +14,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import lz4.frame
-import msgpack
-
 from . import __version__
 from .errors import BadInputError, DatabaseError
-from .ids import id_to_key
+from .ids import KEY_SUFFIX, id_to_key
 from .lexicon import read_lexicon
 from .manifest import read_manifest
 from .parallel import chunked, ordered_map
@@ -27,7 +24,8 @@ from .progress import progress_bar
 from .reader import FeatureDB, open_env
 from .splits import SPLITS_FILE, TRAIN, SplitSpec, assign_splits, parse_split, write_splits_file
 from .transcripts import read_transcripts
-from .wordpiece import WordPieceTokenizer, assemble, bundled_vocab_dir, load_vocab
+from .txtcodec import FastEncoder, decode_example
+from .wordpiece import WordPieceTokenizer, bundled_vocab_dir, load_vocab
 from .writer import StagedDatabase, existing_build
 
 KIND = "text"
@@ -270,54 +268,28 @@ def _labels(kept, names, src) -> dict | None:
             "set": list(range(len(names))) if names else sorted(set(labels))}
 
 
-def encode_example(text_id: str, label, enc, lex, dataset: str) -> bytes:
-    """The compatible LMDB value of one text: lz4 frame of a msgpack map."""
-    img_fname = id_to_key(text_id)
-    ex = {"id": text_id, "dataset": dataset, "file_path": img_fname, "img_fname": img_fname,
-          "toked_caption": enc.pieces, "input_ids": enc.ids, "word_ids": enc.word_ids}
-    if label is not None:
-        ex["target"] = label
-    if lex is not None:
-        emo = [(i, cats) for i, cats in zip(enc.ids, enc.emotions) if cats]
-        ex["emo_input_ids"] = [i for i, _ in emo]
-        ex["emo_labels"] = [list(c) for _, c in emo]
-        ex["emo_type_ids"] = [lex.type_id(c) for c in enc.emotions]
-    return lz4.frame.compress(msgpack.packb(ex, use_bin_type=True))
-
-
-# (word cache, lexicon, dataset name, max_len) of the build in progress: set before the worker
-# processes fork, so they inherit the cache instead of receiving it with every task.
-_ENCODING: tuple = ()
+# (FastEncoder) of the build in progress: set before the worker processes fork, so they inherit
+# the word cache instead of receiving it with every task.
+_ENCODER = None
 
 
 def _encode_chunk(chunk) -> list:
     """Worker: ``[(id, label, words)]`` -> ``[(key bytes, value, sha256 digest)]``."""
-    cache, lex, dataset, max_len = _ENCODING
     out = []
     for text_id, label, words in chunk:
-        enc = assemble(words, cache, lex is not None)
-        if len(enc) > max_len:
-            enc.truncate(max_len)
-        value = encode_example(text_id, label, enc, lex, dataset)
+        value = _ENCODER.encode(text_id, label, words)
         out.append((text_id.encode("utf-8"), value, hashlib.sha256(value).digest()))
     return out
 
 
-def decode_example(buf) -> dict:
-    try:
-        return msgpack.unpackb(lz4.frame.decompress(buf), raw=False)
-    except Exception as exc:  # lz4 and msgpack raise several types on damaged bytes
-        raise DatabaseError(f"not an lz4-compressed msgpack text example ({exc})") from None
-
-
 def _write_db(path: Path, ids, by_id, voc, manifest, label_info, replace, progress, workers,
               encoding) -> dict:
-    global _ENCODING
+    global _ENCODER
     id2len, txt2img, img2txts = {}, {}, {}
     label_counts: dict[int, int] = {}
     for i in ids:
         rec, _, n = by_id[i]
-        key = id_to_key(i)
+        key = i + KEY_SUFFIX  # ids are in key form already
         id2len[i] = n
         txt2img[i] = key
         img2txts[key] = [i]
@@ -325,7 +297,7 @@ def _write_db(path: Path, ids, by_id, voc, manifest, label_info, replace, progre
             label_counts[rec.label] = label_counts.get(rec.label, 0) + 1
     tasks = [[(i, by_id[i][0].label, by_id[i][1]) for i in chunk]
              for chunk in chunked(ids, CHUNK)]
-    _ENCODING = encoding
+    _ENCODER = FastEncoder(*encoding)
     try:
         with StagedDatabase(path.parent, path.name, keys_entry=False, replace=replace) as db, \
                 progress_bar(progress, len(ids), f"txt {path.name}") as bar:
@@ -342,7 +314,7 @@ def _write_db(path: Path, ids, by_id, voc, manifest, label_info, replace, progre
             _, manifest = db.finish(manifest, inner_files={
                 META: meta, ID2LEN: id2len, TXT2IMG: txt2img, IMG2TXTS: img2txts})
     finally:
-        _ENCODING = ()
+        _ENCODER = None
     return manifest
 
 

@@ -99,7 +99,8 @@ class StagedDatabase:
             self.checksum.update(key, value)
         else:
             self.checksum.update_digest(key, digest)
-        self.keys.append(key.decode("utf-8"))
+        if self.keys_entry:
+            self.keys.append(key.decode("utf-8"))
         self._pending.append((key, value))
         self._pending_bytes += len(key) + len(value)
         if self._pending_bytes >= TXN_BYTES:

@@ -648,3 +648,34 @@ def test_replace_with_another_split_plan(tmp_path, corpus):
     assert set(json.loads((out / "splits.json").read_text())["splits"]) == {"train", "val"}
     assert len(ids_of(out / "val")) == 10 and len(ids_of(out / "train")) == 110
     assert create_txtdb(src, out, splits=["val=10"], seed=3).skipped
+
+
+# --------------------------------------------------------------------------------------------
+# the fast value encoder is byte-identical to the reference one
+
+
+_WORDS = ["i", "am", "[MASK]", ".", "Happy,", "unbelievably", "sad", "café", "don't", "x" * 120,
+          "\u200b", "angry!", "tears", "!!"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(words=st.lists(st.sampled_from(_WORDS), max_size=200), label=st.none() | st.integers(0, 300),
+       use_lex=st.booleans(), max_len=st.sampled_from([1, 5, 40, 1000]))
+def test_fast_encoder_matches_the_reference(tmp_path_factory, words, label, use_lex, max_len):
+    from memodb.lexicon import read_lexicon
+    from memodb.txtcodec import FastEncoder, encode_example
+    from memodb.wordpiece import assemble
+
+    tok = WordPieceTokenizer(load_vocab(bundled_vocab_dir()))
+    lex = None
+    if use_lex:
+        path = tmp_path_factory.mktemp("lex") / "lex.tsv"
+        path.write_text("happy\tjoy\nunbelievably\tsurprise\nsad\tsadness\nsad\tgrief\n"
+                        "angry\tanger\ntears\tsadness\n")
+        lex = tok.lexicon = read_lexicon(path, tok.normalize)
+    cache = tok.learn(set(words))
+    fast = FastEncoder(cache, lex, "movies", max_len)
+    enc = assemble(words, cache, lex is not None)
+    enc.truncate(max_len)
+    want = encode_example("No0001.Movie_7", label, enc, lex, "movies")
+    assert fast.encode("No0001.Movie_7", label, words) == want
