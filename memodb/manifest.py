@@ -33,13 +33,17 @@ def read_manifest(db_dir) -> dict | None:
 
 
 def write_json_atomic(path, obj, *, indent=None) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename (never half-written)."""
+    """Write JSON to ``path`` through a temporary file and a rename (never half-written).
+    ``obj`` may also be JSON text already encoded (a str)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    # json.dumps (one call into the C encoder) is many times faster than json.dump
-    text = json.dumps(obj, indent=indent, ensure_ascii=False, sort_keys=indent is not None)
+    if isinstance(obj, str):
+        text = obj
+    else:  # json.dumps (one call into the C encoder) is many times faster than json.dump
+        text = json.dumps(obj, indent=indent, ensure_ascii=False, sort_keys=indent is not None)
+        text = text + "\n" if indent is not None else text
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text + "\n" if indent is not None else text)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

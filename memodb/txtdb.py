@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from json.encoder import encode_basestring
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -285,16 +286,12 @@ def _encode_chunk(chunk) -> list:
 def _write_db(path: Path, ids, by_id, voc, manifest, label_info, replace, progress, workers,
               encoding) -> dict:
     global _ENCODER
-    id2len, txt2img, img2txts = {}, {}, {}
+    lens = [by_id[i][2] for i in ids]
     label_counts: dict[int, int] = {}
     for i in ids:
-        rec, _, n = by_id[i]
-        key = i + KEY_SUFFIX  # ids are in key form already
-        id2len[i] = n
-        txt2img[i] = key
-        img2txts[key] = [i]
-        if rec.label is not None:
-            label_counts[rec.label] = label_counts.get(rec.label, 0) + 1
+        label = by_id[i][0].label
+        if label is not None:
+            label_counts[label] = label_counts.get(label, 0) + 1
     tasks = [[(i, by_id[i][0].label, by_id[i][1]) for i in chunk]
              for chunk in chunked(ids, CHUNK)]
     _ENCODER = FastEncoder(*encoding)
@@ -305,17 +302,28 @@ def _write_db(path: Path, ids, by_id, voc, manifest, label_info, replace, progre
                 for key, value, digest in results:
                     db.put(key, value, digest)
                 bar(len(results))
-            manifest["counts"] = {"texts": len(ids), "pieces": sum(id2len.values()),
-                                  "max_len": max(id2len.values(), default=0)}
+            manifest["counts"] = {"texts": len(ids), "pieces": sum(lens),
+                                  "max_len": max(lens, default=0)}
             manifest["labels"] = None if label_info is None else {
                 **label_info,
                 "counts": {str(k): label_counts[k] for k in sorted(label_counts)}}
             meta = {**voc.meta(), **manifest["options"]}
-            _, manifest = db.finish(manifest, inner_files={
-                META: meta, ID2LEN: id2len, TXT2IMG: txt2img, IMG2TXTS: img2txts})
+            _, manifest = db.finish(manifest, inner_files={META: meta,
+                                                           **side_files_json(ids, lens)})
     finally:
         _ENCODER = None
     return manifest
+
+
+def side_files_json(ids, lens) -> dict:
+    """The JSON text of ``id2len.json``, ``txt2img.json`` and ``img2txts.json`` (one text per
+    segment, ids in key form), exactly as ``json.dumps`` writes these dicts but without building
+    them: each id is JSON-encoded once and reused."""
+    q = [encode_basestring(i) for i in ids]  # '"<id>"'
+    sfx = KEY_SUFFIX + '"'
+    return {ID2LEN: "{" + ", ".join([f"{e}: {n}" for e, n in zip(q, lens)]) + "}",
+            TXT2IMG: "{" + ", ".join([f"{e}: {e[:-1]}{sfx}" for e in q]) + "}",
+            IMG2TXTS: "{" + ", ".join([f"{e[:-1]}{sfx}: [{e}]" for e in q]) + "}"}
 
 
 class TextDB:

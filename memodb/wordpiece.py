@@ -151,8 +151,9 @@ class WordPieceTokenizer:
         ``{word: (ids, pieces, per-piece emotion categories or None)}``."""
         new = [w for w in words if w not in self._cache]
         if new:
-            encs = self._tok.encode_batch([[w] for w in new], is_pretokenized=True,
-                                          add_special_tokens=False)
+            # a word from str.split() holds no character BERT splits on as whitespace, so
+            # encoding it as a plain string equals encoding it pre-tokenized (and is faster)
+            encs = self._tok.encode_batch(new, add_special_tokens=False)
             for word, enc in zip(new, encs):
                 pieces = tuple(enc.tokens)
                 emo = self._emotions(word, pieces, enc.offsets) if self.lexicon else None

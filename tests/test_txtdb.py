@@ -679,3 +679,17 @@ def test_fast_encoder_matches_the_reference(tmp_path_factory, words, label, use_
     enc.truncate(max_len)
     want = encode_example("No0001.Movie_7", label, enc, lex, "movies")
     assert fast.encode("No0001.Movie_7", label, words) == want
+
+
+@given(ids=st.lists(st.text(min_size=1, max_size=12), unique=True, max_size=30),
+       data=st.data())
+def test_side_files_are_what_json_dumps_writes(ids, data):
+    from memodb.txtdb import side_files_json
+
+    lens = data.draw(st.lists(st.integers(0, 600), min_size=len(ids), max_size=len(ids)))
+    got = {k: json.loads(v) for k, v in side_files_json(ids, lens).items()}
+    assert got["id2len.json"] == dict(zip(ids, lens))
+    assert got["txt2img.json"] == {i: i + ".npz" for i in ids}
+    assert got["img2txts.json"] == {i + ".npz": [i] for i in ids}
+    text = side_files_json(ids, lens)["id2len.json"]
+    assert text == json.dumps(dict(zip(ids, lens)), ensure_ascii=False)
