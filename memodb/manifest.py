@@ -63,6 +63,10 @@ class Checksum:
     def update_digest(self, key: bytes, digest: bytes) -> None:
         self._h.update(b"%s\0%s" % (key, digest))
 
+    def update_raw(self, part: bytes) -> None:
+        """Several ``key NUL digest`` records, concatenated (as a worker prepares them)."""
+        self._h.update(part)
+
     def hexdigest(self) -> str:
         return "sha256:" + self._h.hexdigest()
 

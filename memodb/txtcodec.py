@@ -86,10 +86,19 @@ class FastEncoder:
         self._frags[word] = packed
         return packed
 
+    def prepare(self) -> None:
+        """Pack every word of the cache now (before forking workers, which then share them)."""
+        for word in self.cache:
+            if word not in self._frags:
+                self._frag(word)
+
     def encode(self, text_id: str, label, words) -> bytes:
         frags = self._frags
-        fs = [f for f in (frags.get(w) or self._frag(w) for w in words) if f[0]]
-        n = sum(f[0] for f in fs)
+        try:
+            fs = [f for f in map(frags.__getitem__, words) if f[0]]
+        except KeyError:  # not prepared
+            fs = [f for f in (frags.get(w) or self._frag(w) for w in words) if f[0]]
+        n = sum([f[0] for f in fs])
         if n > self.max_len:
             enc = assemble(words, self.cache, self.lex is not None)
             enc.truncate(self.max_len)

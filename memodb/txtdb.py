@@ -7,7 +7,10 @@ one database per split plus ``splits.json``. Each database is built with
 """
 from __future__ import annotations
 
+import functools
+import gc
 import hashlib
+import itertools
 import json
 from json.encoder import encode_basestring
 import os
@@ -46,6 +49,24 @@ class TextBuildResult:
     warnings: list = field(default_factory=list)
 
 
+def _gc_paused(func):
+    """Run ``func`` with Python's cyclic garbage collector off. A build keeps millions of small
+    lists and tuples alive, which the collector would rescan again and again (measured: it
+    doubled the build time); the build makes no reference cycles, so pausing it frees nothing
+    less. Forked workers inherit the paused state."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+    return wrapper
+
+
+@_gc_paused
 def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
                  max_len: int = 100, long: str = "truncate", lexicon=None, labels=None,
                  splits=(), seed: int = 0, dataset: str | None = None,
@@ -274,13 +295,14 @@ def _labels(kept, names, src) -> dict | None:
 _ENCODER = None
 
 
-def _encode_chunk(chunk) -> list:
-    """Worker: ``[(id, label, words)]`` -> ``[(key bytes, value, sha256 digest)]``."""
-    out = []
-    for text_id, label, words in chunk:
-        value = _ENCODER.encode(text_id, label, words)
-        out.append((text_id.encode("utf-8"), value, hashlib.sha256(value).digest()))
-    return out
+def _encode_chunk(chunk) -> tuple:
+    """Worker: ``[(id, label, words)]`` -> (keys, values joined, their lengths, checksum part):
+    a few objects to send back rather than thousands."""
+    encode, sha256 = _ENCODER.encode, hashlib.sha256
+    keys = [text_id.encode("utf-8") for text_id, _, _ in chunk]
+    values = [encode(text_id, label, words) for text_id, label, words in chunk]
+    part = b"".join([b"%s\0%s" % (k, sha256(v).digest()) for k, v in zip(keys, values)])
+    return keys, b"".join(values), [len(v) for v in values], part
 
 
 def _write_db(path: Path, ids, by_id, voc, manifest, label_info, replace, progress, workers,
@@ -295,13 +317,14 @@ def _write_db(path: Path, ids, by_id, voc, manifest, label_info, replace, progre
     tasks = [[(i, by_id[i][0].label, by_id[i][1]) for i in chunk]
              for chunk in chunked(ids, CHUNK)]
     _ENCODER = FastEncoder(*encoding)
+    _ENCODER.prepare()  # every word's fragments, before the fork: workers share them
     try:
         with StagedDatabase(path.parent, path.name, keys_entry=False, replace=replace) as db, \
                 progress_bar(progress, len(ids), f"txt {path.name}") as bar:
-            for results in ordered_map(_encode_chunk, tasks, workers):
-                for key, value, digest in results:
-                    db.put(key, value, digest)
-                bar(len(results))
+            for keys, blob, sizes, part in ordered_map(_encode_chunk, tasks, workers):
+                view, ends = memoryview(blob), list(itertools.accumulate(sizes))
+                db.put_many(keys, [view[e - n:e] for e, n in zip(ends, sizes)], part)
+                bar(len(keys))
             manifest["counts"] = {"texts": len(ids), "pieces": sum(lens),
                                   "max_len": max(lens, default=0)}
             manifest["labels"] = None if label_info is None else {

@@ -106,16 +106,34 @@ class StagedDatabase:
         if self._pending_bytes >= TXN_BYTES:
             self._flush()
 
+    def put_many(self, keys: list, values: list, checksum_part: bytes) -> None:
+        """Add many values at once (keys in strictly increasing byte order, after those put
+        before). ``checksum_part`` is ``key NUL sha256(value)`` of each pair, concatenated: what
+        :class:`Checksum` hashes, computed by a worker."""
+        if not keys:
+            return
+        if keys[0] <= self._last_key or any(a >= b for a, b in zip(keys, keys[1:])):
+            raise ValueError(f"keys out of order after {self._last_key!r}")
+        self._last_key = keys[-1]
+        self.checksum.update_raw(checksum_part)
+        if self.keys_entry:
+            self.keys.extend(k.decode("utf-8") for k in keys)
+        self._pending.extend(zip(keys, values))
+        self._pending_bytes += sum(map(len, keys)) + sum(map(len, values))
+        if self._pending_bytes >= TXN_BYTES:
+            self._flush()
+
     def _flush(self, extra=()) -> None:
-        items = self._pending + list(extra)
+        items = self._pending
         while True:
             try:
                 with self.env.begin(write=True) as txn:
-                    for k, v in items:
-                        txn.put(k, v, append=k != KEYS_KEY)
+                    txn.cursor().putmulti(items, append=True)
+                    for k, v in extra:
+                        txn.put(k, v)
                 break
             except lmdb.MapFullError:
-                need = sum(len(k) + len(v) for k, v in items)
+                need = sum(len(k) + len(v) for k, v in (*items, *extra))
                 size = self.env.info()["map_size"]
                 self.env.set_mapsize(max(size * 2, size + 3 * need))
         self._pending, self._pending_bytes = [], 0
