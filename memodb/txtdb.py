@@ -121,6 +121,9 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
     counts = {"source_texts": len(records), "no_features": 0, "no_faces": 0, "no_caption": 0,
               "empty": 0, "truncated": 0, "dropped_too_long": 0, "texts": 0}
     warnings: list[str] = []
+    if lex is not None:
+        _note(warnings, tok.unmatchable(lex.words), "lexicon entries are several words to "
+              "BERT's tokenizer (punctuation inside) and never match")
     if img is not None:
         records = _align(records, img, min_faces, counts, warnings, src)
     texts = [r.text.split() for r in records]

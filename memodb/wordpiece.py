@@ -146,6 +146,12 @@ class WordPieceTokenizer:
     def normalize(self, word: str) -> str:
         return self._tok.normalizer.normalize_str(word)
 
+    def unmatchable(self, words) -> list[str]:
+        """Lexicon words BERT's basic tokenizer splits (``well-being``): no single word of a
+        text can equal them."""
+        split = self._tok.pre_tokenizer.pre_tokenize_str
+        return sorted(w for w in words if len(split(w)) != 1)
+
     def learn(self, words) -> dict:
         """Tokenise every word not seen yet (one batched call); returns the word cache,
         ``{word: (ids, pieces, per-piece emotion categories or None)}``."""

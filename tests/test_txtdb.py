@@ -693,3 +693,12 @@ def test_side_files_are_what_json_dumps_writes(ids, data):
     assert got["img2txts.json"] == {i + ".npz": [i] for i in ids}
     text = side_files_json(ids, lens)["id2len.json"]
     assert text == json.dumps(dict(zip(ids, lens)), ensure_ascii=False)
+
+
+def test_lexicon_entries_bert_splits_are_reported(tmp_path):
+    src = write_json(tmp_path / "c.json", {"m_1": ["well-being is good"]})
+    (tmp_path / "lex.tsv").write_text("well-being\tjoy\ngood\tjoy\n")
+    r = create_txtdb(src, tmp_path / "txt", lexicon=tmp_path / "lex.tsv")
+    assert any("well-being" in w and "never match" in w for w in r.warnings)
+    ex = TextDB(tmp_path / "txt")["m_1"]
+    assert ex["emo_input_ids"] == [2204]  # "good" only
