@@ -16,7 +16,7 @@ from typing import NamedTuple
 from pathlib import Path
 
 from .errors import BadInputError, BadInputsError
-from .ids import check_key, find_duplicates, key_to_id, normalize_id
+from .ids import MAX_KEY_BYTES, check_key, find_duplicates, key_to_id, normalize_id
 
 
 JSONL_SUFFIXES = (".jsonl", ".jsonlines", ".ndjson")
@@ -96,11 +96,13 @@ def read_transcripts(path) -> tuple[list[Transcript], str]:
         key = raw_id
         if "/" in key or key.endswith(".npz"):  # "x.npz" names segment x, as in img_fname
             key = key_to_id(normalize_id(raw_id))
-        try:
-            check_key(key, file=path)
-        except BadInputError as exc:
-            errors.append(exc)
-            continue
+        if not (key and key.isascii() and key.isprintable() and len(key) <= MAX_KEY_BYTES
+                and key != "__keys__"):  # else the full check (UTF-8, NUL, length) decides
+            try:
+                check_key(key, file=path)
+            except BadInputError as exc:
+                errors.append(exc)
+                continue
         records.append(Transcript(key, sentences[0] if len(sentences) == 1
                                   else " ".join(sentences), label))
         raw_ids.append(raw_id)
@@ -166,6 +168,8 @@ def _mapping(obj: dict, path, errors):
                 continue
             sentences = _sentences(value["txt"], path, seg, errors)
             label = _label(value.get("label"), path, seg, errors)
+        elif type(value) is list and len(value) == 1 and type(value[0]) is str:
+            sentences, label = value, None  # the usual caption, accepted without a call
         else:
             sentences, label = _sentences(value, path, seg, errors), None
         if sentences is not None:

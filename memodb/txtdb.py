@@ -23,7 +23,7 @@ from .errors import BadInputError, DatabaseError
 from .ids import KEY_SUFFIX, id_to_key
 from .lexicon import read_lexicon
 from .manifest import read_manifest
-from .parallel import chunked, ordered_map
+from .parallel import ordered_map
 from .progress import progress_bar
 from .reader import FeatureDB, open_env
 from .splits import SPLITS_FILE, TRAIN, SplitSpec, assign_splits, parse_split, write_splits_file
@@ -127,7 +127,7 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
     if img is not None:
         records = _align(records, img, min_faces, counts, warnings, src)
     texts = [r.text.split() for r in records]
-    cache = tok.learn({w for words in texts for w in words})
+    cache = tok.learn(set().union(*texts))
     plen = {w: len(e[0]) for w, e in cache.items()}
     kept, empty, too_long = [], [], []
     for rec, words in zip(records, texts):
@@ -296,12 +296,14 @@ def _labels(kept, names, src) -> dict | None:
 # (FastEncoder) of the build in progress: set before the worker processes fork, so they inherit
 # the word cache instead of receiving it with every task.
 _ENCODER = None
+_ITEMS: list = []  # [(id, label, words)] of the database being written, in key order
 
 
-def _encode_chunk(chunk) -> tuple:
-    """Worker: ``[(id, label, words)]`` -> (keys, values joined, their lengths, checksum part):
-    a few objects to send back rather than thousands."""
+def _encode_chunk(span) -> tuple:
+    """Worker: ``(start, stop)`` in :data:`_ITEMS` -> (keys, values joined, their lengths,
+    checksum part). The items come through fork, not pickles; a few objects go back."""
     encode, sha256 = _ENCODER.encode, hashlib.sha256
+    chunk = _ITEMS[span[0]:span[1]]
     keys = [text_id.encode("utf-8") for text_id, _, _ in chunk]
     values = [encode(text_id, label, words) for text_id, label, words in chunk]
     part = b"".join([b"%s\0%s" % (k, sha256(v).digest()) for k, v in zip(keys, values)])
@@ -310,15 +312,15 @@ def _encode_chunk(chunk) -> tuple:
 
 def _write_db(path: Path, ids, by_id, voc, manifest, label_info, replace, progress, workers,
               encoding) -> dict:
-    global _ENCODER
+    global _ENCODER, _ITEMS
     lens = [by_id[i][2] for i in ids]
     label_counts: dict[int, int] = {}
     for i in ids:
         label = by_id[i][0].label
         if label is not None:
             label_counts[label] = label_counts.get(label, 0) + 1
-    tasks = [[(i, by_id[i][0].label, by_id[i][1]) for i in chunk]
-             for chunk in chunked(ids, CHUNK)]
+    _ITEMS = [(i, by_id[i][0].label, by_id[i][1]) for i in ids]
+    tasks = [(a, min(a + CHUNK, len(ids))) for a in range(0, len(ids), CHUNK)]
     _ENCODER = FastEncoder(*encoding)
     _ENCODER.prepare()  # every word's fragments, before the fork: workers share them
     try:
@@ -337,7 +339,7 @@ def _write_db(path: Path, ids, by_id, voc, manifest, label_info, replace, progre
             _, manifest = db.finish(manifest, inner_files={META: meta,
                                                            **side_files_json(ids, lens)})
     finally:
-        _ENCODER = None
+        _ENCODER, _ITEMS = None, []
     return manifest
 
 
