@@ -70,3 +70,31 @@ def test_quickstart_runs_and_reruns(tmp_path):
     assert "clean" in res.output
     again = CliRunner().invoke(main, ["quickstart", str(tmp_path / "qs"), "--workers", "1"])
     assert again.exit_code == 0 and "up to date" in again.output
+
+
+def test_create_txtdb_through_the_cli(h5_root, h5_ids, tmp_path):
+    run = CliRunner().invoke
+    img = tmp_path / "img"
+    assert run(main, ["db", "create-imgdb", str(h5_root), str(img), "--workers", "1"]).exit_code == 0
+    caps = {i: [f"i am so happy {n}"] for n, i in enumerate(h5_ids)}
+    caps["ghost_1"] = ["nobody here"]
+    (tmp_path / "caps.json").write_text(json.dumps(caps))
+    (tmp_path / "lex.tsv").write_text("happy\tjoy\n")
+    args = ["db", "create-txtdb", str(tmp_path / "caps.json"), str(tmp_path / "txt"),
+            "--img-db", str(img / "feat_th0.5_max36_min0"), "--lexicon", str(tmp_path / "lex.tsv"),
+            "--split", "val=3", "--split", "mon=2@train", "--seed", "7", "--max-len", "8",
+            "--workers", "2"]
+    res = run(main, args)
+    assert res.exit_code == 0, res.output
+    assert "val/: 3 texts" not in res.output and "3 texts (val)" in res.output
+    assert "ghost_1" in res.output  # the transcript without a segment is named
+    assert "no_features 1" in res.output and "no_faces 2" in res.output
+    assert "up to date" in run(main, args).output
+    res = run(main, ["db", "check", str(tmp_path / "txt")])
+    assert res.exit_code == 0 and "(splits, 3 splits" in res.output, res.output
+    res = run(main, ["db", "stats", "--json", str(tmp_path / "txt" / "val")])
+    assert json.loads(res.output)["texts"] == 3
+    res = run(main, ["db", "create-txtdb", str(tmp_path / "caps.json"), str(tmp_path / "t2"),
+                     "--split", "val=500"])
+    assert res.exit_code == 1 and res.output.startswith("Error: ") and "lower the count" in res.output
+    assert not (tmp_path / "t2").exists() or not any((tmp_path / "t2").iterdir())
