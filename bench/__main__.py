@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import argparse
 
-from . import build_memory, imgdb_build, read_random
+from . import build_memory, check_dataset, imgdb_build, read_random, txtdb_build
 from .common import OUT
 
 QUICK = {imgdb_build: ["--segments", "600", "--repeat", "2"],
          read_random: ["--segments", "1000", "--reads", "5000", "--rounds", "2"],
-         build_memory: ["--segments", "2000"]}
+         build_memory: ["--segments", "2000"],
+         txtdb_build: ["--segments", "20000", "--repeat", "2"],
+         check_dataset: ["--segments", "20000", "--repeat", "2"]}
 
 
 def main(argv=None) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import importlib
 import io
+import json
 import math
 import os
 import platform
@@ -12,6 +14,7 @@ import pstats
 import resource
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -94,11 +97,164 @@ def make_npz(out, segments: int, movies: int, seed: int = 0, faces: int = 30, di
     return sum(ordered_map(work, chunked(list(range(segments)), 1000), workers))
 
 
+def npz_ids(segments: int, movies: int) -> list[str]:
+    """The segment ids (file stems, = feature-db keys without ``.npz``) :func:`make_npz`
+    writes for ``segments`` over ``movies``, movie by movie, segment 1, 2, ..."""
+    return [f"No{m:04d}.Movie_{m}_{s}" for m in range(movies)
+            for s in range(1, len(range(m, segments, movies)) + 1)]
+
+
+# --- captions: subtitle-like sentences over a Zipf vocabulary of generated words -----------
+_ONSETS = ("", "", "b", "bl", "br", "c", "ch", "cl", "cr", "d", "dr", "f", "fl", "fr", "g",
+           "gl", "gr", "h", "j", "k", "l", "m", "n", "p", "pl", "pr", "qu", "r", "s", "sh",
+           "sk", "sl", "sm", "sp", "st", "str", "t", "th", "tr", "v", "w", "wh", "y", "z")
+_NUCLEI = ("a", "a", "e", "e", "i", "o", "o", "u", "ai", "ea", "ee", "oo", "ou", "y")
+_CODAS = ("", "", "", "", "n", "r", "s", "t", "l", "m", "nd", "ng", "st", "ck", "rt", "ll")
+_ACCENTS = {"a": "àáâä", "e": "éèêë", "i": "íï", "o": "óôö", "u": "úüù", "c": "ç", "n": "ñ"}
+_SUFFIXES = ("'s", "'s", "n't", "'re", "'ll", "'m", "'ve", "'d")
+EMOTIONS = ("anger", "anticipation", "disgust", "fear", "joy", "sadness", "surprise", "trust")
+
+
+def caption_vocab(size: int = 5000, seed: int = 0) -> list[str]:
+    """``size`` distinct generated words (1-3 syllables) in Zipf rank order: shorter words
+    rank higher, with noise. Past the 50 most frequent, about 3% are names (always
+    capitalised) and 4% carry an accent (é, ñ, ç, ...)."""
+    rng = np.random.default_rng([seed, 1])
+    words: set[str] = set()
+    while len(words) < size:
+        words.add("".join(rng.choice(_ONSETS) + rng.choice(_NUCLEI) + rng.choice(_CODAS)
+                          for _ in range(rng.choice([1, 2, 3], p=[0.3, 0.45, 0.25]))))
+    words = sorted(words)  # a set's order is not reproducible
+    noise = rng.normal(0, 2, len(words))
+    ranked = [words[i] for i in np.argsort([len(w) + x for w, x in zip(words, noise)],
+                                           kind="stable")]
+    for rank, w in enumerate(ranked[50:], 50):
+        if rng.random() < 0.04:
+            spots = [i for i, ch in enumerate(w) if ch in _ACCENTS]
+            if spots:
+                i = int(rng.choice(spots))
+                w = w[:i] + str(rng.choice(list(_ACCENTS[w[i]]))) + w[i + 1:]
+        if rng.random() < 0.03:
+            w = w.capitalize()
+        ranked[rank] = w
+    return ranked
+
+
+def make_captions(path, segments: int, movies: int = 100, seed: int = 0,
+                  vocab_size: int = 5000, ids: list[str] | None = None) -> dict:
+    """A MEmoBERT captions file ``{"No0003.Movie_3_17": ["sentence", ...]}`` of ``segments``
+    segments over ``movies`` (file order: movie by movie, segment 1, 2, ...). Subtitle-like:
+    1-3 sentences per segment (mostly 1), 3-30 words each (mean ~9), words drawn from
+    :func:`caption_vocab` with Zipf-Mandelbrot frequencies, the first word capitalised, now and
+    then a comma, a contraction, a number, a quoted word, SHOUTING, a dialogue dash, and
+    ``.``, ``?``, ``!``, ``...`` or ``?!`` at the end. ``ids``: the segment ids to use
+    instead, in file order (e.g. :func:`npz_ids`, to match a feature corpus; ``segments`` is
+    then ``len(ids)``). Returns counts and the vocabulary."""
+    segments = len(ids) if ids is not None else segments
+    rng = np.random.default_rng([seed, 2])
+    vocab = caption_vocab(vocab_size, seed)
+    ranks = np.arange(1, len(vocab) + 1)
+    p = 1 / (ranks + 2.7) ** 1.07
+    n_sent = rng.choice([1, 2, 3], size=segments, p=[0.6, 0.3, 0.1])
+    total = int(n_sent.sum())
+    lengths = np.minimum(2 + rng.geometric(1 / 7, size=total), 30)
+    n_words = int(lengths.sum())
+    toks = np.array(vocab, dtype=object)[rng.choice(len(vocab), size=n_words, p=p / p.sum())]
+    u = rng.random((5, n_words))
+    for mask, fn in ((u[0] < 0.04, lambda t: t + str(rng.choice(_SUFFIXES))),
+                     (u[1] < 0.01, lambda t: str(int(rng.integers(0, 2000)))),
+                     (u[2] < 0.008, lambda t: f'"{t}"'),
+                     (u[3] < 0.006, str.upper),
+                     (u[4] < 0.07, lambda t: t + ",")):
+        at = np.flatnonzero(mask)
+        toks[at] = [fn(t) for t in toks[at]]
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    toks[starts] = [t[:1].upper() + t[1:] for t in toks[starts]]
+    last = ends - 1
+    toks[last] = [t.rstrip(",") + e for t, e in
+                  zip(toks[last], rng.choice([".", "?", "!", "...", "?!"], size=total,
+                                             p=[0.62, 0.2, 0.1, 0.06, 0.02]))]
+    dash = rng.random(total) < 0.05
+    sentences = [("- " if d else "") + " ".join(toks[a:b]) for a, b, d in zip(starts, ends, dash)]
+    caps, at = {}, 0
+    per_movie = -(-segments // movies)
+    for i, n in enumerate(n_sent):
+        key = ids[i] if ids is not None else \
+            f"No{i // per_movie:04d}.Movie_{i // per_movie}_{i % per_movie + 1}"
+        caps[key] = sentences[at:at + n]
+        at += n
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(caps, f, ensure_ascii=False)
+    return {"segments": segments, "sentences": total, "words": n_words,
+            "bytes": os.path.getsize(path), "vocab": vocab}
+
+
+def make_lexicon(path, vocab: list[str], words: int = 300, seed: int = 0) -> int:
+    """An emotion lexicon (``word<TAB>category`` lines) of ``words`` words sampled from
+    ``vocab`` past its 10 most frequent, one category each (a fifth get a second one).
+    Returns the number of lines."""
+    rng = np.random.default_rng([seed, 3])
+    chosen = rng.choice(np.arange(10, len(vocab)), size=words, replace=False)
+    lines = []
+    for i in chosen:
+        for cat in rng.choice(EMOTIONS, size=1 + (rng.random() < 0.2), replace=False):
+            lines.append(f"{vocab[i]}\t{cat}\n")
+    Path(path).write_text("".join(lines), encoding="utf-8")
+    return len(lines)
+
+
 def timed(fn, *args, **kwargs):
     """(seconds, result) of one call."""
     t = time.perf_counter()
     result = fn(*args, **kwargs)
     return time.perf_counter() - t, result
+
+
+# Runs in a child process: import a function, call it, report its time and resources.
+_CHILD = """
+import importlib, json, resource, sys, time
+fn = getattr(importlib.import_module(sys.argv[1]), sys.argv[2])
+args = json.loads(sys.argv[3])
+def kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(x.split()[1]) for x in f if x.startswith(field + ":"))
+def cpu(who):
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+rss0 = kib("VmRSS")
+c, w, t = cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN), time.perf_counter()
+result = fn(*args)
+seconds = time.perf_counter() - t
+c, w = cpu(resource.RUSAGE_SELF) - c, cpu(resource.RUSAGE_CHILDREN) - w
+print(json.dumps({"seconds": seconds, "cpu": c + w, "result": result, "rss_start_kib": rss0,
+                  "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "workers_peak_rss_kib": w and resource.getrusage(
+                      resource.RUSAGE_CHILDREN).ru_maxrss}))
+"""
+
+
+def in_child(fn, *args, env: dict | None = None) -> dict:
+    """Call module-level ``fn(*args)`` (JSON-able arguments and result) in a fresh Python
+    process, so that each run has its own peak RSS. Returns ``seconds`` (wall time of the call
+    alone, not the interpreter start or imports), ``cpu`` (user + system seconds of the call:
+    all threads, and the worker processes it waited for), ``peak_rss_kib`` (VmHWM of the
+    process), ``workers_peak_rss_kib`` (the largest VmHWM of its waited-for children, pages
+    inherited at fork included; 0 when no child ran), ``rss_start_kib`` (VmRSS once the
+    module is imported, before the call) and ``result``."""
+    module = fn.__module__
+    if module == "__main__":  # run as python -m bench.xxx
+        module = sys.modules["__main__"].__spec__.name
+    importlib.import_module(module)  # fail here, not in the child
+    proc = subprocess.run([sys.executable, "-c", _CHILD, module, fn.__name__,
+                           json.dumps([str(a) if isinstance(a, Path) else a for a in args])],
+                          stdout=subprocess.PIPE, text=True, cwd=OUT.parent.parent,
+                          env={**os.environ, **(env or {})}, check=False)
+    if proc.returncode:
+        raise SystemExit(f"{module}.{fn.__name__} failed in a child process "
+                         f"(exit {proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def cpu_seconds() -> float:
@@ -185,6 +341,22 @@ def watch_tree(proc, every: float = 0.05) -> dict:
             hwm[p] = max(hwm.get(p, 0), _kib(p, "status", "VmHWM"))
         time.sleep(every)
     peak["hwm"] = hwm
+    return peak
+
+
+def watch_anon(proc, every: float = 0.05) -> dict:
+    """Poll a running subprocess and its descendants until it exits. Returns the peaks (KiB)
+    of anonymous resident memory (RssAnon: heap and private pages, not mapped files such as an
+    LMDB data.mdb, which VmRSS / VmHWM count once touched): of the process itself
+    (``main``), of its largest descendant (``worker``) and of the tree summed (``sum``; pages a
+    forked worker still shares with its parent count in both)."""
+    peak = {"main": 0, "worker": 0, "sum": 0}
+    while proc.poll() is None:
+        anon = {p: _kib(p, "status", "RssAnon") for p in _proc_tree(proc.pid)}
+        peak["main"] = max(peak["main"], anon.get(proc.pid, 0))
+        peak["worker"] = max([peak["worker"]] + [v for p, v in anon.items() if p != proc.pid])
+        peak["sum"] = max(peak["sum"], sum(anon.values()))
+        time.sleep(every)
     return peak
 
 

@@ -17,7 +17,8 @@ from memodb.check import check, find_databases
 from memodb.imgdb import create_imgdb
 from memodb.reader import close_all
 from memodb.synth import make_captions, make_h5_corpus
-from memodb.txtdb import create_txtdb, decode_example
+from memodb.txtcodec import decode_example
+from memodb.txtdb import create_txtdb
 
 FEAT = "face/feat_th0.5_max36_min0"
 LEXICON = "angry\tanger\nwonderful\tjoy\nlaughed\tjoy\ncried\tsadness\nalone\tsadness\n"
