@@ -220,12 +220,7 @@ def check_feature_db(path, *, workers: int | None = None, progress: bool = False
         rep.warn("no_manifest", "no memo manifest (built by another tool, or not finished): "
                  "counts and checksum cannot be verified")
     stored_set = set(stored)
-    names = []
-    for k in stored:
-        try:
-            names.append(k.decode("utf-8"))
-        except UnicodeDecodeError:
-            rep.problem("bad_key", f"key {k!r} is not UTF-8")
+    names = utf8_keys(rep, stored)
     _check_keys_list(rep, keys_raw, stored_set)
     nbb = _check_nbb(rep, path, stored_set, required=manifest is not None)
 
@@ -258,6 +253,17 @@ def check_feature_db(path, *, workers: int | None = None, progress: bool = False
     if manifest is not None:
         _check_manifest(rep, manifest, counts, layouts, checksum.hexdigest(), path)
     return rep
+
+
+def utf8_keys(rep: DbReport, stored) -> list[str]:
+    """The stored keys as text; a key that is not UTF-8 is a problem."""
+    names = []
+    for k in stored:
+        try:
+            names.append(k.decode("utf-8"))
+        except UnicodeDecodeError:
+            rep.problem("bad_key", f"key {k!r} is not UTF-8")
+    return names
 
 
 def _check_keys_list(rep: DbReport, keys_raw, stored_set) -> None:

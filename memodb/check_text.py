@@ -14,7 +14,7 @@ from collections import Counter
 from functools import partial
 from pathlib import Path
 
-from .check import DbReport
+from .check import DbReport, utf8_keys
 from .errors import DatabaseError, MemoError
 from .ids import KEYS_KEY
 from .manifest import Checksum, read_manifest
@@ -78,12 +78,7 @@ def _check_text_db(path, *, workers=None, progress=False, links=None):
         stored.remove(KEYS_KEY)
         rep.warn("keys_entry", "a __keys__ entry is stored; text databases have none (readers "
                  "list ids from id2len.json)")
-    names = []
-    for k in stored:
-        try:
-            names.append(k.decode("utf-8"))
-        except UnicodeDecodeError:
-            rep.problem("bad_key", f"key {k!r} is not UTF-8")
+    names = utf8_keys(rep, stored)
     name_set = set(names)
 
     m = manifest or {}

@@ -1,10 +1,19 @@
 """Tiny corpora built in code (fixed seeds) for every test."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from memodb.reader import close_all
+
+SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 from memodb.synth import make_h5_corpus, make_openface
 
 
@@ -66,3 +75,29 @@ def feature_db(tmp_path, h5_root):
     from memodb.imgdb import create_imgdb
 
     return create_imgdb(h5_root, tmp_path / "img", workers=1).path
+
+
+def run_and_kill(code: str, args, ready, timeout=30.0) -> None:
+    """Run ``python -c code args`` in its own process group; SIGKILL the group once
+    ``ready()`` is true. Fails if the process ended before that."""
+    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, args)],
+                            start_new_session=True, env=SUBPROCESS_ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                pytest.fail(f"process ended (rc {proc.returncode}) before it could be killed: "
+                            f"{proc.stderr.read().decode()[-2000:]}")
+            assert time.monotonic() < deadline, "build never started"
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL

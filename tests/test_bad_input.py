@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import write_npz
+from conftest import SUBPROCESS_ENV, run_and_kill, write_npz
 from memo.cli import main
 from memodb.check import check
 from memodb.errors import BadInputError, BadInputsError, DatabaseError, OutputExistsError
@@ -39,7 +38,6 @@ from memodb.trans2npz import trans2npz
 DB = "feat_th0.5_max36_min0"
 NBB = "nbb_th0.5_max36_min0.json"
 MOVIE_H5 = "has_active_spk_denseface_with_trans.h5"
-SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,30 +178,6 @@ def wait_unlocked(lock_path, timeout=10.0) -> None:
         time.sleep(0.01)
 
 
-def run_and_kill(code: str, args, ready, timeout=20.0) -> None:
-    """Run ``python -c code args`` in its own process group; SIGKILL the group once
-    ``ready()`` is true. Fails if the process ended before that."""
-    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, args)],
-                            start_new_session=True, env=SUBPROCESS_ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
-    try:
-        while not ready():
-            if proc.poll() is not None:
-                pytest.fail(f"process ended (rc {proc.returncode}) before it could be killed: "
-                            f"{proc.stderr.read().decode()[-2000:]}")
-            assert time.monotonic() < deadline, "build never started"
-            time.sleep(0.002)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
 
 
 def run_py(code: str, *args) -> subprocess.CompletedProcess:

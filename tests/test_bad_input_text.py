@@ -10,23 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from conftest import run_and_kill
 from memodb.errors import BadInputError, BadInputsError, OutputExistsError
 from memodb.manifest import read_manifest
 from memodb.synth import WORDS, make_captions
 from memodb.txtdb import TextDB, create_txtdb
 from memodb.wordpiece import bundled_vocab_dir
 
-SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
 # --------------------------------------------------------------------------------------------
@@ -471,29 +467,6 @@ def big(tmp_path_factory):
     return base
 
 
-def run_and_kill(args, ready, timeout=30.0) -> None:
-    """Run create_txtdb in a child process (own process group); SIGKILL it once ``ready()``."""
-    proc = subprocess.Popen([sys.executable, "-c", KILL_CODE, *map(str, args)],
-                            start_new_session=True, env=SUBPROCESS_ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
-    try:
-        while not ready():
-            if proc.poll() is not None:
-                pytest.fail(f"the build ended (rc {proc.returncode}) before it could be "
-                            f"killed: {proc.stderr.read().decode()[-2000:]}")
-            assert time.monotonic() < deadline, "the build never started writing"
-            time.sleep(0.002)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
 
 
 def files(folder) -> dict:
@@ -505,7 +478,7 @@ def files(folder) -> dict:
 def test_killed_build_reruns_identically(tmp_path, big):
     out = tmp_path / "txt"
     partial = tmp_path / ".txt.partial"
-    run_and_kill([big / "caps.json", out], lambda: (partial / "data.mdb").exists())
+    run_and_kill(KILL_CODE, [big / "caps.json", out], lambda: (partial / "data.mdb").exists())
     assert partial.is_dir() and not out.exists()
 
     r = create_txtdb(big / "caps.json", out)
@@ -518,7 +491,7 @@ def test_killed_build_reruns_identically(tmp_path, big):
 def test_killed_split_build_reruns_identically(tmp_path, big):
     out = tmp_path / "group"
     partial = out / ".val.partial"
-    run_and_kill([big / "caps.json", out, *BIG_SPLITS], lambda: (partial / "data.mdb").exists())
+    run_and_kill(KILL_CODE, [big / "caps.json", out, *BIG_SPLITS], lambda: (partial / "data.mdb").exists())
     assert partial.is_dir() and (out / "train" / "manifest.json").exists()
     assert not (out / "val").exists() and not (out / "splits.json").exists()
     train = snapshot(out / "train")
