@@ -338,5 +338,36 @@ def quickstart(workdir, workers):
     sys.exit(res.report.exit_code)
 
 
+@main.group()
+def train():
+    """Prepare checkpoints for and train MEmoBERT-style models (memotrain)."""
+
+
+@train.command("convert-ckpt")
+@click.argument("src", type=click.Path(exists=True))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--config", "config", default=None, metavar="base|small|tiny|FILE",
+              help="Model config: a preset or a JSON file (memo's or a Hugging Face "
+                   "config.json). [default: SRC's config.json]")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the parts SRC lacks (face / speech embeddings, MLM head).")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@_errors
+def convert_ckpt_cmd(src, out, config, seed, force):
+    """Convert a Hugging Face BERT checkpoint (folder or weights file) into a memo checkpoint."""
+    from memotrain.convert import convert_bert
+
+    r = convert_bert(src, out, config=config, seed=seed, overwrite=force)
+    c = r.config
+    click.echo(f"{r.out}: {c.layers} layers, hidden {c.hidden}, {c.heads} heads, vocab "
+               f"{c.vocab_size}; {len(r.loaded)} tensors from {r.source['path']} "
+               f"(sha256 {r.source['sha256'][:12]})")
+    click.echo(f"random (seed {seed}): {', '.join(r.source['fresh']) or 'nothing'}")
+    if r.unexpected:
+        click.echo(f"warning: {len(r.unexpected)} key(s) of SRC not used: "
+                   + ", ".join(r.unexpected[:10]) + (" ..." if len(r.unexpected) > 10 else ""),
+                   err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
