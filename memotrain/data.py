@@ -108,7 +108,7 @@ class StringArray:
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
-    def take(self, index) -> "StringArray":
+    def take(self, index) -> StringArray:
         return StringArray([self[int(i)] for i in index])
 
     def __getstate__(self):
@@ -279,7 +279,7 @@ class MemoDataset(torch.utils.data.Dataset):
             self.img_keys = None  # the usual case: the key is the id + ".npz"
         else:
             self.img_keys = StringArray([img_keys[i] for i in idx])
-        del all_ids, img_keys
+        del img_keys
         self.text_lens = lens[idx].astype(np.int32)
         self.face_lens = None if faces is None else faces[idx].astype(np.int32)
         self.speech_lens = None if speech is None else speech[idx].astype(np.int32)
@@ -302,8 +302,8 @@ class MemoDataset(torch.utils.data.Dataset):
 
     def report(self) -> str:
         """One line: how many texts were read, kept, dropped and why (with example ids)."""
-        parts = [f"{self.name} ({self.txt_path}): {self.counts['kept']} of "
-                 f"{self.counts['texts']} texts kept"]
+        parts = [(f"{self.name} ({self.txt_path}): {self.counts['kept']} of "
+                 f"{self.counts['texts']} texts kept")]
         why = {"too_long": f"longer than max_text_len {self.max_text_len} pieces (dropped)",
                "empty": "without any word piece (dropped)",
                "no_features": f"segment missing from {self.img_path} (dropped)",
