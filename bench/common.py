@@ -229,7 +229,7 @@ result = fn(*args)
 seconds = time.perf_counter() - t
 c, w = cpu(resource.RUSAGE_SELF) - c, cpu(resource.RUSAGE_CHILDREN) - w
 print(json.dumps({"seconds": seconds, "cpu": c + w, "result": result, "rss_start_kib": rss0,
-                  "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "peak_rss_kib": kib("VmHWM"),  # ru_maxrss starts at the parent's peak
                   "workers_peak_rss_kib": w and resource.getrusage(
                       resource.RUSAGE_CHILDREN).ru_maxrss}))
 """
