@@ -1,0 +1,345 @@
+"""The pre-training tasks (TRAINER.md, "Pre-training tasks"): input corruption, heads, losses.
+
+:class:`Pretrainer` wraps a :class:`memotrain.model.MemoBert` with the heads its tasks need and
+turns one collated batch (the contract of :mod:`memotrain.data`) into one task's loss::
+
+    pre = Pretrainer(model, ["mlm_wwm", "mspanrfr", "mspanrckl"], ds.mask_id, ds.v_range)
+    out = pre("mlm_wwm", batch, generator)   # TaskOutput(loss, n_targets, metrics)
+    out.loss.backward()
+
+Corruption is drawn from the given ``torch.Generator``, which must be a CPU generator: the
+masks are drawn on the CPU (from the small index tensors of the batch) and moved to the batch's
+device, so a seed gives the same masks on any device. The batch is never modified in place.
+
+Tasks (``TASKS``):
+
+- ``mlm``: real text tokens (not [CLS] / [SEP] / padding) chosen with p 0.15, BERT's 80/10/10
+  (``masking.corrupt_tokens``); CE of the tied MLM head on the chosen tokens. The head runs
+  only on the chosen positions (gathered first), never on the whole sequence.
+- ``mlm_wwm``: the same, choosing whole words (``word_ids`` groups all pieces of a word).
+- ``melm``: emotion-lexicon tokens (``emo_type_ids > 0``) chosen with p 0.5 (80/10/10).
+  Fallback, PER EXAMPLE: an example without any emotion token (or every example, when the
+  batch has no ``emo_type_ids``) is masked as in ``mlm`` (p 0.15), so every example with text
+  contributes targets; ``metrics["fallback"]`` is the fraction of examples that fell back.
+- ``itm``: ``masking.itm_pairs`` swaps the faces (and speech) of about half the examples for
+  another example's (label 0; kept: label 1); CE of ``Linear(hidden, 2)`` on the pooled [CLS].
+  An example with no frame at all that also receives none is no target (nothing to match).
+- ``mrfr`` / ``mspanrfr``: faces masked by ``choose_frames`` (p 0.15) / ``choose_spans``
+  (ratio 0.2, spans of 3); the model zeroes them and adds its mask vector; MSE (mean over the
+  masked frames and the feature dimensions) between the regression head at the masked frames
+  and the ORIGINAL features. Both tasks share one head.
+- ``mrckl`` / ``mspanrckl``: the same masks; ``KL(soft_labels || softmax(head))`` =
+  ``F.kl_div(log_softmax(pred), soft_labels, reduction="batchmean")`` over the masked frames
+  that have a soft label (a zero row, the padding ``collate`` gives an item stored without
+  soft labels, is no target). Both tasks share one head.
+- ``msrfr``: speech frames masked with p 0.15; MSE with a head tied to the speech projection.
+
+Every task guarantees a non-empty target set: a batch without any candidate (no text token for
+the MLM tasks, no face in any example for a face task, ...) raises :class:`TaskError` naming
+the task and the reason, never a NaN loss; the data pipeline should filter such examples.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memodb.errors import MemoError
+from memotrain import masking
+
+TASKS = ("mlm", "mlm_wwm", "melm", "itm", "mrfr", "mrckl", "mspanrfr", "mspanrckl", "msrfr")
+
+MLM_TASKS = ("mlm", "mlm_wwm", "melm")
+FACE_TASKS = ("mrfr", "mrckl", "mspanrfr", "mspanrckl")
+SPEECH_TASKS = ("msrfr",)
+
+MLM_PROB = 0.15
+MELM_PROB = 0.5
+FRAME_PROB = 0.15
+SPAN_RATIO = 0.2
+SPAN_LEN = 3
+ITM_PROB = 0.5
+
+
+class TaskError(MemoError, ValueError):
+    """A pre-training task is unknown, does not fit the model, or has no target in a batch."""
+
+
+@dataclass
+class TaskOutput:
+    loss: torch.Tensor  # scalar, averaged over the targets
+    n_targets: int  # masked tokens / masked frames / examples (itm)
+    metrics: dict = field(default_factory=dict)  # str -> float: acc, mse, kl, fallback
+
+
+# ----------------------------------------------------------------------------- heads
+
+def _transform(hidden: int, eps: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden, eps=eps))
+
+
+class FeatureRegression(nn.Module):
+    """Linear, GELU, LayerNorm, then an output layer whose weight IS the (transposed) weight of
+    the modality's input projection (``Linear(dim -> hidden)``), with a bias of its own."""
+
+    def __init__(self, hidden: int, projection: nn.Linear, eps: float):
+        super().__init__()
+        self.transform = _transform(hidden, eps)
+        self.weight = projection.weight  # (hidden, dim): shared, one tensor
+        self.bias = nn.Parameter(torch.zeros(projection.in_features))
+
+    def forward(self, x):
+        return F.linear(self.transform(x), self.weight.t(), self.bias)
+
+
+class SoftLabelClassifier(nn.Module):
+    """Linear, GELU, LayerNorm, Linear(hidden -> n_soft_labels): logits of the MRC-KL task."""
+
+    def __init__(self, hidden: int, n_labels: int, eps: float):
+        super().__init__()
+        self.transform = _transform(hidden, eps)
+        self.out = nn.Linear(hidden, n_labels)
+
+    def forward(self, x):
+        return self.out(self.transform(x))
+
+
+# ----------------------------------------------------------------------------- pretrainer
+
+class Pretrainer(nn.Module):
+    """The model plus the heads of ``tasks``: ``itm_head``, ``mrfr_head`` (mrfr, mspanrfr),
+    ``mrckl_head`` (mrckl, mspanrckl), ``msrfr_head``; only those the tasks need exist (None
+    otherwise). The MLM tasks use ``model.mlm``."""
+
+    def __init__(self, model, tasks, mask_id: int, v_range: tuple[int, int]):
+        super().__init__()
+        cfg = model.config
+        tasks = list(tasks)
+        if not tasks:
+            raise TaskError(f"no pre-training task given (choose among {', '.join(TASKS)})")
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown:
+            raise TaskError(f"unknown pre-training task(s) {', '.join(map(repr, unknown))} "
+                            f"(known: {', '.join(TASKS)})")
+        for t in tasks:
+            if t in FACE_TASKS and not cfg.face_dim:
+                raise TaskError(f"task {t!r} masks faces, but the model has no faces "
+                                "(face_dim is 0 in its config)")
+            if t in SPEECH_TASKS and not cfg.speech_dim:
+                raise TaskError(f"task {t!r} masks speech, but the model has no speech "
+                                "(speech_dim is 0 in its config)")
+            if t == "itm" and not (cfg.face_dim or cfg.speech_dim):
+                raise TaskError("task 'itm' swaps faces / speech, but the model has neither "
+                                "(face_dim and speech_dim are 0 in its config)")
+        lo, hi = (int(v) for v in v_range)
+        if not 0 <= lo < hi <= cfg.vocab_size:
+            raise TaskError(f"v_range {tuple(v_range)} is not a range of token ids within the "
+                            f"vocabulary [0, {cfg.vocab_size})")
+        if not 0 <= int(mask_id) < cfg.vocab_size:
+            raise TaskError(f"mask_id {mask_id} is outside the vocabulary [0, {cfg.vocab_size})")
+        self.model = model
+        self.tasks = tuple(dict.fromkeys(tasks))
+        self.mask_id = int(mask_id)
+        self.v_range = (lo, hi)
+        H, eps = cfg.hidden, cfg.layer_norm_eps
+        want = set(self.tasks)
+        self.itm_head = nn.Linear(H, 2) if "itm" in want else None
+        self.mrfr_head = (FeatureRegression(H, model.face_embeddings.projection, eps)
+                          if want & {"mrfr", "mspanrfr"} else None)
+        self.mrckl_head = (SoftLabelClassifier(H, cfg.n_soft_labels, eps)
+                           if want & {"mrckl", "mspanrckl"} else None)
+        self.msrfr_head = (FeatureRegression(H, model.speech_embeddings.projection, eps)
+                           if "msrfr" in want else None)
+        for head in (self.itm_head, self.mrfr_head, self.mrckl_head, self.msrfr_head):
+            if head is not None:
+                self._init_head(head, cfg.initializer_range)
+
+    @staticmethod
+    def _init_head(head: nn.Module, std: float):
+        for m in head.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if isinstance(head, FeatureRegression):
+            nn.init.zeros_(head.bias)  # head.weight belongs to the projection: left as it is
+
+    def forward(self, task: str, batch: dict, generator: torch.Generator) -> TaskOutput:
+        if task not in self.tasks:
+            if task not in TASKS:
+                raise TaskError(f"unknown pre-training task {task!r} (known: {', '.join(TASKS)})")
+            raise TaskError(f"task {task!r} was not given to this Pretrainer (it has "
+                            f"{', '.join(self.tasks)}): its head does not exist")
+        if generator.device.type != "cpu":
+            raise TaskError(f"the task generator must be a CPU torch.Generator, not one on "
+                            f"{generator.device}")
+        if task in MLM_TASKS:
+            return self._mlm(task, batch, generator)
+        if task == "itm":
+            return self._itm(batch, generator)
+        if task in FACE_TASKS:
+            return self._faces(task, batch, generator)
+        return self._speech(task, batch, generator)
+
+    # ------------------------------------------------------------------------- helpers
+
+    def _run(self, batch, input_ids=None, face_mask=None, speech_mask=None, **swap):
+        """The model on the batch's modalities (some replaced by ``swap``)."""
+        b = {**batch, **swap}
+        return self.model(
+            batch["input_ids"] if input_ids is None else input_ids, b["text_lens"],
+            b.get("faces"), b.get("face_lens"), face_mask,
+            b.get("speech"), b.get("speech_lens"), speech_mask)
+
+    @staticmethod
+    def _no_target(task, why):
+        return TaskError(f"task {task!r}: the batch has no target ({why}); filter such "
+                         "examples out of this task's data")
+
+    # ------------------------------------------------------------------------- text
+
+    def _mlm(self, task, batch, gen) -> TaskOutput:
+        ids = batch["input_ids"]
+        device = ids.device
+        ids_cpu = ids.detach().cpu()
+        text_lens = torch.as_tensor(batch["text_lens"]).cpu()
+        B, T = ids_cpu.shape
+        pos = torch.arange(T)[None, :]
+        cands = (pos >= 1) & (pos < text_lens[:, None] - 1)  # not [CLS], [SEP], padding
+        if not cands.any():
+            raise self._no_target(task, "every text is empty: only [CLS] and [SEP]")
+        metrics = {}
+        if task == "mlm":
+            chosen = masking.choose_tokens(cands, MLM_PROB, gen)
+        elif task == "mlm_wwm":
+            word_ids = batch.get("word_ids")
+            if word_ids is None:
+                raise TaskError("task 'mlm_wwm' needs the batch's word_ids (whole words)")
+            chosen = masking.choose_tokens(cands, MLM_PROB, gen, groups=word_ids.cpu())
+        else:  # melm
+            emo = batch.get("emo_type_ids")
+            emo_cands = (cands & (emo.cpu() > 0)) if emo is not None else torch.zeros_like(cands)
+            has_emo = emo_cands.any(1)
+            chosen = masking.choose_tokens(emo_cands, MELM_PROB, gen)
+            fallback = cands.any(1) & ~has_emo
+            if fallback.any():  # examples without an emotion word: plain mlm
+                plain = masking.choose_tokens(cands & fallback[:, None], MLM_PROB, gen)
+                chosen = chosen | plain
+            metrics["fallback"] = float(fallback.sum()) / B
+        if not chosen.any():
+            raise self._no_target(task, "no token could be chosen (no word_ids >= 0 on the "
+                                  "text tokens?)" if task == "mlm_wwm" else "nothing chosen")
+        corrupted, _ = masking.corrupt_tokens(ids_cpu, chosen, self.mask_id, self.v_range, gen)
+        rows, cols = chosen.nonzero(as_tuple=True)
+        labels = ids_cpu[rows, cols].to(device)
+        out = self._run(batch, input_ids=corrupted.to(device))
+        rows, cols = rows.to(device), cols.to(device)
+        # text sits first in the compact order: text position t is compact position t
+        logits = self.model.mlm(out.hidden[rows, cols])  # (N, vocab): masked positions only
+        loss = F.cross_entropy(logits.float(), labels)
+        metrics["acc"] = float((logits.argmax(-1) == labels).float().mean())
+        return TaskOutput(loss, int(labels.numel()), metrics)
+
+    # ------------------------------------------------------------------------- itm
+
+    def _itm(self, batch, gen) -> TaskOutput:
+        if batch.get("faces") is None and batch.get("speech") is None:
+            raise self._no_target("itm", "neither faces nor speech to swap")
+        device = batch["input_ids"].device
+        B = batch["input_ids"].shape[0]
+        labels, source = masking.itm_pairs(B, gen, ITM_PROB)
+        # an example without any frame that receives none either has nothing to (mis)match
+        frames = torch.zeros(B, dtype=torch.long)
+        for name, lens in (("faces", "face_lens"), ("speech", "speech_lens")):
+            if batch.get(name) is not None:
+                n = batch.get(lens)
+                frames = frames + (torch.as_tensor(n).cpu() if n is not None
+                                   else torch.full((B,), batch[name].shape[1]))
+        void = (frames == 0) & (frames[source] == 0)
+        if void.all():
+            raise self._no_target("itm", "no example has a face or a speech frame")
+        labels = labels.masked_fill(void, masking.IGNORE)
+        n_targets = int((~void).sum())
+        labels, source = labels.to(device), source.to(device)
+        swap = {}
+        for name, lens in (("faces", "face_lens"), ("speech", "speech_lens")):
+            if batch.get(name) is not None:
+                swap[name] = batch[name][source]
+                if batch.get(lens) is not None:
+                    swap[lens] = torch.as_tensor(batch[lens], device=device)[source]
+        out = self._run(batch, **swap)
+        logits = self.itm_head(out.pooled)
+        loss = F.cross_entropy(logits.float(), labels, ignore_index=masking.IGNORE)
+        kept = labels != masking.IGNORE
+        acc = float((logits.argmax(-1) == labels)[kept].float().mean())
+        pos = float(labels[kept].float().mean())
+        return TaskOutput(loss, n_targets, {"acc": acc, "pos": pos})
+
+    # ------------------------------------------------------------------------- frames
+
+    def _frame_targets(self, out, modality, mask):
+        """Hidden states (N, H) at the masked frames of ``modality`` (mask (B, W) on device)."""
+        rows, cols = mask.nonzero(as_tuple=True)
+        return out.hidden[rows, out.layout.offsets(modality)[rows] + cols]
+
+    def _faces(self, task, batch, gen) -> TaskOutput:
+        faces = batch.get("faces")
+        if faces is None:
+            raise self._no_target(task, "the batch has no faces")
+        device = faces.device
+        face_lens = torch.as_tensor(batch["face_lens"]).cpu()
+        if not (face_lens > 0).any():
+            raise self._no_target(task, "every example has 0 faces")
+        kl = task in ("mrckl", "mspanrckl")
+        soft = batch.get("soft_labels")
+        if kl:
+            if soft is None:
+                raise self._no_target(task, "the batch has no soft_labels (the face database "
+                                      "stores none)")
+            if soft.shape[-1] != self.model.config.n_soft_labels:
+                raise TaskError(f"task {task!r}: soft_labels have {soft.shape[-1]} classes, "
+                                f"the model config n_soft_labels {self.model.config.n_soft_labels}")
+        W = faces.shape[1]
+        if task.startswith("mspan"):
+            mask = masking.choose_spans(face_lens, W, SPAN_RATIO, SPAN_LEN, gen)
+        else:
+            mask = masking.choose_frames(face_lens, W, FRAME_PROB, gen)
+        mask = mask.to(device)
+        target_mask = mask
+        if kl:
+            target_mask = mask & (soft.sum(-1) > 0)
+            if not target_mask.any():
+                raise self._no_target(task, "no masked face has a soft label")
+        out = self._run(batch, face_mask=mask)
+        h = self._frame_targets(out, "faces", target_mask)
+        if kl:
+            target = soft[target_mask].float()
+            pred = self.mrckl_head(h).float()
+            loss = F.kl_div(F.log_softmax(pred, -1), target, reduction="batchmean")
+            return TaskOutput(loss, int(target.shape[0]), {"kl": float(loss.detach())})
+        target = faces[target_mask].float()
+        pred = self.mrfr_head(h).float()
+        loss = F.mse_loss(pred, target)
+        return TaskOutput(loss, int(target.shape[0]), {"mse": float(loss.detach())})
+
+    def _speech(self, task, batch, gen) -> TaskOutput:
+        speech = batch.get("speech")
+        if speech is None:
+            raise self._no_target(task, "the batch has no speech")
+        device = speech.device
+        lens = batch.get("speech_lens")
+        lens = (torch.full((speech.shape[0],), speech.shape[1]) if lens is None
+                else torch.as_tensor(lens).cpu())
+        if not (lens > 0).any():
+            raise self._no_target(task, "every example has 0 speech frames")
+        mask = masking.choose_frames(lens, speech.shape[1], FRAME_PROB, gen).to(device)
+        out = self._run(batch, speech_mask=mask)
+        h = self._frame_targets(out, "speech", mask)
+        target = speech[mask].float()
+        loss = F.mse_loss(self.msrfr_head(h).float(), target)
+        return TaskOutput(loss, int(target.shape[0]), {"mse": float(loss.detach())})
