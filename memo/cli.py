@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 
 import click
@@ -367,6 +368,28 @@ def convert_ckpt_cmd(src, out, config, seed, force):
         click.echo(f"warning: {len(r.unexpected)} key(s) of SRC not used: "
                    + ", ".join(r.unexpected[:10]) + (" ..." if len(r.unexpected) > 10 else ""),
                    err=True)
+
+
+@train.command("pretrain", context_settings={"ignore_unknown_options": True,
+                                             "allow_extra_args": True})
+@click.option("--config", "config", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The training config (JSON; see memotrain.trainconfig for every key).")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in output_dir from its latest complete state.")
+@click.pass_context
+@_errors
+def pretrain_cmd(ctx, config, resume):
+    """Pre-train on memo databases; extra --key value pairs override the config
+    (dotted keys: --optim.lr 1e-4 --data.batch_size 8). Under torchrun: one process per
+    GPU (DistributedDataParallel)."""
+    from memotrain.train import pretrain
+
+    s = pretrain(config, resume=resume, overrides=ctx.args)
+    if s["world_size"] == 1 or int(os.environ.get("RANK", "0")) == 0:
+        last = s["losses"][-1] if s["losses"] else None
+        click.echo(f"{s['steps']} updates ({s['skipped']} skipped)"
+                   + (f", last loss {last[2]:.4f} ({last[1]})" if last else "")
+                   + f"; checkpoint {s['checkpoint']}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,527 @@
+"""Pre-training loop (``memo train pretrain``): one file, read top to bottom.
+
+    summary = pretrain("cfg.json", overrides=["--optim.lr", "1e-4"])   # or a TrainConfig
+
+What it does, in order: read and check the config (``memotrain.trainconfig``); join the
+process group when started by torchrun; build one dataset + length-bucketing sampler +
+DataLoader per task (over the corpora listing it); build the model (preset or init checkpoint)
+and its task heads (``memotrain.tasks.Pretrainer``); AdamW with no decay on biases and on
+every normalisation module's weights; then per update: draw the task, run ``grad_accum``
+micro-batches of it, unscale, clip, check that loss and gradients are finite, step.
+
+Reproducibility and exact resume: every random draw of update ``N`` is a function of
+``(seed, N)`` (the task: the same on every rank) or ``(seed, rank, N)`` (the task's masks,
+dropout): the task generator and the torch RNG are re-seeded at every update. So a run resumed
+from the state of update ``k`` repeats the uninterrupted run's updates ``k+1 ...`` exactly; the
+state holds the model with its heads, the optimizer, the GradScaler, the step, each task's
+sampler position and epoch, the non-finite counters and (for the record) the RNG states.
+
+Output (``output_dir``): ``config.json`` (the resolved config), ``metrics.jsonl`` (one JSON
+object per log line / validation), ``ckpt/model_step_N.pt`` (a memo checkpoint:
+``memotrain.convert.load_model`` rebuilds the model from it alone), ``ckpt/state_step_N.pt``
+(the resume state) and ``ckpt/latest`` (the step of the newest COMPLETE state, written last:
+a run killed while saving resumes from the previous one). Files are written atomically.
+
+Non-finite steps (a NaN/inf loss, or gradients: fp16 overflow included) are skipped (no
+optimizer step, the data is consumed) and counted; ``max_nonfinite`` of them in a row stop the
+run with a :class:`NonFiniteError` report (the original's endless "Gradient overflow" storms).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from memodb.errors import MemoError
+from memotrain.convert import load_model, save_checkpoint
+from memotrain.data import ConcatDataset, MemoDataset, collate
+from memotrain.model import MemoBert
+from memotrain.sampler import BucketBatchSampler
+from memotrain.tasks import Pretrainer
+from memotrain.trainconfig import (
+    TrainConfig,
+    TrainConfigError,
+    check_model,
+    load_train_config,
+)
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+NORM_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)
+
+
+class TrainError(MemoError):
+    """Training cannot start or continue (a resume state that does not fit, a run folder in
+    use)."""
+
+
+class NonFiniteError(TrainError):
+    """Losses or gradients stayed non-finite for ``max_nonfinite`` updates in a row."""
+
+
+# ----------------------------------------------------------------------------- small pieces
+
+def lr_at(step: int, lr: float, warmup: int, total: int) -> float:
+    """Learning rate of the update that follows ``step`` finished updates: linear warmup to
+    ``lr`` over ``warmup`` updates, then linear decay to 0 at ``total``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no decay for every bias and every parameter of a normalisation module
+    (told by module type, not by name); decay for the rest. Tied parameters appear once."""
+    decay, no_decay, seen = [], [], set()
+    for mod in module.modules():
+        for name, p in mod.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            (no_decay if name == "bias" or isinstance(mod, NORM_MODULES) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def seed_for(*parts: int) -> int:
+    """A 63-bit seed from integers (a fixed mix, the same on every platform)."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def draw_task(names: list[str], weights: list[float], seed: int, step: int) -> str:
+    """The task of update ``step``: a function of (seed, step), so every rank draws the same."""
+    g = torch.Generator().manual_seed(seed_for(seed, step, 0x7A5C))
+    return names[int(torch.multinomial(torch.tensor(weights, dtype=torch.float64), 1,
+                                       generator=g))]
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp16" and device.type != "cuda":
+        raise TrainConfigError("precision fp16 needs CUDA (GradScaler); use bf16 or fp32 on CPU")
+    return precision
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
+
+
+def atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class TaskStream:
+    """Endless batches of one task; counts the batches the loop really consumed (the
+    DataLoader's workers read ahead) for the resume state."""
+
+    def __init__(self, dataset, sampler: BucketBatchSampler, num_workers: int, pin: bool,
+                 seed: int):
+        self.sampler = sampler
+        # its own generator: starting an iterator draws the workers' base seed from it, not
+        # from the global RNG (which would shift dropout after a resume)
+        self.loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+            pin_memory=pin, generator=torch.Generator().manual_seed(seed))
+        self.position = sampler.start
+        self._it = None
+
+    def next(self) -> dict:
+        if self._it is None:
+            self._it = iter(self.loader)
+        try:
+            batch = next(self._it)
+        except StopIteration:  # epoch over: the next one, from its first batch
+            self.sampler.set_epoch(self.sampler.epoch + 1)
+            self.position = 0
+            self._it = iter(self.loader)
+            batch = next(self._it)
+        self.position += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict(self.position)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
+        self.position, self._it = self.sampler.start, None
+
+
+# ----------------------------------------------------------------------------- the run
+
+def pretrain(config, resume: bool = False, overrides=(), stop_after: int | None = None,
+             console=None) -> dict:
+    """Pre-train as ``config`` says (a TrainConfig, a dict or a JSON file, plus
+    ``overrides``). ``resume``: continue from ``output_dir/ckpt/latest``. ``stop_after``:
+    save and return after this update (as if killed right after a checkpoint). Returns a
+    summary: steps, per-update ``losses`` [(step, task, loss)], skipped, last checkpoint."""
+    cfg = load_train_config(config, overrides)
+
+    # -- processes and device ---------------------------------------------------------------
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    own_group = False
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        own_group = True
+    rank = dist.get_rank() if distributed else 0
+    world = dist.get_world_size() if distributed else 1
+    main_proc = rank == 0
+    try:
+        return _run(cfg, resume, stop_after, device, rank, world, main_proc, console)
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+
+
+def _run(cfg: TrainConfig, resume, stop_after, device, rank, world, main_proc, console):
+    out = Path(cfg.output_dir)
+    ckpt_dir = out / "ckpt"
+    latest = ckpt_dir / "latest"
+    if latest.exists() and not resume:
+        raise TrainError(f"{out} already holds a run (ckpt/latest); pass --resume to continue "
+                         "it or choose another output_dir")
+    if resume and not latest.exists():
+        raise TrainError(f"--resume: {latest} does not exist (no complete state to resume)")
+    precision = resolve_precision(cfg.precision, device)
+    model_cfg = cfg.model_config()
+    check_model(cfg, model_cfg)
+
+    # -- data: one dataset, sampler and loader per task -------------------------------------
+    d = cfg.data
+    corpora = [MemoDataset(c.txt_db, c.img_db, c.speech_db, max_text_len=d.max_text_len,
+                           max_faces=d.max_faces if c.img_db else None,
+                           max_speech=d.max_speech if c.speech_db else None,
+                           min_faces=d.min_faces if c.img_db else 0, name=c.name)
+               for c in d.corpora]
+    ratios = cfg.task_ratios()
+    tasks, weights = list(ratios), list(ratios.values())
+    streams, val_sets = {}, {}
+    for t in tasks:
+        listing = [i for i, c in enumerate(d.corpora) if t in c.tasks]
+        ds = ConcatDataset([corpora[i] for i in listing])
+        sampler = BucketBatchSampler(ds.lengths, batch_size=d.batch_size,
+                                     max_tokens=d.max_tokens, seed=seed_for(cfg.seed, 1),
+                                     rank=rank, world_size=world, ids=_namer(ds))
+        streams[t] = TaskStream(ds, sampler, d.num_workers, device.type == "cuda",
+                                seed_for(cfg.seed, rank, len(streams), 3))
+        vals = [MemoDataset(d.corpora[i].val_txt_db, d.corpora[i].img_db,
+                            d.corpora[i].speech_db, max_text_len=d.max_text_len,
+                            max_faces=d.max_faces if d.corpora[i].img_db else None,
+                            max_speech=d.max_speech if d.corpora[i].speech_db else None,
+                            name=f"{corpora[i].name}/val")
+                for i in listing if d.corpora[i].val_txt_db]
+        if vals:
+            val_sets[t] = ConcatDataset(vals)
+    first = corpora[0]
+
+    # -- model, heads, optimizer ------------------------------------------------------------
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = load_model(cfg.init_checkpoint) if cfg.init_checkpoint else MemoBert(model_cfg)
+        pretrainer = Pretrainer(model, tasks, first.mask_id, first.v_range)
+    pretrainer.to(device)
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(param_groups(pretrainer, o.weight_decay), lr=o.lr,
+                                  betas=o.betas, fused=device.type == "cuda" or None)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    net = pretrainer
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            pretrainer, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)  # each task uses only its heads
+
+    step, skipped, nonfinite_run = 0, 0, 0
+    if resume:
+        step, skipped, nonfinite_run = _load_state(latest, pretrainer, optimizer, scaler,
+                                                   streams, device)
+    if main_proc:
+        cfg.save(out / "config.json")
+        _trim_metrics(out / "metrics.jsonl", step)
+    show = console or _Console(main_proc)
+    show.start(cfg, model_cfg, tasks, weights, corpora, precision, device, world, step)
+
+    # -- the loop ---------------------------------------------------------------------------
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    warmup = cfg.warmup
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    losses, window, last_ckpt = [], [], None
+    t0, examples = time.perf_counter(), 0
+    pretrainer.train()
+    while step < end:
+        lr = lr_at(step, o.lr, warmup, cfg.steps)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        task = draw_task(tasks, weights, cfg.seed, step)
+        torch.manual_seed(seed_for(cfg.seed, rank, step, 1))  # dropout of this update
+        gen = torch.Generator().manual_seed(seed_for(cfg.seed, rank, step, 2))  # masks
+        loss_sum, finite = 0.0, True
+        for micro in range(o.grad_accum):
+            batch = to_device(streams[task].next(), device)
+            examples += len(batch["ids"])
+            sync = micro == o.grad_accum - 1 or world == 1
+            with (contextlib.nullcontext() if sync else net.no_sync()), \
+                    torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                res = net(task, batch, gen)
+                loss = res.loss.float() / o.grad_accum
+            finite &= bool(torch.isfinite(loss))
+            scaler.scale(loss).backward()
+            loss_sum += float(loss.detach())
+        scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip if o.grad_clip > 0 else
+                                              float("inf"))
+        flags = torch.tensor([0.0 if finite and torch.isfinite(norm) else 1.0, loss_sum],
+                             device=device)
+        if world > 1:
+            dist.all_reduce(flags)
+        bad = flags[0].item() > 0
+        mean_loss = flags[1].item() / world
+        if bad:
+            skipped += 1
+            nonfinite_run += 1
+            scaler.update()  # no step; with fp16, inf gradients lower the loss scale
+        else:
+            nonfinite_run = 0
+            scaler.step(optimizer)
+            scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        losses.append((step, task, mean_loss))
+        window.append((task, mean_loss, bad))
+        if nonfinite_run >= cfg.max_nonfinite:
+            raise NonFiniteError(
+                f"update {step}: {nonfinite_run} updates in a row had a non-finite loss or "
+                f"gradients ({skipped} skipped in all; last task {task}, loss {mean_loss}, "
+                f"grad norm {float(norm)}, precision {precision}"
+                + (f", loss scale {scaler.get_scale()}" if scaler.is_enabled() else "") +
+                "); lower optim.lr, check the data (memo db check) or use precision bf16/fp32")
+        if cfg.log_every and (step % cfg.log_every == 0 or step == end):
+            dt = time.perf_counter() - t0
+            rec = {"step": step, "lr": lr, "loss": _mean([x[1] for x in window if not x[2]]),
+                   "tasks": {t: _mean([x[1] for x in window if x[0] == t and not x[2]])
+                             for t in dict.fromkeys(x[0] for x in window)},
+                   "grad_norm": float(norm), "skipped": skipped,
+                   "examples_per_s": examples * world / dt if dt > 0 else None}
+            if scaler.is_enabled():
+                rec["loss_scale"] = scaler.get_scale()
+            window, t0, examples = [], time.perf_counter(), 0
+            if main_proc:
+                _append(out / "metrics.jsonl", rec)
+            show.log(rec, cfg.steps)
+        if val_sets and cfg.val_every and step % cfg.val_every == 0:
+            rec = {"step": step, "val": validate(pretrainer, val_sets, cfg, device, amp_dtype,
+                                                 main_proc)}
+            if main_proc:
+                _append(out / "metrics.jsonl", rec)
+                show.val(rec)
+        if (cfg.save_every and step % cfg.save_every == 0) or step == end:
+            last_ckpt = _save(ckpt_dir, step, pretrainer, optimizer, scaler, streams, cfg,
+                              skipped, nonfinite_run, main_proc, world)
+    show.done(step, skipped, last_ckpt)
+    return {"steps": step, "losses": losses, "skipped": skipped,
+            "checkpoint": None if last_ckpt is None else str(last_ckpt),
+            "output_dir": str(out), "precision": precision, "world_size": world}
+
+
+@torch.no_grad()
+def validate(pretrainer: Pretrainer, val_sets: dict, cfg: TrainConfig, device, amp_dtype,
+             main_proc: bool) -> dict:
+    """Per task: loss and the task's metrics (masked-token accuracy, MSE, KL, ITM accuracy),
+    averaged over the validation examples weighted by targets; the same masks every time.
+    Runs on rank 0 only (the unwrapped model: no collective); the others wait."""
+    out = {}
+    if main_proc:
+        pretrainer.eval()
+        for t, ds in val_sets.items():
+            sampler = BucketBatchSampler(ds.lengths, batch_size=cfg.data.batch_size,
+                                         max_tokens=cfg.data.max_tokens, shuffle=False)
+            gen = torch.Generator().manual_seed(seed_for(cfg.seed, 0x5A1))
+            totals, n = {}, 0
+            for idx in sampler:
+                batch = to_device(collate([ds[i] for i in idx]), device)
+                with torch.autocast(device.type, dtype=amp_dtype,
+                                    enabled=amp_dtype is not None):
+                    res = pretrainer(t, batch, gen)
+                w = res.n_targets
+                n += w
+                for k, v in {"loss": float(res.loss), **res.metrics}.items():
+                    totals[k] = totals.get(k, 0.0) + float(v) * w
+            out[t] = {k: v / max(n, 1) for k, v in totals.items()} | {"targets": n}
+        pretrainer.train()
+    if dist.is_initialized():
+        dist.barrier()
+    return out
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def _save(ckpt_dir: Path, step, pretrainer, optimizer, scaler, streams, cfg, skipped,
+          nonfinite_run, main_proc, world) -> Path:
+    """Weights (a memo checkpoint), then the resume state, then ``latest``: a kill at any
+    moment leaves ``latest`` naming a complete state."""
+    if world > 1:
+        dist.barrier()
+    model_path = ckpt_dir / f"model_step_{step}.pt"
+    if main_proc:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(model_path, pretrainer.model, step=step, train_config=cfg.to_dict())
+        state = {
+            "version": STATE_VERSION, "step": step, "skipped": skipped,
+            "nonfinite_run": nonfinite_run,
+            "pretrainer": pretrainer.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "samplers": {t: s.state_dict() for t, s in streams.items()},
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                    "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
+                    else None},
+            "config": cfg.to_dict(),
+        }
+        atomic_save(state, ckpt_dir / f"state_step_{step}.pt")
+        atomic_write_text(ckpt_dir / "latest", f"{step}\n")
+    if world > 1:
+        dist.barrier()
+    return model_path
+
+
+def _load_state(latest: Path, pretrainer, optimizer, scaler, streams, device):
+    try:
+        step = int(latest.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise TrainError(f"{latest}: unreadable ({exc})") from None
+    path = latest.parent / f"state_step_{step}.pt"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 (a damaged file raises many kinds of errors)
+        raise TrainError(f"{path}: cannot read the resume state ({exc})") from None
+    if state.get("version") != STATE_VERSION or state.get("step") != step:
+        raise TrainError(f"{path}: not a resume state of this memo (version "
+                         f"{state.get('version')}, step {state.get('step')})")
+    missing = sorted(set(streams) - set(state["samplers"]))
+    if missing:
+        raise TrainError(f"{path}: the run had no task {', '.join(missing)}; resume with the "
+                         "same tasks")
+    try:
+        pretrainer.load_state_dict(state["pretrainer"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise TrainError(f"{path}: the model or optimizer does not fit this config ({exc})") \
+            from None
+    scaler.load_state_dict(state["scaler"])
+    for t, s in streams.items():
+        s.load_state_dict(state["samplers"][t])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return step, state["skipped"], state["nonfinite_run"]
+
+
+# ----------------------------------------------------------------------------- reporting
+
+def _mean(xs):
+    return sum(xs) / len(xs) if xs else None
+
+
+def _namer(ds: ConcatDataset):
+    def name(i):
+        k, j = ds.index.locate(i)
+        return ds.datasets[k].ids[j]
+    return name
+
+
+def _append(path: Path, rec: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """On resume, drop the lines a killed run logged after its last saved state."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+class _Console:
+    """Rank 0's console lines (rich markup on a terminal, plain text otherwise)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        if enabled:
+            from rich.console import Console
+            self.c = Console(stderr=True, highlight=False)
+
+    def _print(self, text):
+        if self.enabled:
+            self.c.print(text)
+
+    def start(self, cfg, mc, tasks, weights, corpora, precision, device, world, step):
+        total = sum(weights)
+        mix = ", ".join(f"{t} {w / total:.2f}" for t, w in zip(tasks, weights))
+        n = sum(len(c) for c in corpora)
+        self._print(f"[bold]pretrain[/] {mc.layers} layers, hidden {mc.hidden}; {n} examples "
+                    f"in {len(corpora)} corpora; tasks {mix}; {precision} on {device}"
+                    f"{f' x {world}' if world > 1 else ''}; "
+                    + (f"resuming at update {step}" if step else f"{cfg.steps} updates")
+                    + f" -> {cfg.output_dir}")
+
+    def log(self, rec, total):
+        tasks = " ".join(f"{t} {v:.4f}" for t, v in rec["tasks"].items() if v is not None)
+        loss = "nan" if rec["loss"] is None else f"{rec['loss']:.4f}"
+        speed = rec["examples_per_s"]
+        self._print(f"step [cyan]{rec['step']}[/]/{total} loss [bold]{loss}[/] ({tasks}) "
+                    f"lr {rec['lr']:.2e} |g| {rec['grad_norm']:.2f}"
+                    + (f" {speed:.0f} ex/s" if speed else "")
+                    + (f" [red]skipped {rec['skipped']}[/]" if rec["skipped"] else ""))
+
+    def val(self, rec):
+        parts = [f"{t}: " + " ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "targets")
+                 for t, m in rec["val"].items()]
+        self._print(f"val step {rec['step']}: " + "; ".join(parts))
+
+    def done(self, step, skipped, ckpt):
+        self._print(f"done: {step} updates, {skipped} skipped; checkpoint {ckpt}")
