@@ -2,8 +2,8 @@
 
 Stages that exist so far: generate the corpus and its dataset config, trans2npz, then
 ``memo db build`` (face features straight from the h5 files, raw face crops, tokenised text
-databases with splits and emotion words, check), then stats. Re-running in the same folder
-reuses what is built.
+databases with splits and emotion words, check), stats, and a short pre-training of the tiny
+model from scratch (mlm, mrfr, itm). Re-running in the same folder reuses what is built.
 """
 from __future__ import annotations
 
@@ -30,12 +30,20 @@ CONFIG = {
 }
 
 
+PRETRAIN = {
+    "model": "tiny", "steps": 300, "seed": 0, "log_every": 0, "val_every": 0, "save_every": 100,
+    "optim": {"lr": 1e-3, "warmup_steps": 30},
+    "data": {"max_text_len": 30, "max_faces": 36, "batch_size": 16, "num_workers": 0},
+}
+
+
 @dataclass
 class QuickstartResult:
     workdir: Path
     steps: list = field(default_factory=list)  # (stage, output path, one-line summary)
     report: CheckReport | None = None
     stats: dict | None = None
+    pretrain: dict | None = None
 
 
 def generate_corpus(corpus: Path) -> None:
@@ -83,4 +91,37 @@ def quickstart(workdir="memo-quickstart", workers: int | None = None,
     s = res.stats["nbb"]
     step("stats", face, f"faces per segment mean {s['mean']:.1f} median {s['median']:.0f} "
          f"p80 {s['p80']:.0f} max {s['max']}")
+    if res.report.ok:
+        res.pretrain = pretrain_tiny(dataset, face, workdir / "pretrain", step, log)
     return res
+
+
+def pretrain_tiny(dataset: Path, face: str, out: Path, step, log) -> dict:
+    """Pre-train the tiny model from scratch on the dataset (mlm 2 : mrfr 1 : itm 1) and show
+    each task's mean loss over the first and the last 40 updates. A finished run is reused; an
+    interrupted one resumes."""
+    from memotrain.train import pretrain
+
+    cfg = {**PRETRAIN, "output_dir": str(out),
+           "data": {**PRETRAIN["data"], "corpora": [{
+               "txt_db": str(dataset / "txt" / "train"), "img_db": face,
+               "val_txt_db": str(dataset / "txt" / "val"),
+               "tasks": {"mlm": 2, "mrfr": 1, "itm": 1}}]}}
+    latest = out / "ckpt" / "latest"
+    done = latest.exists() and int(latest.read_text()) >= cfg["steps"]
+    summary = None if done else pretrain(cfg, resume=latest.exists(), console=None)
+    if summary is None:
+        step("pretrain", out, f"{cfg['steps']} updates already done (delete {out} to rerun)")
+        return {}
+    by_task: dict = {}
+    for n, task, loss in summary["losses"]:
+        by_task.setdefault(task, []).append((n, loss))
+    parts = []
+    for task, pts in sorted(by_task.items()):
+        first = [x for n, x in pts if n <= 40]
+        last = [x for n, x in pts if n > cfg["steps"] - 40]
+        if first and last:
+            parts.append(f"{task} {sum(first) / len(first):.2f} -> {sum(last) / len(last):.2f}")
+    step("pretrain", out, f"{summary['steps']} updates of the tiny model; mean loss, first "
+         f"-> last 40 updates: " + ", ".join(parts))
+    return summary

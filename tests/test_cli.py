@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import click
@@ -65,8 +66,10 @@ def test_quickstart_runs_and_reruns(tmp_path):
     res = CliRunner().invoke(main, ["quickstart", str(tmp_path / "qs"), "--workers", "2"])
     assert res.exit_code == 0, res.output
     for stage in ("trans2npz", "build face", "build rawimg", "build txt/train", "build txt/val",
-                  "check", "stats"):
+                  "check", "stats", "pretrain"):
         assert stage in res.output
+    mlm = re.search(r"mlm (\d+\.\d+) -> (\d+\.\d+)", res.output)
+    assert mlm and float(mlm.group(2)) < float(mlm.group(1)) - 1.0  # the MLM loss goes down
     assert "clean" in res.output
     again = CliRunner().invoke(main, ["quickstart", str(tmp_path / "qs"), "--workers", "1"])
     assert again.exit_code == 0 and "up to date" in again.output
