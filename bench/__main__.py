@@ -6,14 +6,20 @@ from __future__ import annotations
 
 import argparse
 
-from . import build_memory, check_dataset, imgdb_build, read_random, txtdb_build
+from . import (build_memory, check_dataset, imgdb_build, read_random, train_loader,
+               train_memory, train_model, txtdb_build)
 from .common import OUT
 
 QUICK = {imgdb_build: ["--segments", "600", "--repeat", "2"],
          read_random: ["--segments", "1000", "--reads", "5000", "--rounds", "2"],
          build_memory: ["--segments", "2000"],
          txtdb_build: ["--segments", "20000", "--repeat", "2"],
-         check_dataset: ["--segments", "20000", "--repeat", "2"]}
+         check_dataset: ["--segments", "20000", "--repeat", "2"],
+         train_loader: ["--segments", "1000", "--movies", "10", "--batches", "40",
+                        "--warmup", "3", "--repeat", "2"],
+         train_model: ["--preset", "small", "--iters", "2", "--warmup", "1"],
+         train_memory: ["--segments", "500", "--movies", "10", "--index", "100000",
+                        "--batches", "10"]}
 
 
 def main(argv=None) -> None:

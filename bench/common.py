@@ -408,3 +408,23 @@ def report(name: str, title: str, header: list, rows: list, notes=()) -> str:
     (OUT / f"{name}.md").write_text(md)
     print(md)
     return md
+
+
+def make_train_dbs(root, segments: int, movies: int, seed: int = 0, faces: int = 30,
+                   workers: int | None = None) -> tuple[Path, Path]:
+    """A face feature db (:func:`make_npz` -> ``create_imgdb``, conf_th 0.5, max_bb 36) and a
+    text db over the same segment ids (:func:`make_captions` -> ``create_txtdb`` with that
+    img_db, min_faces 0, max_len 100) under ``root``, for the trainer benchmarks. Returns
+    (txt_db, img_db)."""
+    from memodb.imgdb import create_imgdb
+    from memodb.txtdb import create_txtdb
+
+    root = Path(root)
+    make_npz(root / "npz", segments, movies, seed, faces, workers=workers)
+    img = create_imgdb(root / "npz", root / "img", conf_th=0.5, max_bb=36,
+                       workers=workers).path
+    make_captions(root / "captions.json", segments, movies, seed, ids=npz_ids(segments, movies))
+    create_txtdb(root / "captions.json", root / "txt", img_db=img, min_faces=0, max_len=100,
+                 workers=workers)
+    shutil.rmtree(root / "npz", ignore_errors=True)
+    return root / "txt", Path(img)
