@@ -274,7 +274,7 @@ def _run(cfg: TrainConfig, resume, stop_after, device, rank, world, main_proc, c
     step, skipped, nonfinite_run = 0, 0, 0
     if resume:
         step, skipped, nonfinite_run = _load_state(latest, pretrainer, optimizer, scaler,
-                                                   streams, device)
+                                                   streams, device, cfg)
     if main_proc:
         cfg.save(out / "config.json")
         _trim_metrics(out / "metrics.jsonl", step)
@@ -424,7 +424,30 @@ def _save(ckpt_dir: Path, step, pretrainer, optimizer, scaler, streams, cfg, ski
     return model_path
 
 
-def _load_state(latest: Path, pretrainer, optimizer, scaler, streams, device):
+# Settings a resumed run may change; anything else must equal the saved run's config.
+RESUMABLE_CHANGES = ("steps", "log_every", "val_every", "save_every", "max_nonfinite",
+                     "output_dir", "device", "data.num_workers")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(saved: dict, current: dict) -> list[str]:
+    """Dotted keys whose values differ between two resolved configs, outside
+    :data:`RESUMABLE_CHANGES`."""
+    a, b = _flat(saved), _flat(current)
+    return sorted(k for k in set(a) | set(b)
+                  if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_CHANGES))
+
+
+def _load_state(latest: Path, pretrainer, optimizer, scaler, streams, device, cfg):
     try:
         step = int(latest.read_text().strip())
     except (OSError, ValueError) as exc:
@@ -437,6 +460,12 @@ def _load_state(latest: Path, pretrainer, optimizer, scaler, streams, device):
     if state.get("version") != STATE_VERSION or state.get("step") != step:
         raise TrainError(f"{path}: not a resume state of this memo (version "
                          f"{state.get('version')}, step {state.get('step')})")
+    changed = config_changes(state.get("config") or {}, cfg.to_dict())
+    if changed:
+        raise TrainError(f"{path}: the config differs from the run being resumed in "
+                         f"{', '.join(changed)}; resume with the same settings (only "
+                         f"{', '.join(RESUMABLE_CHANGES)} may change) or start a new "
+                         "output_dir")
     missing = sorted(set(streams) - set(state["samplers"]))
     if missing:
         raise TrainError(f"{path}: the run had no task {', '.join(missing)}; resume with the "

@@ -125,6 +125,17 @@ def test_resume_repeats_the_uninterrupted_run(golden_run, corpus, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_with_another_config_is_refused(corpus, tmp_path):
+    out = tmp_path / "run"
+    pretrain(config(corpus, out, val_every=0), stop_after=3)
+    changed = config(corpus, out, val_every=0)
+    changed["optim"]["lr"] = 5e-4
+    with pytest.raises(TrainError, match="optim.lr"):
+        pretrain(changed, resume=True)
+    longer = pretrain(config(corpus, out, val_every=0, steps=7), resume=True)  # may change
+    assert longer["steps"] == 7
+
+
 def test_resume_without_a_state_is_an_error(corpus, tmp_path):
     with pytest.raises(TrainError, match="no complete state"):
         pretrain(config(corpus, tmp_path / "none"), resume=True)
