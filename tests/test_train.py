@@ -286,3 +286,23 @@ def test_ddp_two_processes_gloo(corpus, tmp_path):
     assert all(s["world_size"] == 2 for s in state["samplers"].values())
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs if "loss" in r] == [1, 2, 3]  # rank 0 only
+
+    def losses(run_dir):
+        return [(r["step"], sorted(r["tasks"]), r["loss"]) for r in map(
+            json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+    # resume under DDP to step 5 == an uninterrupted 5-step DDP run
+    res = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m",
+                          "memo.cli", "train", "pretrain", "--config", str(cfg), "--resume",
+                          "--steps", "5"], check=False, capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    whole = tmp_path / "whole"
+    res = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m",
+                          "memo.cli", "train", "pretrain", "--config", str(cfg), "--steps", "5",
+                          "--output_dir", str(whole)], check=False, capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert [x[:2] for x in losses(out)] == [x[:2] for x in losses(whole)]
+    for (_, _, a), (_, _, b) in zip(losses(out), losses(whole)):
+        assert a == pytest.approx(b, abs=1e-6)
