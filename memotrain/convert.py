@@ -242,8 +242,14 @@ def save_checkpoint(path, model: MemoBert, **extra) -> Path:
     file in the same folder, then ``os.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    obj = {"model": model.state_dict(), "config": model.config.to_dict(),
-           "memo_version": memo_version(), **extra}
+    atomic_save({"model": model.state_dict(), "config": model.config.to_dict(),
+                 "memo_version": memo_version(), **extra}, path)
+    return path
+
+
+def atomic_save(obj, path: Path) -> None:
+    """``torch.save`` through a temporary file in the same folder and ``os.replace``: the file
+    at ``path`` is always whole (the old one or the new one)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -254,7 +260,6 @@ def save_checkpoint(path, model: MemoBert, **extra) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

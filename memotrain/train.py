@@ -42,7 +42,8 @@ import torch.distributed as dist
 from torch import nn
 
 from memodb.errors import MemoError
-from memotrain.convert import load_model, save_checkpoint
+from memodb.manifest import write_json_atomic
+from memotrain.convert import atomic_save, load_model, save_checkpoint
 from memotrain.data import ConcatDataset, MemoDataset, collate
 from memotrain.model import MemoBert
 from memotrain.sampler import BucketBatchSampler
@@ -122,28 +123,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
             for k, v in batch.items()}
-
-
-def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class TaskStream:
@@ -418,7 +397,7 @@ def _save(ckpt_dir: Path, step, pretrainer, optimizer, scaler, streams, cfg, ski
             "config": cfg.to_dict(),
         }
         atomic_save(state, ckpt_dir / f"state_step_{step}.pt")
-        atomic_write_text(ckpt_dir / "latest", f"{step}\n")
+        write_json_atomic(ckpt_dir / "latest", f"{step}\n")  # text, atomically
     if world > 1:
         dist.barrier()
     return model_path
@@ -512,7 +491,7 @@ def _trim_metrics(path: Path, step: int) -> None:
         return
     keep = [line for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
+    write_json_atomic(path, "".join(line + "\n" for line in keep))
 
 
 class _Console:
