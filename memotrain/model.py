@@ -354,7 +354,9 @@ class MemoBert(nn.Module):
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         H = x.shape[-1]
         x = x.gather(1, layout.index[..., None].expand(*layout.index.shape, H))
-        attn_mask = layout.attention_mask[:, None, None, :]  # key padding mask
+        # key padding mask; None when nothing is padded (SDPA's faster unmasked path)
+        full = bool(layout.attention_mask.all())
+        attn_mask = None if full else layout.attention_mask[:, None, None, :]
         hidden, states = self.encoder(x, attn_mask, output_hidden_states)
         return MemoOutput(hidden, self.pooler(hidden), layout, states)
 
