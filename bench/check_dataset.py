@@ -22,7 +22,8 @@ from memodb.check import check
 from memodb.dataset import build_dataset
 
 from .common import (MIB, OUT, cores, cprofile, in_child, make_captions, make_lexicon, make_npz,
-                     met, npz_ids, parser, ratio, report, scratch, timed, warm, watch_anon)
+                     met, npz_ids, parser, ratio, report, scratch, summarize, timed, warm,
+                     watch_anon)
 
 GOAL_S = 60  # `memo db check` on a 200k-segment dataset folder, 2 cores
 GOAL_SEGMENTS = 200_000
@@ -151,12 +152,7 @@ def main(argv=None) -> str:
         if args.profile:
             (OUT / "check_dataset_profile.txt").write_text(profile(out, args.workers))
             print(f"profile written to {OUT / 'check_dataset_profile.txt'}")
-    best = {k: min(v, key=lambda x: x["seconds"]) for k, v in runs.items()}
-    t = {k: b["seconds"] for k, b in best.items()}
-    cpu = {k: min(x["cpu"] for x in v) for k, v in runs.items()}
-    rss = {k: max(x["peak_rss_kib"] for x in v) / 1024 for k, v in runs.items()}
-    wrss = {k: max(x["workers_peak_rss_kib"] for x in v) / 1024 for k, v in runs.items()}
-    rss0 = max(x["rss_start_kib"] for v in runs.values() for x in v) / 1024
+    best, t, cpu, rss, wrss, rss0 = summarize(runs)
     reads = best["base"]["result"]
     checked = best["memo"]["result"]
     ok = all(r["result"]["ok"] for r in runs["memo"])

@@ -235,6 +235,18 @@ print(json.dumps({"seconds": seconds, "cpu": c + w, "result": result, "rss_start
 """
 
 
+def summarize(runs: dict) -> tuple:
+    """Of ``{build: [in_child results]}``: the best run and its seconds, the least CPU seconds,
+    the largest peak RSS of the process and of its workers (MiB) per build, and the largest
+    RSS once imported (MiB): ``(best, seconds, cpu, rss, workers_rss, rss_start)``."""
+    best = {k: min(v, key=lambda x: x["seconds"]) for k, v in runs.items()}
+    return (best, {k: b["seconds"] for k, b in best.items()},
+            {k: min(x["cpu"] for x in v) for k, v in runs.items()},
+            {k: max(x["peak_rss_kib"] for x in v) / 1024 for k, v in runs.items()},
+            {k: max(x["workers_peak_rss_kib"] for x in v) / 1024 for k, v in runs.items()},
+            max(x["rss_start_kib"] for v in runs.values() for x in v) / 1024)
+
+
 def in_child(fn, *args, env: dict | None = None) -> dict:
     """Call module-level ``fn(*args)`` (JSON-able arguments and result) in a fresh Python
     process, so that each run has its own peak RSS. Returns ``seconds`` (wall time of the call

@@ -24,7 +24,7 @@ from memodb.txtdb import create_txtdb
 from memodb.wordpiece import WordPieceTokenizer, bundled_vocab_dir, load_vocab
 
 from .common import (MIB, OUT, cores, cprofile, db_stats, in_child, make_captions, make_lexicon,
-                     met, parser, ratio, report, scratch, timed, warm)
+                     met, parser, ratio, report, scratch, summarize, timed, warm)
 
 MAX_LEN = 100_000  # memo's max_len: far above any generated text, so nothing is truncated
 GOAL = 3
@@ -215,12 +215,7 @@ def main(argv=None) -> str:
             (OUT / "txtdb_build_profile.txt").write_text(
                 profile(captions, lexicon, d / "prof", args.workers))
             print(f"profile written to {OUT / 'txtdb_build_profile.txt'}")
-    best = {k: min(v, key=lambda x: x["seconds"]) for k, v in runs.items()}
-    t = {k: b["seconds"] for k, b in best.items()}
-    cpu = {k: min(x["cpu"] for x in v) for k, v in runs.items()}
-    rss = {k: max(x["peak_rss_kib"] for x in v) / 1024 for k, v in runs.items()}
-    wrss = {k: max(x["workers_peak_rss_kib"] for x in v) / 1024 for k, v in runs.items()}
-    rss0 = max(x["rss_start_kib"] for v in runs.values() for x in v) / 1024
+    best, t, cpu, rss, wrss, rss0 = summarize(runs)
 
     def row(what, k, goal=None):
         r = t["base"] / t[k]

@@ -360,8 +360,23 @@ class TextDB:
 
     def __init__(self, path):
         self.path = Path(path)
-        open_env(self.path)  # fail early on a wrong path
         self._json: dict = {}
+        self._pid = None
+        self._txn()  # fail early on a wrong path
+
+    def _txn(self):
+        """This process's read transaction (the database is immutable once built: one
+        transaction serves every read, as in FeatureDB)."""
+        if self._pid != os.getpid():
+            self._read = open_env(self.path).begin(buffers=True)
+            self._pid = os.getpid()
+        return self._read
+
+    def __getstate__(self):
+        return {"path": self.path}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"])
 
     def _side(self, name):
         if name not in self._json:
@@ -396,12 +411,10 @@ class TextDB:
         return len(self.id2len)
 
     def __getitem__(self, text_id: str) -> dict:
-        env = open_env(self.path)
-        with env.begin(buffers=True) as txn:
-            buf = txn.get(text_id.encode("utf-8"))
-            if buf is None:
-                raise KeyError(f"{self.path}: no text {text_id!r}")
-            try:
-                return decode_example(buf)
-            except DatabaseError as exc:
-                raise DatabaseError(f"{self.path}: text {text_id!r}: {exc}") from None
+        buf = self._txn().get(text_id.encode("utf-8"))
+        if buf is None:
+            raise KeyError(f"{self.path}: no text {text_id!r}")
+        try:
+            return decode_example(buf)
+        except DatabaseError as exc:
+            raise DatabaseError(f"{self.path}: text {text_id!r}: {exc}") from None
