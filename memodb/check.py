@@ -156,7 +156,7 @@ def find_databases(path) -> list[Path]:
 
 def db_kind(path) -> str:
     """"text" for a text database (manifest kind, or its side files), else "feature"."""
-    from .check_text import is_text_db
+    from .txtdb import is_text_db
 
     return "text" if is_text_db(path) else "feature"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from .check import DbReport, utf8_keys
 from .errors import DatabaseError, MemoError
 from .ids import KEYS_KEY
-from .manifest import Checksum, read_manifest
+from .manifest import DATASET_FILE, Checksum, read_manifest
 from .parallel import chunked, ordered_map
 from .progress import progress_bar
 from .reader import FeatureDB, open_env
@@ -29,22 +29,9 @@ CHUNK = 512
 MAX_LISTED = 10  # ids shown in one message
 VOCAB_KEYS = ("PAD", "UNK", "CLS", "SEP", "MASK", "v_range", "vocab_sha256")
 ROLES = ("train", "heldout", "monitor")
-DATASET_FILE = "dataset.json"
 
 # Vocabulary token -> id maps, loaded in the parent before the workers fork (then inherited).
 _VOCABS: dict[str, dict] = {}
-
-
-def is_text_db(path) -> bool:
-    """A text database: manifest kind "text", or (without manifest) the text side files."""
-    path = Path(path)
-    try:
-        manifest = read_manifest(path)
-    except MemoError:
-        manifest = None
-    if manifest is not None:
-        return manifest.get("kind") == "text"
-    return (path / ID2LEN).exists() or (path / TXT2IMG).exists()
 
 
 # --------------------------------------------------------------------------- text database

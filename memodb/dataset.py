@@ -40,12 +40,11 @@ from . import __version__
 from .check import CheckReport, check
 from .errors import BadInputError
 from .imgdb import create_imgdb
-from .manifest import write_json_atomic
+from .manifest import DATASET_FILE, MANIFEST, write_json_atomic
 from .rawimg import rawimg_db
 from .splits import TRAIN, write_splits_file
 from .txtdb import create_txtdb
 
-DATASET_FILE = "dataset.json"
 CHECK_FILE = "check.json"
 TEXT_DIR = "txt"
 
@@ -238,4 +237,4 @@ def _stale(folder: Path, current: Path) -> list[str]:
     """Databases in a feature folder other than the one this config builds (options changed)."""
     return sorted(f"{p}: built with other options; delete it if unused"
                   for p in folder.iterdir()
-                  if p.is_dir() and p != current and (p / "manifest.json").exists())
+                  if p.is_dir() and p != current and (p / MANIFEST).exists())

@@ -14,6 +14,7 @@ from pathlib import Path
 from .errors import DatabaseError
 
 MANIFEST = "manifest.json"
+DATASET_FILE = "dataset.json"  # a dataset folder's record (memo db build)
 FORMAT_VERSION = 1
 
 

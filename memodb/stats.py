@@ -17,6 +17,7 @@ from .ids import KEYS_KEY, id_to_key, key_to_id
 from .manifest import read_manifest
 from .reader import FeatureDB, open_env
 from .splits import SPLITS_FILE
+from .txtdb import is_text_db
 
 # Text length (WordPiece pieces) histogram: inclusive bounds, None = no upper bound.
 LENGTH_BINS = ((1, 5), (6, 10), (11, 20), (21, 30), (31, 50), (51, 100), (101, None))
@@ -28,14 +29,6 @@ def stats(path, parquet=None) -> dict:
     if is_text_db(path) or (path / SPLITS_FILE).is_file():
         return text_stats(path, parquet=parquet)
     return feature_stats(path, parquet=parquet)
-
-
-def is_text_db(path) -> bool:
-    path = Path(path)
-    manifest = read_manifest(path)
-    if manifest is not None:
-        return manifest.get("kind") == "text"
-    return (path / "id2len.json").is_file()
 
 
 def feature_stats(path, parquet=None) -> dict:

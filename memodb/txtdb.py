@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .errors import BadInputError, DatabaseError
+from .errors import BadInputError, DatabaseError, MemoError
 from .ids import KEY_SUFFIX, id_to_key
 from .lexicon import read_lexicon
 from .manifest import read_manifest
@@ -352,6 +352,18 @@ def side_files_json(ids, lens) -> dict:
     return {ID2LEN: "{" + ", ".join([f"{e}: {n}" for e, n in zip(q, lens)]) + "}",
             TXT2IMG: "{" + ", ".join([f"{e}: {e[:-1]}{sfx}" for e in q]) + "}",
             IMG2TXTS: "{" + ", ".join([f"{e[:-1]}{sfx}: [{e}]" for e in q]) + "}"}
+
+
+def is_text_db(path) -> bool:
+    """A text database: manifest kind "text", or (without manifest) the text side files."""
+    path = Path(path)
+    try:
+        manifest = read_manifest(path)
+    except MemoError:
+        manifest = None
+    if manifest is not None:
+        return manifest.get("kind") == "text"
+    return (path / ID2LEN).exists() or (path / TXT2IMG).exists()
 
 
 class TextDB:
