@@ -1,7 +1,9 @@
 """A small synthetic corpus in the upstream formats, generated in code (fixed seed).
 
 Used by ``memo quickstart``, the tests and the benchmarks: Denseface-shaped h5 files per movie
-(FORMATS.md 2.1) with ``has_active_spk.txt`` lists, captions, and OpenFace-style face crops.
+(FORMATS.md 2.1) with ``has_active_spk.txt`` lists, captions, OpenFace-style face crops, and a
+labelled emotion corpus with folds (:func:`make_emotion_corpus`) whose labels can be recovered
+from the faces and from the text, for fine-tuning.
 """
 from __future__ import annotations
 
@@ -99,3 +101,65 @@ def make_openface(root, clips: int = 4, frames: int = 12, size: int = 112, seed:
         (root / f"{clip}.csv").write_text("\n".join(rows) + "\n")
         names.append(clip)
     return names
+
+
+EMOTIONS = ("anger", "happy", "neutral", "sad")
+# words that give a class away in the text of the emotion corpus (one list per class)
+EMOTION_WORDS = (("angry", "furious", "mad"), ("happy", "glad", "wonderful"),
+                 ("fine", "okay", "normal"), ("sad", "cried", "alone"))
+FILLER = ("we", "the", "sea", "day", "at", "see", "you", "again", "time", "here", "what", "so")
+
+
+def make_emotion_corpus(root, *, folds: int = 2, per_fold: int = 40, faces: int = 8,
+                        signal: float = 1.5, text_signal: float = 0.8, seed: int = 0) -> dict:
+    """A labelled IEMOCAP-style corpus in 4 classes (:data:`EMOTIONS`) with planted signals.
+
+    One "session" (an h5 movie ``Ses0<f>``) per fold, ``per_fold`` segments each, labels
+    balanced. Faces: Denseface-like features whose mean is shifted by ``signal`` on a block of
+    dimensions owned by the class. Text: filler words plus, with probability ``text_signal``, a
+    word of the class (:data:`EMOTION_WORDS`). Leave-one-session-out folds: fold ``f`` tests on
+    session ``f``, validates on a fifth of the other sessions and trains on the rest.
+
+    Writes ``root/h5/<session>/...h5`` and ``root/refs/<f>/{trn,val,tst}.json`` (downstream refs
+    ``{id: {"txt": [text], "label": k}}``); returns ``{"h5": path, "refs": "root/refs/{fold}/",
+    "folds": [1..folds], "labels": [...]}``.
+    """
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    sessions: list[list[tuple[str, int, str]]] = []
+    for f in range(1, folds + 1):
+        movie = f"Ses{f:02d}"
+        (root / "h5" / movie).mkdir(parents=True, exist_ok=True)
+        rows = []
+        with h5py.File(root / "h5" / movie / MOVIE_H5, "w") as h5:
+            g = h5.create_group(movie)
+            for s in range(1, per_fold + 1):
+                label = (s - 1) % len(EMOTIONS)
+                n = int(rng.integers(max(1, faces // 2), faces * 2))
+                arrays = segment_arrays(rng, n)
+                arrays["confidence"][:] = np.maximum(arrays["confidence"], 0.6)
+                block = 342 // len(EMOTIONS)
+                arrays["feat"][:, label * block:(label + 1) * block] += signal
+                seg = g.create_group(str(s))
+                for k, v in arrays.items():
+                    seg.create_dataset(k, data=v)
+                words = list(rng.choice(FILLER, size=int(rng.integers(3, 9))))
+                if rng.random() < text_signal:
+                    words.insert(int(rng.integers(0, len(words) + 1)),
+                                 str(rng.choice(EMOTION_WORDS[label])))
+                rows.append((f"{movie}_{s}", label, " ".join(words)))
+        sessions.append(rows)
+    for f in range(1, folds + 1):
+        test = sessions[f - 1]
+        rest = [r for k, rows in enumerate(sessions) if k != f - 1 for r in rows]
+        val = rest[2::5]  # every class (5 and the 4 labels are coprime)
+        train = [r for i, r in enumerate(rest) if i % 5 != 2]
+        out = root / "refs" / str(f)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, rows in (("trn", train), ("val", val), ("tst", test)):
+            refs = {i: {"txt": [text], "label": label} for i, label, text in rows}
+            (out / f"{name}.json").write_text(json.dumps(refs, indent=1))
+    return {"h5": str(root / "h5"), "refs": str(root / "refs" / "{fold}"),
+            "folds": list(range(1, folds + 1)), "labels": list(EMOTIONS)}

@@ -290,11 +290,12 @@ def apply_override(d: dict, key: str, value) -> None:
         node[last] = value
 
 
-def load_train_config(source, overrides=()) -> TrainConfig:
-    """``source``: a JSON file path, a dict or a TrainConfig; ``overrides``: ``--key value``
-    strings or (dotted key, value) pairs. Returns a checked TrainConfig (see ``check``)."""
-    if isinstance(source, TrainConfig):
-        d = source.to_dict()
+def read_config(cls, source, overrides=()):
+    """A config dataclass ``cls`` from ``source`` (a JSON file path, a dict or a ``cls``
+    instance) and ``overrides`` (``--key value`` strings or (dotted key, value) pairs), with
+    unknown keys and wrong types refused (:class:`TrainConfigError` naming the key)."""
+    if isinstance(source, cls):
+        d = dataclasses.asdict(source)
     elif isinstance(source, dict):
         d = json.loads(json.dumps(source))  # a deep copy of JSON values
     else:
@@ -307,7 +308,13 @@ def load_train_config(source, overrides=()) -> TrainConfig:
         pairs = parse_overrides(pairs)
     for key, value in pairs:
         apply_override(d, key, value)
-    cfg = _build(TrainConfig, d, "")
+    return _build(cls, d, "")
+
+
+def load_train_config(source, overrides=()) -> TrainConfig:
+    """``source``: a JSON file path, a dict or a TrainConfig; ``overrides``: ``--key value``
+    strings or (dotted key, value) pairs. Returns a checked TrainConfig (see ``check``)."""
+    cfg = read_config(TrainConfig, source, overrides)
     check(cfg)
     return cfg
 

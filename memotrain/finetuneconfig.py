@@ -1,0 +1,263 @@
+"""The fine-tuning configuration (``memo train finetune``): JSON, ``--key value`` overrides,
+checks at start-up. Never imports torch.
+
+Defaults follow TRAINER.md ("Fine-tuning and evaluation")::
+
+    {
+      "init_checkpoint": "runs/pretrain/ckpt/model_step_40000.pt",   # a memo checkpoint
+      "model": null,               # or a preset / model config: start from random weights
+      "head": "emocls",            # emocls: Dropout(0.1), Linear(h, C) on the pooled [CLS]
+                                   # vqa: Linear(h, 2h), GELU, LayerNorm, Linear(2h, C)
+                                   # prompt: "i am [MASK] ." + the MLM head over label words
+      "labels": null,              # class names (null: the text db manifest's)
+      "prompt": {"template": "{text} i am [MASK] .", "label_words": null, "vocab": null},
+      "modalities": null,          # trained and selected with: subset of text, faces, speech
+                                   #   (null: every modality the data gives)
+      "eval_modalities": [],       # more evaluations of the selected model, e.g. [["text"]]
+      "class_weights": null,       # null | "balanced" | one weight per class
+      "data": {
+        "train": "txt/fold{fold}/train",   # text dbs: a path ({fold} placeholder) or a list
+        "val": "txt/fold{fold}/val",       #   with one path per fold
+        "test": "txt/fold{fold}/test",     # null: no test (val results are reported)
+        "img_db": "face/feat_th0.5_max64", "speech_db": null,
+        "max_text_len": null,      # null: what the model's position table allows
+        "max_faces": null,         # null: the db's max_bb, capped by the model
+        "max_speech": null,
+        "batch_size": 64, "max_tokens": null, "num_workers": 0
+      },
+      "folds": null,               # e.g. [1, 2, 3, 4, 5] (needed by {fold} / lists)
+      "seeds": [0],
+      "optim": {"lr": 5e-5, "betas": [0.9, 0.98], "weight_decay": 0.01, "warmup_ratio": 0.1,
+                "warmup_steps": null, "grad_clip": 5.0, "grad_accum": 1},
+      "epochs": 10,
+      "select": {"metric": "UA", "patience": 3, "every": null},
+                                   # metric UA | WA | WF1 | F1 on val (WF1 for MELD);
+                                   # patience: evaluations without improvement before
+                                   # stopping (0: never stop early); every: updates between
+                                   # evaluations (null: each epoch)
+      "precision": "auto", "device": "auto", "log_every": 10,
+      "output_dir": "runs/finetune", "max_nonfinite": 20
+    }
+
+Validation, test and training text dbs must be three different databases in every fold: a
+config that selects on the test split (the original's configs validated on test) is refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from memotrain.config import ConfigError, ModelConfig, load_config, preset
+from memotrain.trainconfig import (
+    DEVICES,
+    PRECISIONS,
+    OptimConfig,
+    TrainConfigError,
+    read_config,
+)
+
+HEADS = ("emocls", "vqa", "prompt")
+MODALITIES = ("text", "faces", "speech")
+METRICS = ("UA", "WA", "WF1", "F1")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class FinetuneData:
+    train: str | list[str]
+    val: str | list[str]
+    test: str | list[str] | None = None
+    img_db: str | list[str] | None = None
+    speech_db: str | list[str] | None = None
+    max_text_len: int | None = None
+    max_faces: int | None = None
+    max_speech: int | None = None
+    batch_size: int | None = 64
+    max_tokens: int | None = None
+    num_workers: int = 0
+
+
+@dataclass
+class PromptConfig:
+    template: str = "{text} i am [MASK] ."
+    label_words: list[str] | None = None  # one word per class (default: the class names)
+    vocab: str | None = None  # the text dbs' vocabulary (default: as their manifest says)
+
+
+@dataclass
+class SelectConfig:
+    metric: str = "UA"
+    patience: int = 3
+    every: int | None = None
+
+
+@dataclass
+class FinetuneConfig:
+    data: FinetuneData
+    init_checkpoint: str | None = None
+    model: str | dict | None = None
+    head: str = "emocls"
+    labels: list[str] | None = None
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    modalities: list[str] | None = None
+    eval_modalities: list[list[str]] = field(default_factory=list)
+    class_weights: str | list[float] | None = None
+    folds: list[int | str] | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    epochs: int = 10
+    select: SelectConfig = field(default_factory=SelectConfig)
+    precision: str = "auto"
+    device: str = "auto"
+    log_every: int = 10
+    output_dir: str = "runs/finetune"
+    max_nonfinite: int = 20
+
+    # -- derived -----------------------------------------------------------------------------
+
+    def model_config(self) -> ModelConfig:
+        if self.init_checkpoint is not None:
+            from memotrain.convert import load_checkpoint
+            return ModelConfig.from_dict(load_checkpoint(self.init_checkpoint)["config"])
+        try:
+            if isinstance(self.model, dict) and "preset" in self.model:
+                changes = dict(self.model)
+                return preset(changes.pop("preset"), **changes)
+            return load_config(self.model)
+        except ConfigError as exc:
+            raise TrainConfigError(f"model: {exc}") from None
+
+    def fold_names(self) -> list:
+        """The folds to run (``[None]``: one run without folds)."""
+        return list(self.folds) if self.folds else [None]
+
+    def paths(self, fold) -> dict:
+        """``train`` / ``val`` / ``test`` / ``img_db`` / ``speech_db`` of ``fold`` (None when
+        not given): ``{fold}`` filled in, or the fold's entry of a list."""
+        out = {}
+        position = None if fold is None else self.fold_names().index(fold)
+        for key in (*SPLITS, "img_db", "speech_db"):
+            value = getattr(self.data, key)
+            if isinstance(value, list):
+                value = value[position]
+            elif value is not None and fold is not None:
+                value = value.replace("{fold}", str(fold))
+            out[key] = value
+        return out
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_finetune_config(source, overrides=()) -> FinetuneConfig:
+    """A checked :class:`FinetuneConfig` from a JSON file, a dict or a config, plus
+    ``--key value`` overrides (``--folds [1,2] --seeds [0,1,2] --optim.lr 3e-5``)."""
+    cfg = read_config(FinetuneConfig, source, overrides)
+    check(cfg)
+    return cfg
+
+
+def check(cfg: FinetuneConfig) -> None:
+    """Everything that needs neither the model nor the data."""
+    def need(ok, what):
+        if not ok:
+            raise TrainConfigError(what)
+
+    d, o, s = cfg.data, cfg.optim, cfg.select
+    need((cfg.model is None) != (cfg.init_checkpoint is None),
+         "give init_checkpoint (a memo checkpoint: pre-trained, or a BERT converted with "
+         "`memo train convert-ckpt`) or model (random weights), exactly one")
+    need(cfg.head in HEADS, f"head {cfg.head!r} is not one of {', '.join(HEADS)}")
+    for i, mods in enumerate([cfg.modalities or list(MODALITIES), *cfg.eval_modalities]):
+        where = "modalities" if i == 0 else f"eval_modalities.{i - 1}"
+        need(mods, f"{where}: give at least one of {', '.join(MODALITIES)}")
+        bad = [m for m in mods if m not in MODALITIES]
+        need(not bad, f"{where}: unknown modality {bad[:1]} (one of {', '.join(MODALITIES)})")
+        need(len(set(mods)) == len(mods), f"{where}: {mods} names a modality twice")
+    if cfg.modalities:
+        need("faces" not in cfg.modalities or d.img_db,
+             "modalities has faces but data.img_db is null")
+        need("speech" not in cfg.modalities or d.speech_db,
+             "modalities has speech but data.speech_db is null")
+    for i, mods in enumerate(cfg.eval_modalities):
+        extra = sorted(set(mods) - set(cfg.modalities or MODALITIES))
+        need(not extra, f"eval_modalities.{i}: {extra} is not among the modalities the model "
+                        f"is trained with ({cfg.modalities})")
+    cw = cfg.class_weights
+    need(cw is None or cw == "balanced" or (isinstance(cw, list) and all(w >= 0 for w in cw)),
+         f"class_weights must be null, \"balanced\" or a list of weights >= 0, not {cw!r}")
+    if cfg.head == "prompt":
+        need(cfg.prompt.template.count("[MASK]") == 1,
+             f"prompt.template {cfg.prompt.template!r} must hold [MASK] exactly once")
+        need(cfg.prompt.template.count("{text}") <= 1,
+             f"prompt.template {cfg.prompt.template!r} holds {{text}} more than once")
+    need(cfg.seeds, "seeds: give at least one seed")
+    need(len(set(cfg.seeds)) == len(cfg.seeds), f"seeds {cfg.seeds} repeat a seed")
+    if cfg.folds is not None:
+        need(cfg.folds, "folds: give at least one fold, or null")
+        need(len({str(f) for f in cfg.folds}) == len(cfg.folds),
+             f"folds {cfg.folds} repeat a fold")
+    n_folds = len(cfg.fold_names())
+    for key in (*SPLITS, "img_db", "speech_db"):
+        value = getattr(d, key)
+        if isinstance(value, list):
+            need(cfg.folds, f"data.{key} is a list (one path per fold) but folds is null")
+            need(len(value) == n_folds, f"data.{key} has {len(value)} paths for "
+                                        f"{n_folds} folds")
+        elif isinstance(value, str):
+            need("{fold}" not in value or cfg.folds,
+                 f"data.{key} {value!r} has a {{fold}} placeholder but folds is null; give "
+                 "--folds [1,2,...]")
+    for fold in cfg.fold_names():
+        p = cfg.paths(fold)
+        named = {k: os.path.realpath(p[k]) for k in SPLITS if p[k]}
+        for a, b in (("val", "test"), ("train", "test"), ("train", "val")):
+            if a in named and b in named:
+                need(named[a] != named[b],
+                     f"data.{a} and data.{b} are the same database ({p[a]})"
+                     + (f" in fold {fold}" if fold is not None else "")
+                     + ("; model selection must never read the test split: give a separate "
+                        "validation db" if "test" in (a, b) else ""))
+    for name in ("max_text_len", "max_faces", "max_speech"):
+        v = getattr(d, name)
+        need(v is None or v >= (1 if name == "max_text_len" else 0),
+             f"data.{name} must be >= {1 if name == 'max_text_len' else 0} or null, not {v}")
+    need(d.batch_size is not None or d.max_tokens is not None,
+         "data: give batch_size (examples per batch), max_tokens (token budget) or both")
+    need(d.batch_size is None or d.batch_size >= 1, "data.batch_size must be >= 1")
+    need(d.max_tokens is None or d.max_tokens >= 1, "data.max_tokens must be >= 1")
+    need(d.num_workers >= 0, f"data.num_workers must be >= 0, not {d.num_workers}")
+    need(o.lr > 0, f"optim.lr must be > 0, not {o.lr}")
+    need(o.grad_accum >= 1, f"optim.grad_accum must be >= 1, not {o.grad_accum}")
+    need(0 <= o.warmup_ratio <= 1, "optim.warmup_ratio must be in [0, 1]")
+    need(o.warmup_steps is None or o.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
+    need(cfg.epochs >= 1, f"epochs must be >= 1, not {cfg.epochs}")
+    need(s.metric in METRICS, f"select.metric {s.metric!r} is not one of {', '.join(METRICS)}")
+    need(s.patience >= 0, "select.patience must be >= 0 (0: no early stopping)")
+    need(s.every is None or s.every >= 1, "select.every must be >= 1 or null (each epoch)")
+    need(cfg.precision in PRECISIONS, f"precision {cfg.precision!r} is not one of "
+                                      f"{', '.join(PRECISIONS)}")
+    need(cfg.device in DEVICES, f"device {cfg.device!r} is not one of {', '.join(DEVICES)}")
+    need(cfg.log_every >= 0, "log_every must be >= 0 (0: never)")
+    need(cfg.max_nonfinite >= 1, "max_nonfinite must be >= 1")
+
+
+def run_name(fold, seed: int) -> str:
+    """A run's folder inside ``output_dir``: ``fold<f>/seed<s>`` (``seed<s>`` without folds)."""
+    return f"seed{seed}" if fold is None else f"fold{fold}/seed{seed}"
+
+
+def same_database(a, b) -> bool:
+    """Two text dbs are the same data: one path, or equal manifest checksums."""
+    import json
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    sums = []
+    for p in (a, b):
+        try:
+            sums.append(json.loads((Path(p) / "manifest.json").read_text())["checksum"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+    return sums[0] == sums[1]
