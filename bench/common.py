@@ -26,16 +26,25 @@ import numpy as np
 
 from memodb import synth
 from memodb.ids import KEYS_KEY
-from memodb.manifest import Checksum
+from memodb.manifest import Checksum, write_json_atomic
 from memodb.parallel import chunked, ordered_map
 
-OUT = Path(__file__).resolve().parent / "out"
+ROOT = Path(__file__).resolve().parent.parent  # the repository: children run from here
+OUT = ROOT / "bench" / "out"  # where report() writes (set_out moves it)
 MB = 1e6
 MIB = 1 << 20
 
 
 def cores() -> int:
     return len(os.sched_getaffinity(0))
+
+
+def set_out(folder) -> Path:
+    """Send the tables of :func:`report` to ``folder`` (default ``bench/out``); the suite
+    (``python -m bench --out FILE``) writes them beside its ALL.md."""
+    global OUT
+    OUT = Path(folder).resolve()
+    return OUT
 
 
 def parser(doc: str, segments: int, movies: int = 10) -> argparse.ArgumentParser:
@@ -68,6 +77,45 @@ def make_h5(root, segments: int, movies: int, seed: int = 0, faces: int = 30) ->
     per_movie = -(-segments // movies)
     return synth.make_h5_corpus(root, movies=movies, segments=per_movie, faces=faces, seed=seed,
                                 with_trans=False)
+
+
+def _h5_movie(root: str, per_movie: int, seed: int, faces: int, m: int) -> list[str]:
+    import h5py
+
+    rng = np.random.default_rng([seed, m, 5])
+    rows = rng.standard_normal((4096, 342), dtype=np.float32)
+    pred = rng.dirichlet(np.ones(8), 4096).astype(np.float32)
+    movie = f"No{m:04d}.Movie_{m}"
+    (Path(root) / movie).mkdir(parents=True, exist_ok=True)
+    ids = []
+    with h5py.File(Path(root) / movie / synth.MOVIE_H5, "w") as f:
+        g = f.create_group(movie)
+        for s in range(1, per_movie + 1):
+            n = 0 if s % 9 == 0 else int(rng.integers(max(1, faces // 3), faces * 2))
+            at = int(rng.integers(0, len(rows) - n))
+            seg = g.create_group(str(s))
+            seg.create_dataset("feat", data=rows[at:at + n])
+            seg.create_dataset("pred", data=pred[at:at + n])
+            seg.create_dataset("confidence",
+                               data=rng.uniform(0.2, 1.0, n).astype(np.float32))
+            seg.create_dataset("frame_idx", data=np.sort(
+                rng.choice(5000, n, replace=False)).astype(np.int64))
+            ids.append(f"{movie}_{s}")
+    return ids
+
+
+def make_h5_parallel(root, segments: int, movies: int, seed: int = 0, faces: int = 30,
+                     workers: int | None = None) -> list[str]:
+    """:func:`make_h5`'s layout and face counts (one h5 file per movie, ``feat`` 342-d float32,
+    ``pred``, ``confidence``, ``frame_idx``; every 9th segment without a face, others
+    ``faces // 3`` to ``2 * faces - 1`` faces), written a movie per task by ``workers``
+    processes, for corpora of 100k segments and more (make_h5 writes 200k in ~8 minutes on
+    one core). Faster per segment too: each movie's feature rows are slices of one block of
+    4096 random rows (stored values are as large, and as incompressible, as distinct ones).
+    Seeded per movie, so the files do not depend on ``workers``. Returns the segment ids."""
+    per_movie = -(-segments // movies)
+    work = partial(_h5_movie, str(root), per_movie, seed, faces)
+    return [i for ids in ordered_map(work, list(range(movies)), workers) for i in ids]
 
 
 def _npz_chunk(out: str, movies: int, seed: int, faces: int, dim: int, chunk: list[int]) -> int:
@@ -247,26 +295,39 @@ def summarize(runs: dict) -> tuple:
             max(x["rss_start_kib"] for v in runs.values() for x in v) / 1024)
 
 
-def in_child(fn, *args, env: dict | None = None) -> dict:
+def in_child(fn, *args, env: dict | None = None, watch: bool = False) -> dict:
     """Call module-level ``fn(*args)`` (JSON-able arguments and result) in a fresh Python
     process, so that each run has its own peak RSS. Returns ``seconds`` (wall time of the call
     alone, not the interpreter start or imports), ``cpu`` (user + system seconds of the call:
     all threads, and the worker processes it waited for), ``peak_rss_kib`` (VmHWM of the
     process), ``workers_peak_rss_kib`` (the largest VmHWM of its waited-for children, pages
     inherited at fork included; 0 when no child ran), ``rss_start_kib`` (VmRSS once the
-    module is imported, before the call) and ``result``."""
+    module is imported, before the call) and ``result``. ``watch``: also poll the process
+    tree while it runs (:func:`watch_tree`) and add its peaks as ``tree`` (KiB: ``rss_sum``,
+    ``pss_sum``, ``anon_sum``), the memory of a pipeline whose stages fork workers."""
     module = fn.__module__
     if module == "__main__":  # run as python -m bench.xxx
         module = sys.modules["__main__"].__spec__.name
     importlib.import_module(module)  # fail here, not in the child
-    proc = subprocess.run([sys.executable, "-c", _CHILD, module, fn.__name__,
-                           json.dumps([str(a) if isinstance(a, Path) else a for a in args])],
-                          stdout=subprocess.PIPE, text=True, cwd=OUT.parent.parent,
-                          env={**os.environ, **(env or {})}, check=False)
+    with tempfile.TemporaryFile("w+") as stdout:  # a file: a chatty child cannot block
+        proc = subprocess.Popen([sys.executable, "-c", _CHILD, module, fn.__name__,
+                                 json.dumps([str(a) if isinstance(a, Path) else a
+                                             for a in args])],
+                                stdout=stdout, text=True, cwd=ROOT,
+                                env={**os.environ, **(env or {})})
+        if watch:
+            peaks = watch_tree(proc)
+            del peaks["hwm"]
+        proc.wait()
+        stdout.seek(0)
+        out = stdout.read()
     if proc.returncode:
         raise SystemExit(f"{module}.{fn.__name__} failed in a child process "
                          f"(exit {proc.returncode})")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    res = json.loads(out.strip().splitlines()[-1])
+    if watch:
+        res["tree"] = peaks
+    return res
 
 
 def cpu_seconds() -> float:
@@ -342,13 +403,15 @@ def _kib(pid: int, file: str, field: str) -> int:
 
 def watch_tree(proc, every: float = 0.05) -> dict:
     """Poll a running subprocess and its descendants until it exits. Returns the peaks (KiB) of
-    the summed RSS and summed PSS of the tree, and each process's own VmHWM."""
-    peak = {"rss_sum": 0, "pss_sum": 0}
+    the summed RSS, summed PSS and summed RssAnon (heap and private pages: RSS without mapped
+    files such as data.mdb) of the tree, and each process's own VmHWM."""
+    peak = {"rss_sum": 0, "pss_sum": 0, "anon_sum": 0}
     hwm: dict[int, int] = {}
     while proc.poll() is None:
         tree = _proc_tree(proc.pid)
         peak["rss_sum"] = max(peak["rss_sum"], sum(_kib(p, "status", "VmRSS") for p in tree))
         peak["pss_sum"] = max(peak["pss_sum"], sum(_kib(p, "smaps_rollup", "Pss") for p in tree))
+        peak["anon_sum"] = max(peak["anon_sum"], sum(_kib(p, "status", "RssAnon") for p in tree))
         for p in tree:
             hwm[p] = max(hwm.get(p, 0), _kib(p, "status", "VmHWM"))
         time.sleep(every)
@@ -395,7 +458,7 @@ def machine() -> str:
 
 def revision() -> str:
     """The measured code: git commit, and whether memodb/ differs from it."""
-    git = ["git", "-C", str(OUT.parent.parent)]
+    git = ["git", "-C", str(ROOT)]
     try:
         sha = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, check=True).stdout.strip()
@@ -417,7 +480,7 @@ def report(name: str, title: str, header: list, rows: list, notes=()) -> str:
     lines += [""] + [f"- {n}" for n in (*notes, machine())]
     md = "\n".join(lines) + "\n"
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{name}.md").write_text(md)
+    write_json_atomic(OUT / f"{name}.md", md)  # a str: written as is, through a rename
     print(md)
     return md
 

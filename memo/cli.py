@@ -180,24 +180,57 @@ def create_txtdb_cmd(src, out_dir, vocab, img_db, min_faces, max_len, long_polic
 @db.command("build")
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--shard", default=None, metavar="I/N",
+              help="Build only shard I (from 0) of N of the feature databases, into a shard "
+                   "folder for memo db merge.")
 @workers_option
 @_errors
-def build_cmd(config, out_dir, workers):
+def build_cmd(config, out_dir, shard, workers):
     """Build every database of a dataset config into OUT_DIR, then check it.
 
     Re-running rebuilds only what changed; after a kill it resumes. Exit code 1 when the
     check finds problems (report in OUT_DIR/check.json).
     """
-    from rich.console import Console
-    from rich.table import Table
-
     from memodb.dataset import build_dataset
 
     progress = _progress()
-    res = build_dataset(config, out_dir, workers=workers, progress=progress,
-                        log=None if progress else
-                        lambda s: click.echo(f"{s.status:<10} {s.name}: {s.summary}", err=True))
-    table = Table(title=f"dataset {out_dir}")
+    res = build_dataset(config, out_dir, workers=workers, progress=progress, shard=shard,
+                        log=None if progress else _log_step)
+    _report_dataset(res, f"shard {shard} {out_dir}" if shard else f"dataset {out_dir}")
+
+
+@db.command("merge")
+@click.argument("shard_dirs", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@workers_option
+@_errors
+def merge_cmd(shard_dirs, out_dir, workers):
+    """Join the shard folders of memo db build --shard I/N into OUT_DIR, then check it.
+
+    OUT_DIR becomes the folder memo db build would have made on one machine, byte for byte
+    (the text databases are built here, from the merged features). Shards that do not belong
+    together are refused.
+    """
+    from memodb.merge import merge_shards
+
+    progress = _progress()
+    res = merge_shards(shard_dirs, out_dir, workers=workers, progress=progress,
+                       log=None if progress else _log_step)
+    _report_dataset(res, f"dataset {out_dir}")
+
+
+def _log_step(s) -> None:
+    click.echo(f"{s.status:<10} {s.name}: {s.summary}", err=True)
+
+
+def _report_dataset(res, title: str) -> None:
+    """Summary table, warnings and check problems of a build or merge; exits with the
+    check's code."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
     for col in ("database", "kind", "status", "contents", "seconds"):
         table.add_column(col, justify="right" if col == "seconds" else "left")
     for s in res.steps:
@@ -390,6 +423,168 @@ def pretrain_cmd(ctx, config, resume):
         click.echo(f"{s['steps']} updates ({s['skipped']} skipped)"
                    + (f", last loss {last[2]:.4f} ({last[1]})" if last else "")
                    + f"; checkpoint {s['checkpoint']}")
+
+
+@train.command("face-cnn")
+@click.argument("src", type=click.Path(exists=True))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--ferplus", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="FER+ votes (fer2013new.csv): train on FER+'s 8 classes (majority vote).")
+@click.option("--classes", default=None,
+              help="Comma-separated class names in label order [default: FER2013's 7, FER+'s "
+                   "8 with --ferplus, or the sorted class folders].")
+@click.option("--image-size", type=click.IntRange(min=8), default=64, show_default=True,
+              help="Crops are resized to SIZE x SIZE.")
+@click.option("--blocks", default="16,16,16", show_default=True,
+              help="Dense layers per block (growth 12, 24 initial features).")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
+@click.option("--warmup-epochs", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--patience", type=click.IntRange(min=1), default=None,
+              help="Stop after this many epochs without a better validation accuracy.")
+@click.option("--no-augment", is_flag=True, help="No random flips and shifts in training.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@_errors
+def face_cnn_cmd(src, out, ferplus, classes, image_size, blocks, epochs, batch_size, lr,
+                 weight_decay, warmup_epochs, patience, no_augment, seed, device, force):
+    """Train the DenseNet-BC face CNN on labelled face crops (a FER2013 CSV, or
+    train/ val/ [test/] folders of <class>/ images); OUT: the best-validation checkpoint."""
+    from memotrain.facetrain import train_face_cnn
+
+    try:
+        layers = [int(b) for b in blocks.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{blocks!r}: give layer counts like 16,16,16",
+                                 param_hint="--blocks") from None
+    train_face_cnn(src, out, ferplus=ferplus, classes=classes.split(",") if classes else None,
+                   image_size=image_size, model_args={"blocks": layers}, epochs=epochs,
+                   batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                   warmup_epochs=warmup_epochs, patience=patience, augment_crops=not no_augment,
+                   seed=seed, device=device, overwrite=force, log=click.echo)
+
+
+def _id_list(value: str | None, what: str):
+    """``"1,2,5"`` / ``"1-5"`` / ``"a,b"`` -> a list (integers stay integers)."""
+    if value is None:
+        return None
+    out = []
+    for part in value.split(","):
+        part = part.strip()
+        lo, dash, hi = part.partition("-")
+        if dash and lo.isdigit() and hi.isdigit() and int(lo) <= int(hi):
+            out.extend(range(int(lo), int(hi) + 1))
+        elif part:
+            out.append(int(part) if part.lstrip("-").isdigit() else part)
+    if not out:
+        raise click.BadParameter(f"{value!r}: give a list like 1,2,3 or a range like 1-10",
+                                 param_hint=what)
+    return out
+
+
+@train.command("finetune", context_settings={"ignore_unknown_options": True,
+                                             "allow_extra_args": True})
+@click.option("--config", "config", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The fine-tuning config (JSON; see memotrain.finetuneconfig for every key).")
+@click.option("--folds", help="Folds to run, e.g. 1-10 or 1,3,5 (fills {fold} in the paths).")
+@click.option("--seeds", help="Seeds to run for every fold, e.g. 0,1,2 or 0-4.")
+@click.pass_context
+@_errors
+def finetune_cmd(ctx, config, folds, seeds):
+    """Fine-tune for emotion recognition on every fold x seed, select each run on validation,
+    evaluate the selected model on test, print and save the results table
+    (output_dir/results.json, results.tsv). Extra --key value pairs override the config.
+    Finished runs are reused when the command is run again."""
+    from memotrain.finetune import finetune
+
+    overrides = [(k, v) for k, v in (("folds", _id_list(folds, "--folds")),
+                                     ("seeds", _id_list(seeds, "--seeds"))) if v is not None]
+    if ctx.args:
+        from memotrain.trainconfig import parse_overrides
+        overrides += parse_overrides(ctx.args)
+    s = finetune(config, overrides=overrides)
+    m = s["summary"]["mean"]
+    click.echo(f"{s['summary']['n_runs']} run(s); {s['summary']['split']} mean "
+               + " ".join(f"{k} {100 * m[k]:.2f}" for k in ("WA", "UA", "WF1", "F1"))
+               + f"; results in {s['output_dir']}/results.tsv")
+
+
+@main.command("extract")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A memo checkpoint (convert-ckpt, pretrain or fine-tuning output); it "
+                   "alone rebuilds the model.")
+@click.option("--txt-db", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Text database of the segments to extract.")
+@click.option("--img-db", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Face feature database (the model must take faces).")
+@click.option("--speech-db", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Speech feature database (the model must take speech).")
+@click.argument("out", type=click.Path())
+@click.option("--layer", type=int, default=None,
+              help="Hidden state of the text / face / speech states: 0 = embeddings, 1..L the "
+                   "layer outputs, negatives from the end. [default: the last] The pooled "
+                   "vector always comes from the last layer.")
+@click.option("--format", "fmt", type=click.Choice(["lmdb", "parquet"]), default="lmdb",
+              show_default=True, help="lmdb: OUT is a folder of feature databases; parquet: "
+                                      "OUT is one file.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
+              show_default=True, help="Stored precision (computed in fp32).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Examples per batch (the features do not depend on it).")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=None,
+              help="Token budget per batch: rows x longest example (text + 2 + faces + speech).")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (CUDA when available), cpu, cuda or cuda:N.")
+@click.option("--max-text-len", type=click.IntRange(min=1), default=None,
+              help="Drop longer texts (word pieces). [default: the most the model takes]")
+@click.option("--max-faces", type=click.IntRange(min=0), default=None,
+              help="Keep at most this many faces. [default: the db's max_bb, at most what the "
+                   "model takes]")
+@click.option("--max-speech", type=click.IntRange(min=0), default=None,
+              help="Keep at most this many speech frames. [default: as --max-faces]")
+@_errors
+def extract_cmd(checkpoint, txt_db, img_db, speech_db, out, layer, fmt, dtype, batch_size,
+                max_tokens, device, max_text_len, max_faces, max_speech):
+    """Run a checkpoint over a corpus and save, per segment id, the pooled [CLS] vector and the
+    text / face / speech states (sliced by real lengths), with the labels."""
+    from memotrain.extract import extract
+
+    r = extract(checkpoint, txt_db, out, img_db=img_db, speech_db=speech_db, layer=layer,
+                fmt=fmt, dtype=dtype, batch_size=batch_size, max_tokens=max_tokens,
+                device=device, max_text_len=max_text_len, max_faces=max_faces,
+                max_speech=max_speech, progress=_progress())
+    click.echo(f"{r.out}: {r.extracted} segments ({', '.join(r.modalities)}; layer {r.layer} "
+               f"of {r.layers}, {dtype}), {r.labelled} labelled")
+    click.echo(r.report)
+
+
+@main.command("extract-faces")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("rawimg_db", type=click.Path(exists=True, file_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--feature", type=click.Choice(["feat", "trans1", "trans2"]), default="feat",
+              show_default=True, help="Pooled output stored as 'features': after the last "
+              "block (feat, with soft_labels), block 1 (trans1) or block 2 (trans2).")
+@click.option("--normalization", type=click.Choice(["corpus", "cnn"]), default="corpus",
+              show_default=True, help="Feed the crops as stored (corpus mean/std), or "
+              "re-normalised to the CNN's training mean/std.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Frames per forward pass.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@_errors
+def extract_faces_cmd(checkpoint, rawimg_db, out_dir, feature, normalization, batch_size,
+                      device):
+    """Run a face CNN checkpoint (memo train face-cnn) over a raw-crop database
+    (memo db rawimg-db) and build a face feature database like create-imgdb's."""
+    from memotrain.extract_faces import extract_face_features
+
+    r = extract_face_features(checkpoint, rawimg_db, out_dir, feature=feature,
+                              normalization=normalization, batch_size=batch_size,
+                              device=device, progress=_progress())
+    _report_build(r)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,9 +1,12 @@
 """``memo quickstart``: the whole chain on a small corpus generated in code.
 
-Stages that exist so far: generate the corpus and its dataset config, trans2npz, then
-``memo db build`` (face features straight from the h5 files, raw face crops, tokenised text
-databases with splits and emotion words, check), stats, and a short pre-training of the tiny
-model from scratch (mlm, mrfr, itm). Re-running in the same folder reuses what is built.
+Stages: generate the corpora and their dataset configs, trans2npz, then ``memo db build``
+(face features straight from the h5 files, raw face crops, tokenised text databases with splits
+and emotion words, check), stats, a short pre-training of the tiny model from scratch (mlm,
+mrfr, itm), then ``memo db build`` of a labelled emotion corpus with two folds (planted
+signals: the labels can be learnt from the faces and the text), fine-tuning of the pre-trained
+model on both folds, and the results table. Re-running in the same folder reuses what is
+built.
 """
 from __future__ import annotations
 
@@ -14,7 +17,13 @@ from pathlib import Path
 from memodb.check import CheckReport
 from memodb.dataset import build_dataset
 from memodb.stats import feature_stats
-from memodb.synth import make_captions, make_h5_corpus, make_lexicon, make_openface
+from memodb.synth import (
+    make_captions,
+    make_emotion_corpus,
+    make_h5_corpus,
+    make_lexicon,
+    make_openface,
+)
 from memodb.trans2npz import trans2npz
 
 MOVIES, SEGMENTS, CLIPS = 4, 25, 6
@@ -29,11 +38,26 @@ CONFIG = {
              "splits": ["val=10", "trn3k=10@train"], "seed": 0},
 }
 
+EMOTION = {  # the downstream corpus: IEMOCAP-style sessions = folds, refs with labels
+    "name": "emotion",
+    "features": {"face": {"source": "emotion/h5", "conf_th": 0.5, "max_bb": 16}},
+    "text": {"sources": {"train": "emotion/refs/{fold}/trn.json",
+                         "val": "emotion/refs/{fold}/val.json",
+                         "test": "emotion/refs/{fold}/tst.json"},
+             "folds": [1, 2], "labels": ["anger", "happy", "neutral", "sad"],
+             "faces_from": "face", "min_faces": 0},
+}
 
 PRETRAIN = {
     "model": "tiny", "steps": 300, "seed": 0, "log_every": 0, "val_every": 0, "save_every": 100,
     "optim": {"lr": 1e-3, "warmup_steps": 30},
     "data": {"max_text_len": 30, "max_faces": 36, "batch_size": 16, "num_workers": 0},
+}
+
+FINETUNE = {
+    "head": "emocls", "folds": [1, 2], "seeds": [0], "epochs": 12, "log_every": 0,
+    "optim": {"lr": 2e-3, "warmup_ratio": 0.05}, "select": {"metric": "UA", "patience": 5},
+    "eval_modalities": [["text"], ["faces"]],
 }
 
 
@@ -44,6 +68,7 @@ class QuickstartResult:
     report: CheckReport | None = None
     stats: dict | None = None
     pretrain: dict | None = None
+    finetune: dict | None = None
 
 
 def generate_corpus(corpus: Path) -> None:
@@ -59,6 +84,8 @@ def generate_corpus(corpus: Path) -> None:
     make_lexicon(corpus / "lexicon.tsv")
     make_openface(corpus / "openface", clips=CLIPS, frames=16, seed=0)
     (corpus / "config.json").write_text(json.dumps(CONFIG, indent=1) + "\n")
+    make_emotion_corpus(corpus / "emotion", folds=2, per_fold=80, faces=8, seed=0)
+    (corpus / "emotion.json").write_text(json.dumps(EMOTION, indent=1) + "\n")
     marker.write_text("")
 
 
@@ -74,7 +101,8 @@ def quickstart(workdir="memo-quickstart", workers: int | None = None,
 
     generate_corpus(corpus)
     step("corpus", corpus, f"{MOVIES} movies x {SEGMENTS} segments (h5), captions, lexicon, "
-         f"{CLIPS} OpenFace clips, config.json")
+         f"{CLIPS} OpenFace clips, config.json; a labelled emotion corpus (2 sessions x 80 "
+         "segments, 4 classes), emotion.json")
     t = trans2npz(corpus / "h5", workdir / "npz", meta_dir=corpus / "meta", workers=workers,
                   progress=progress)
     step("trans2npz", t.out_dir, f"{t.written} written, {t.skipped} already there")
@@ -91,8 +119,16 @@ def quickstart(workdir="memo-quickstart", workers: int | None = None,
     s = res.stats["nbb"]
     step("stats", face, f"faces per segment mean {s['mean']:.1f} median {s['median']:.0f} "
          f"p80 {s['p80']:.0f} max {s['max']}")
-    if res.report.ok:
-        res.pretrain = pretrain_tiny(dataset, face, workdir / "pretrain", step, log)
+    if not res.report.ok:
+        return res
+    res.pretrain = pretrain_tiny(dataset, face, workdir / "pretrain", step, log)
+    emotion = workdir / "emotion"
+    built = build_dataset(corpus / "emotion.json", emotion, workers=workers, progress=progress)
+    step("build emotion", emotion, f"{len(built.steps)} databases (face features, train / val "
+         "/ test texts of 2 folds), " + ("clean" if built.report.ok else "PROBLEMS"))
+    res.report = built.report
+    if built.report.ok:
+        res.finetune = finetune_tiny(emotion, workdir, step)
     return res
 
 
@@ -125,3 +161,23 @@ def pretrain_tiny(dataset: Path, face: str, out: Path, step, log) -> dict:
     step("pretrain", out, f"{summary['steps']} updates of the tiny model; mean loss, first "
          f"-> last 40 updates: " + ", ".join(parts))
     return summary
+
+
+def finetune_tiny(emotion: Path, workdir: Path, step) -> dict:
+    """Fine-tune the pre-trained tiny model on both folds of the emotion corpus (selection on
+    val UA, test once per fold) and print the results table. Finished runs are reused."""
+    from memotrain.finetune import finetune
+
+    face = next((emotion / "face").glob("feat_*"))
+    txt = emotion / "txt"
+    ckpt = workdir / "pretrain" / "ckpt" / f"model_step_{PRETRAIN['steps']}.pt"
+    cfg = {**FINETUNE, "init_checkpoint": str(ckpt), "output_dir": str(workdir / "finetune"),
+           "data": {"train": f"{txt}/fold{{fold}}/train", "val": f"{txt}/fold{{fold}}/val",
+                    "test": f"{txt}/fold{{fold}}/test", "img_db": str(face),
+                    "batch_size": 8, "max_text_len": 30}}
+    s = finetune(cfg)
+    m, sd = s["summary"]["mean"], s["summary"]["std"]
+    step("finetune", s["output_dir"], f"{s['summary']['n_runs']} folds, test UA "
+         f"{100 * m['UA']:.1f} +- {100 * sd['UA']:.1f} (chance 25.0), WA {100 * m['WA']:.1f}, "
+         f"WF1 {100 * m['WF1']:.1f}; table in results.tsv")
+    return s

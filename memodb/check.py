@@ -64,6 +64,9 @@ class DbReport:
             return f"{c.get('splits', 0)} splits, {c.get('texts', 0)} texts"
         if self.kind == "dataset":
             return f"{c.get('databases', 0)} databases"
+        if self.kind == "shard":
+            return (f"shard {c.get('index')}/{c.get('count')}, {c.get('databases', 0)} "
+                    "databases; memo db merge joins the shards into a dataset")
         if self.kind in ("missing", "partial"):
             return ""
         return f"{c.get('segments', 0)} segments, {c.get('empty', 0)} empty"
@@ -95,15 +98,17 @@ class _Found:
     """What a walk below a folder found (each list sorted, paths as walked)."""
 
     dbs: list = field(default_factory=list)
-    partials: list = field(default_factory=list)  # .<name>.partial: unfinished builds
+    partials: list = field(default_factory=list)  # .<name>.partial / .replaced: leftovers
     split_groups: list = field(default_factory=list)  # folders holding splits.json
     datasets: list = field(default_factory=list)  # folders holding dataset.json
+    shards: list = field(default_factory=list)  # folders holding shard.json (memodb.shard)
 
 
 def _walk(path) -> _Found:
     """Databases anywhere below ``path`` (or ``path`` itself), skipping hidden entries;
     symbolic links are followed once (no loops). A database directory is not entered."""
     from .check_text import DATASET_FILE
+    from .shard import SHARD_FILE
     from .splits import SPLITS_FILE
 
     found = _Found()
@@ -123,6 +128,8 @@ def _walk(path) -> _Found:
             found.split_groups.append(folder)
         if (folder / DATASET_FILE).is_file():
             found.datasets.append(folder)
+        if (folder / SHARD_FILE).is_file():
+            found.shards.append(folder)
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError:
@@ -136,14 +143,14 @@ def _walk(path) -> _Found:
                 continue
             sub = folder / e.name
             if e.name.startswith("."):
-                if e.name.endswith(".partial"):
+                if e.name.endswith((".partial", ".replaced")):  # left by a killed build
                     found.partials.append(sub)
                 continue
             if (sub / "data.mdb").exists():
                 found.dbs.append(sub)
             else:
                 stack.append(sub)
-    for lst in (found.dbs, found.partials, found.split_groups, found.datasets):
+    for lst in (found.dbs, found.partials, found.split_groups, found.datasets, found.shards):
         lst.sort()
     return found
 
@@ -166,6 +173,7 @@ def check(paths, *, workers: int | None = None, progress: bool = False) -> Check
     at any depth), every split group (folder with splits.json) and dataset folder
     (dataset.json) found there."""
     from .check_text import _check_text_db, check_dataset, check_split_group
+    from .shard import check_shard_folder
 
     report = CheckReport()
     links: dict = {}  # linked feature databases, read once per run
@@ -178,8 +186,13 @@ def check(paths, *, workers: int | None = None, progress: bool = False) -> Check
             report.databases.append(r)
         for partial_dir in found.partials:
             r = DbReport(str(partial_dir), kind="partial")
-            r.warn("unfinished_build", "an interrupted build left this; the next build of the "
-                   "same database removes it")
+            if partial_dir.name.endswith(".replaced"):
+                r.warn("replaced_left", "a database replaced by a newer build, left by a build "
+                       "killed before deleting it; re-run the build (it removes it) or delete it")
+            else:
+                r.warn("unfinished_build", "an interrupted build left this (an unfinished "
+                       "database, or the one it was replacing); re-run the build (it removes "
+                       "it) or delete it")
             report.databases.append(r)
         ids_by_db: dict = {}
         for db in found.dbs:
@@ -194,6 +207,8 @@ def check(paths, *, workers: int | None = None, progress: bool = False) -> Check
             report.databases.append(check_split_group(folder, ids_by_db))
         for folder in found.datasets:
             report.databases.append(check_dataset(folder, find_databases))
+        for folder in found.shards:
+            report.databases.append(check_shard_folder(folder))
     return report
 
 
@@ -215,6 +230,7 @@ def check_feature_db(path, *, workers: int | None = None, progress: bool = False
                     "re-copy or rebuild the database")
         return rep
     if manifest is not None:
+        manifest = manifest_fields(rep, manifest, FEATURE_FIELDS)
         rep.kind = manifest.get("kind", "feature")
     else:
         rep.warn("no_manifest", "no memo manifest (built by another tool, or not finished): "
@@ -253,6 +269,26 @@ def check_feature_db(path, *, workers: int | None = None, progress: bool = False
     if manifest is not None:
         _check_manifest(rep, manifest, counts, layouts, checksum.hexdigest(), path)
     return rep
+
+
+# The JSON type of each manifest field the checks read (docs/FORMAT.md); any may be absent.
+FEATURE_FIELDS = {"kind": str, "counts": dict, "arrays": dict, "options": dict, "source": dict}
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "an integer"}
+
+
+def manifest_fields(rep: DbReport, manifest: dict, types: dict) -> dict:
+    """The manifest without the fields whose JSON type is not the one in ``types``, each
+    reported as a ``manifest_invalid`` problem: a damaged or hand-edited manifest is reported,
+    it does not crash the check."""
+    out = dict(manifest)
+    for name, typ in types.items():
+        value = out.get(name)
+        if value is not None and not isinstance(value, typ):
+            rep.problem("manifest_invalid", f"manifest.json: {name!r} is "
+                        f"{json.dumps(value)[:60]}, not {_JSON_TYPES[typ]}; rebuild the "
+                        "database")
+            del out[name]
+    return out
 
 
 def utf8_keys(rep: DbReport, stored) -> list[str]:
@@ -321,7 +357,7 @@ def _check_layouts(rep: DbReport, layouts: dict) -> None:
 
 
 def _check_manifest(rep, manifest, counts, layouts, checksum, path) -> None:
-    m_counts = manifest.get("counts", {})
+    m_counts = manifest.get("counts") or {}
     if m_counts.get("segments") != counts["segments"]:
         rep.problem("count_mismatch", f"manifest says {m_counts.get('segments')} segments, "
                     f"the database stores {counts['segments']}")
@@ -331,8 +367,14 @@ def _check_manifest(rep, manifest, counts, layouts, checksum, path) -> None:
     if manifest.get("checksum") != checksum:
         rep.problem("checksum_mismatch", f"content checksum {checksum} differs from the "
                     f"manifest's {manifest.get('checksum')}: values changed after the build")
-    expect = {n: (a["dtype"], tuple(a["shape"][1:]))
-              for n, a in manifest.get("arrays", {}).items()}
+    expect = {}
+    for n, a in (manifest.get("arrays") or {}).items():
+        shape = a.get("shape") if isinstance(a, dict) else None
+        if not isinstance(shape, list) or not shape:
+            rep.problem("manifest_invalid", f"manifest.json: arrays[{n!r}] is not "
+                        "{dtype, shape}; rebuild the database")
+            continue
+        expect[n] = (a.get("dtype"), tuple(shape[1:]))
     for layout, keys in layouts.items():
         if dict(layout) != expect:
             rep.problem("manifest_arrays", f"{len(keys)} segment(s) store arrays other than "

@@ -14,7 +14,7 @@ from collections import Counter
 from functools import partial
 from pathlib import Path
 
-from .check import DbReport, utf8_keys
+from .check import DbReport, manifest_fields, utf8_keys
 from .errors import DatabaseError, MemoError
 from .ids import KEYS_KEY
 from .manifest import DATASET_FILE, Checksum, read_manifest
@@ -29,6 +29,9 @@ CHUNK = 512
 MAX_LISTED = 10  # ids shown in one message
 VOCAB_KEYS = ("PAD", "UNK", "CLS", "SEP", "MASK", "v_range", "vocab_sha256")
 ROLES = ("train", "heldout", "monitor")
+# The JSON type of each manifest field the checks read (None allowed: absent, or no labels...).
+TEXT_FIELDS = {"kind": str, "counts": dict, "options": dict, "vocab": dict, "labels": dict,
+               "lexicon": dict, "img_db": dict, "split": dict, "source": dict}
 
 # Vocabulary token -> id maps, loaded in the parent before the workers fork (then inherited).
 _VOCABS: dict[str, dict] = {}
@@ -68,6 +71,8 @@ def _check_text_db(path, *, workers=None, progress=False, links=None):
     names = utf8_keys(rep, stored)
     name_set = set(names)
 
+    if manifest is not None:
+        manifest = manifest_fields(rep, manifest, TEXT_FIELDS)
     m = manifest or {}
     meta = _side(rep, path, META, dict)
     id2len = _side(rep, path, ID2LEN, dict)
@@ -150,7 +155,11 @@ def _context(rep, path, manifest, meta, vocab, options, labels) -> dict:
         size = v_range[1] if isinstance(v_range, list) and len(v_range) == 2 else None
     label_set = None
     if isinstance(labels, dict) and isinstance(labels.get("set"), list):
-        label_set = frozenset(labels["set"])
+        if all(type(x) is int for x in labels["set"]):
+            label_set = frozenset(labels["set"])
+        else:
+            rep.problem("manifest_invalid", "manifest.json: labels.set is not a list of "
+                        "integers; rebuild the database")
     lexicon = manifest.get("lexicon") if manifest else None
     categories = lexicon.get("categories") if isinstance(lexicon, dict) else None
     return {"memo": manifest is not None, "vocab_size": size, "label_set": label_set,
@@ -164,6 +173,10 @@ def _vocab_for(rep, path: Path, vocab: dict) -> str | None:
     """The vocabulary file to check pieces against (loaded into _VOCABS), or None."""
     file = vocab.get("file")
     if not file:
+        return None
+    if not isinstance(file, str):
+        rep.problem("manifest_invalid", f"manifest.json: vocab.file is {file!r}, not a path; "
+                    "rebuild the database")
         return None
     f = Path(file) if Path(file).is_absolute() else path / file
     try:
@@ -363,7 +376,7 @@ def _check_inverse(rep: DbReport, txt2img: dict, img2txts: dict) -> None:
                         f"maps it to {txt2img.get(t)!r}", t)
     for img, want in expect.items():
         have = img2txts.get(img)
-        have = set(have) if isinstance(have, list) else set()
+        have = set(have) if _str_list(have) else set()
         for t in sorted(want - have):
             if t not in named:
                 rep.problem("img2txts_mismatch", f"{TXT2IMG} maps it to {img!r} but "
@@ -434,6 +447,10 @@ def _check_img_link(rep: DbReport, path: Path, link: dict, txt2img: dict, links)
             rep.warn("img_db_unverified", f"the feature database {img_path} has no manifest "
                      "and its size or time differ from the build's: it may have changed")
     min_faces = link.get("min_faces") or 0
+    if type(min_faces) is not int:
+        rep.problem("manifest_invalid", f"manifest.json: img_db.min_faces is {min_faces!r}, "
+                    "not an integer; rebuild the database")
+        min_faces = 0
     for t in sorted(txt2img):
         img = txt2img[t]
         if type(img) is not str:

@@ -83,6 +83,8 @@ def decode_value(buf) -> dict[str, np.ndarray]:
                 return {k: npz[k] for k in npz.files}
         out = {}
         for name, arr in unpackb(buf, raw=False).items():
+            if type(name) is not str:
+                raise TypeError(f"array name {name!r} is not a string")
             if arr[b"nd"] is not True or arr.get(b"kind", b"") != b"":
                 raise TypeError("not a plain numpy array")
             t = arr[b"type"]

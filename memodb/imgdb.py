@@ -1,4 +1,11 @@
-"""``create-imgdb``: npz folder or h5 root -> feature database (FORMATS.md section 3)."""
+"""``create-imgdb``: npz folder or h5 root -> feature database (FORMATS.md section 3).
+
+:func:`build_db` is the build driver shared with ``rawimg-db``: list the source's segments,
+load and select them in workers (in key order), write them with
+:class:`~memodb.writer.StagedDatabase`. With a :class:`~memodb.shard.Shard` it builds only
+that shard's contiguous range of the sorted segments (see :mod:`memodb.shard`); the loader is
+still made from the whole segment list, so each value is what a full build would store.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -35,7 +42,7 @@ class BuildResult:
 def create_imgdb(src, out_dir, *, conf_th: float | None = None, max_bb: int | None = None,
                  min_bb: int = 0, modality: str = "face", feature: str = "feat",
                  workers: int | None = None, progress: bool = False,
-                 replace: bool = False) -> BuildResult:
+                 replace: bool = False, shard=None) -> BuildResult:
     """Build ``OUT_DIR/feat_th{conf_th}_max{max_bb}_min{min_bb}`` and its nbb json.
 
     ``conf_th`` / ``max_bb`` default to 0.5 / 36 for faces and 1.0 / 64 for speech. Segments
@@ -44,7 +51,9 @@ def create_imgdb(src, out_dir, *, conf_th: float | None = None, max_bb: int | No
     those with no face. ``feature`` picks the h5 dataset (feat, trans1, trans2) for h5 input.
     Any bad segment aborts the build after every segment was examined; the error lists them all
     and nothing is published. A different database already at the output name is refused,
-    unless ``replace`` (then it is replaced once the new one is complete).
+    unless ``replace`` (then it is replaced once the new one is complete). ``shard``
+    (:class:`~memodb.shard.Shard`) builds only that shard's segments (``memo db merge`` joins
+    the shards).
     """
     if modality not in MODALITY_DEFAULTS:
         raise BadInputError(f"unknown modality {modality!r}", fix="use face or speech")
@@ -63,48 +72,69 @@ def create_imgdb(src, out_dir, *, conf_th: float | None = None, max_bb: int | No
                "modality": modality, "feature": feature if source.kind != "npz" else None}
     return build_db(source, out_dir, "feature", options, workers, progress,
                     lambda segs: partial(_select_segment, source, options,
-                                         probe_dims(source, segs)), replace=replace)
+                                         probe_dims(source, segs)), replace=replace,
+                    shard=shard)
 
 
 def build_db(source, out_dir, kind: str, options: dict, workers, progress, make_loader,
-             extra_manifest: dict | None = None, replace: bool = False) -> BuildResult:
+             extra_manifest: dict | None = None, replace: bool = False,
+             shard=None) -> BuildResult:
     """Shared build driver: list, load + select in workers (in key order), write, publish.
 
-    ``make_loader(segments)`` returns a picklable ``loader(segment) -> (arrays, frames seen)``
-    giving the canonical, selected arrays of one segment or raising BadInputError. It runs
-    only when a build is needed, and may fill ``extra_manifest`` (read after it ran).
+    ``make_loader(segments)`` gets every listed segment and returns a picklable
+    ``loader(segment) -> (arrays, frames seen[, tally])`` giving the canonical, selected arrays
+    of one segment or raising BadInputError; ``tally``, a dict of integers, is summed over
+    every examined segment into the manifest's ``sums``. It runs only when a build is needed,
+    and may fill ``extra_manifest`` (read after it ran). With ``shard`` only the shard's
+    segments are loaded and stored; its options and manifest say which shard it is.
     """
     out_dir = Path(out_dir)
     name = db_name(options["conf_th"], options["max_bb"], options["min_bb"])
     nbb_file = nbb_name(options["conf_th"], options["max_bb"], options["min_bb"])
     fp = source.fingerprint()
+    if shard is not None:
+        options = {**options, "shard": shard.options()}
     done = existing_build(out_dir / name, kind, options, fp, replace)
     if done is not None:
         return BuildResult(out_dir / name, out_dir / nbb_file, done, skipped=True)
     try:
         return _build(source, out_dir, name, nbb_file, kind, options, fp, workers, progress,
-                      make_loader, extra_manifest, replace)
+                      make_loader, extra_manifest, replace, shard)
     finally:
         close_h5_files()
 
 
+def feature_manifest(kind: str, options: dict, source: dict, arrays_seen: dict, counts: dict,
+                     nbb_file: str, extra: dict | None = None) -> dict:
+    """The manifest of a feature database, less what :meth:`StagedDatabase.finish` adds
+    (format version, checksum); ``memo db merge`` makes it the same way."""
+    return {"kind": kind, "memo_version": __version__, "options": options, "source": source,
+            "arrays": {k: {"dtype": dt, "shape": [None, *shape]}
+                       for k, (dt, shape) in arrays_seen.items()},
+            "counts": counts, "nbb_file": nbb_file, **(extra or {})}
+
+
 def _build(source, out_dir, name, nbb_file, kind, options, fp, workers, progress, make_loader,
-           extra_manifest, replace) -> BuildResult:
+           extra_manifest, replace, shard) -> BuildResult:
     segs = source.list_segments()
     work = partial(_encode_chunk, make_loader(segs))
+    todo = segs if shard is None else shard.take(segs)
     nbb: dict[str, int] = {}
     errors: list[BadInputError] = []
     arrays_seen: dict = {}
-    counts = {"source_segments": len(segs), "segments": 0, "empty": 0, "dropped_below_min_bb": 0,
-              "frames_seen": 0, "frames_kept": 0}
+    sums: dict[str, int] = {}
+    counts = {"source_segments": len(todo), "segments": 0, "empty": 0,
+              "dropped_below_min_bb": 0, "frames_seen": 0, "frames_kept": 0}
     with StagedDatabase(out_dir, name, replace=replace) as db, \
-            progress_bar(progress, len(segs), name) as bar:
-        for results in ordered_map(work, chunked(segs, CHUNK), workers):
-            for seg, value, digest, n_seen, n_kept, layout, err in results:
+            progress_bar(progress, len(todo), name) as bar:
+        for results in ordered_map(work, chunked(todo, CHUNK), workers):
+            for seg, value, digest, n_seen, n_kept, layout, tally, err in results:
                 bar(1)
                 if err is not None:
                     errors.append(err)
                     continue
+                for k, v in (tally or {}).items():
+                    sums[k] = sums.get(k, 0) + v
                 counts["frames_seen"] += n_seen
                 if n_kept < options["min_bb"]:
                     counts["dropped_below_min_bb"] += 1
@@ -122,12 +152,12 @@ def _build(source, out_dir, name, nbb_file, kind, options, fp, workers, progress
                 counts["empty"] += n_kept == 0
         if errors:
             raise BadInputsError(errors, f"{out_dir / name}")
-        manifest = {
-            "kind": kind, "memo_version": __version__, "options": options, "source": fp,
-            "arrays": {k: {"dtype": dt, "shape": [None, *shape]}
-                       for k, (dt, shape) in arrays_seen.items()},
-            "counts": counts, "nbb_file": nbb_file, **(extra_manifest or {}),
-        }
+        extra = dict(extra_manifest or {})
+        if shard is not None:
+            extra["shard"] = shard.record(len(segs))
+        if sums:
+            extra["sums"] = sums
+        manifest = feature_manifest(kind, options, fp, arrays_seen, counts, nbb_file, extra)
         path, manifest = db.finish(manifest, {nbb_file: nbb})
     return BuildResult(path, out_dir / nbb_file, manifest)
 
@@ -156,11 +186,11 @@ def _encode_chunk(loader, chunk: list[Segment]):
     out = []
     for seg in chunk:
         try:
-            arrays, n_seen = loader(seg)
+            arrays, n_seen, *tally = loader(seg)
             layout = {k: (a.dtype.str, tuple(a.shape[1:])) for k, a in arrays.items()}
             value = encode_value(arrays)
             out.append((seg, value, hashlib.sha256(value).digest(), n_seen,
-                        len(arrays["features"]), layout, None))
+                        len(arrays["features"]), layout, tally[0] if tally else None, None))
         except BadInputError as exc:
-            out.append((seg, None, None, 0, 0, None, exc))
+            out.append((seg, None, None, 0, 0, None, None, exc))
     return out

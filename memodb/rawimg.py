@@ -6,6 +6,13 @@ highest confidence is used; frames are then selected exactly like create-imgdb's
 ``> conf_th``, time order, first ``max_bb``) before any image is decoded. Crops become gray,
 ``size x size`` (bilinear), ``(x - mean) / std``, float16. Without ``mean`` / ``std`` a first
 pass computes them over every kept crop of the corpus.
+
+The pixel statistics are exact integer sums (count, sum, sum of squares of the 8-bit gray
+values), so they do not depend on the order in which segments are added up. That is what lets
+a sharded build (:mod:`memodb.shard`) give the same values as a single one: a shard cannot know
+the corpus mean, so it stores its crops as 8-bit gray (not normalised) with its integer sums in
+the manifest, and ``memo db merge`` adds the sums of all shards and normalises with
+:func:`normalized`, the same function a single build uses.
 """
 from __future__ import annotations
 
@@ -112,48 +119,78 @@ def _kept_crops(seg: Segment, conf_th: float, max_bb: int, size: int):
     return crops, conf, frames, n_seen
 
 
-def _crop_segment(options: dict, seg: Segment):
+def _gray_segment(options: dict, seg: Segment):
+    """A segment's kept crops as 8-bit gray, with their pixel sums (what a shard stores)."""
     crops, conf, frames, n_seen = _kept_crops(seg, options["conf_th"], options["max_bb"],
                                                options["size"])
-    feats = ((crops.astype(np.float32) - options["mean"]) / options["std"]).astype(np.float16)
-    return {"features": feats, "confidence": conf.astype(np.float16),
-            "frame_idxs": frames.astype(np.int32)}, n_seen
+    return ({"features": crops, "confidence": conf.astype(np.float16),
+             "frame_idxs": frames.astype(np.int32)}, n_seen, pixel_sums(crops))
 
 
-def _pixel_sums(conf_th, max_bb, size, chunk):
-    s = ss = 0.0
-    n = 0
+def _crop_segment(options: dict, seg: Segment):
+    arrays, n_seen, _ = _gray_segment(options, seg)
+    return normalized(arrays, options["mean"], options["std"]), n_seen
+
+
+def normalized(arrays: dict, mean: float, std: float) -> dict:
+    """A segment's arrays with its 8-bit gray crops made ``(gray - mean) / std`` in float16."""
+    feats = ((arrays["features"].astype(np.float32) - mean) / std).astype(np.float16)
+    return {**arrays, "features": feats}
+
+
+def pixel_sums(crops: np.ndarray) -> dict:
+    """Exact integer pixel count, sum and sum of squares of 8-bit crops."""
+    flat = crops.reshape(-1).astype(np.int64)
+    return {"pixels": int(flat.size), "pixel_sum": int(flat.sum()),
+            "pixel_sum_sq": int(flat @ flat)}
+
+
+def _chunk_pixel_sums(conf_th, max_bb, size, chunk):
+    total = {"pixels": 0, "pixel_sum": 0, "pixel_sum_sq": 0}
     for seg in chunk:
-        crops = _kept_crops(seg, conf_th, max_bb, size)[0].astype(np.float64)
-        s += crops.sum()
-        ss += np.square(crops).sum()
-        n += crops.size
-    return s, ss, n
+        for k, v in pixel_sums(_kept_crops(seg, conf_th, max_bb, size)[0]).items():
+            total[k] += v
+    return total
 
 
-def corpus_pixel_stats(segs, conf_th, max_bb, size, workers=None, progress=False):
-    """Mean and std of the gray pixels of every kept crop (deterministic reduction order)."""
-    s = ss = 0.0
-    n = 0
-    chunks = chunked(segs, STATS_CHUNK)
-    with progress_bar(progress, len(chunks), "pixel statistics") as bar:
-        for cs, css, cn in ordered_map(partial(_pixel_sums, conf_th, max_bb, size), chunks, workers):
-            s, ss, n = s + cs, ss + css, n + cn
-            bar(1)
+def mean_std(sums: dict) -> tuple[float, float]:
+    """Mean and std from :func:`pixel_sums` totals (Python integers: exact, order-free)."""
+    n = sums.get("pixels", 0)
     if n == 0:
         raise BadInputError("no face crop passes the confidence threshold, so no mean/std "
                             "can be computed", fix="lower --conf-th or give --mean and --std")
-    mean = s / n
-    return mean, math.sqrt(max(ss / n - mean * mean, 0.0))
+    mean = sums["pixel_sum"] / n
+    return mean, math.sqrt(max(sums["pixel_sum_sq"] / n - mean * mean, 0.0))
+
+
+def corpus_pixel_stats(segs, conf_th, max_bb, size, workers=None, progress=False):
+    """Mean and std of the gray pixels of every kept crop."""
+    total = {"pixels": 0, "pixel_sum": 0, "pixel_sum_sq": 0}
+    chunks = chunked(segs, STATS_CHUNK)
+    with progress_bar(progress, len(chunks), "pixel statistics") as bar:
+        for part in ordered_map(partial(_chunk_pixel_sums, conf_th, max_bb, size), chunks,
+                                workers):
+            for k, v in part.items():
+                total[k] += v
+            bar(1)
+    return mean_std(total)
+
+
+def normalization(mean: float, std: float, computed: bool) -> dict:
+    """The manifest's ``normalization`` entry."""
+    return {"mean": float(mean), "std": float(std), "computed": computed,
+            "formula": "(gray - mean) / std"}
 
 
 def rawimg_db(src, out_dir, *, size: int = 64, mean: float | None = None,
               std: float | None = None, conf_th: float = 0.5, max_bb: int = 36, min_bb: int = 0,
               workers: int | None = None, progress: bool = False,
-              replace: bool = False) -> BuildResult:
+              replace: bool = False, shard=None) -> BuildResult:
     """Build ``OUT_DIR/feat_th{conf_th}_max{max_bb}_min{min_bb}`` of normalised gray crops.
 
-    The mean / std used (given or computed) are in the manifest under ``normalization``.
+    The mean / std used (given or computed) are in the manifest under ``normalization``. With
+    ``shard`` (:class:`~memodb.shard.Shard`) only that shard's segments are built, as 8-bit
+    gray crops with the pixel sums in the manifest's ``sums`` (see the module docstring).
     """
     if (mean is None) != (std is None):
         raise BadInputError("give both --mean and --std, or neither (then they are computed "
@@ -170,11 +207,12 @@ def rawimg_db(src, out_dir, *, size: int = 64, mean: float | None = None,
     norm: dict = {}
 
     def make_loader(segs):
+        if shard is not None:
+            return partial(_gray_segment, options)
         m, s = (mean, std) if mean is not None else corpus_pixel_stats(
             segs, float(conf_th), int(max_bb), size, workers, progress)
-        norm["normalization"] = {"mean": float(m), "std": float(s), "computed": mean is None,
-                                 "formula": "(gray - mean) / std"}
+        norm["normalization"] = normalization(m, s, mean is None)
         return partial(_crop_segment, {**options, "mean": float(m), "std": float(s)})
 
     return build_db(source, out_dir, "rawimg", options, workers, progress, make_loader,
-                    extra_manifest=norm, replace=replace)
+                    extra_manifest=norm, replace=replace, shard=shard)

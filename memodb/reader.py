@@ -155,10 +155,15 @@ class FeatureDB:
                 self._nbb = {}
             else:
                 try:
-                    self._nbb = json.loads(path.read_text(encoding="utf-8"))
+                    nbb = json.loads(path.read_text(encoding="utf-8"))
                 except (OSError, ValueError) as exc:
                     raise DatabaseError(f"{path}: unreadable nbb json ({exc}); rebuild the "
                                         "database") from exc
+                if not (isinstance(nbb, dict) and all(type(v) is int and v >= 0
+                                                      for v in nbb.values())):
+                    raise DatabaseError(f"{path}: not an nbb json (a JSON object of segment "
+                                        "key -> frame count); rebuild the database")
+                self._nbb = nbb
         return self._nbb
 
 

@@ -390,14 +390,20 @@ class TextDB:
     def __setstate__(self, state):
         self.__init__(state["path"])
 
-    def _side(self, name):
+    def _side(self, name, value_type=None):
+        """A side file's JSON object (``value_type``: the type of every value), read once."""
         if name not in self._json:
             p = self.path / name
             try:
-                self._json[name] = json.loads(p.read_text(encoding="utf-8"))
+                data = json.loads(p.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise DatabaseError(f"{p}: unreadable ({exc}); rebuild the text "
                                     "database") from None
+            if not isinstance(data, dict) or (value_type is not None and not all(
+                    type(v) is value_type for v in data.values())):
+                what = f" of {value_type.__name__} values" if value_type else ""
+                raise DatabaseError(f"{p}: not a JSON object{what}; rebuild the text database")
+            self._json[name] = data
         return self._json[name]
 
     @property
@@ -406,11 +412,11 @@ class TextDB:
 
     @property
     def id2len(self) -> dict:
-        return self._side(ID2LEN)
+        return self._side(ID2LEN, int)
 
     @property
     def txt2img(self) -> dict:
-        return self._side(TXT2IMG)
+        return self._side(TXT2IMG, str)
 
     @property
     def manifest(self) -> dict | None:
@@ -427,6 +433,11 @@ class TextDB:
         if buf is None:
             raise KeyError(f"{self.path}: no text {text_id!r}")
         try:
-            return decode_example(buf)
+            ex = decode_example(buf)
         except DatabaseError as exc:
             raise DatabaseError(f"{self.path}: text {text_id!r}: {exc}") from None
+        if not isinstance(ex, dict):
+            raise DatabaseError(f"{self.path}: text {text_id!r}: the value is a "
+                                f"{type(ex).__name__}, not an example map; rebuild the text "
+                                "database")
+        return ex

@@ -1,16 +1,63 @@
 """Writing a database so that it is either complete under its final name or absent.
 
-:class:`StagedDatabase` builds into ``OUT_DIR/.<name>.partial`` under an exclusive lock, writes
-values in sorted key order in large transactions, grows the LMDB map as needed (starting small:
-no 1 TiB sparse files), then writes ``__keys__``, the side files and the manifest, and renames
-the directory into place as the very last step.
+**Build.** :class:`StagedDatabase` builds into ``OUT_DIR/.<name>.partial`` under an exclusive
+lock (``flock`` on ``OUT_DIR/.<name>.lock``), writes values in sorted key order in large
+transactions and grows the LMDB map as needed (starting small: no 1 TiB sparse files).
+
+**Publish** (:meth:`StagedDatabase.finish`), in this order:
+
+1. ``__keys__``, then the inner files and a copy of each side file (the nbb json) inside the
+   build directory, then the manifest: its presence marks a finished build.
+2. Each side file beside the database, ``OUT_DIR/<side>``, becomes a relative symbolic link to
+   ``<name>/<side>`` (made under a temporary name and renamed over what is there). Until step 3
+   it resolves into the database being replaced, which holds its own copy (a regular file of an
+   older build is first copied into it), or, for a new database, nowhere.
+3. The directory goes in: one rename when nothing is there; when replacing, one atomic exchange
+   of the two directories (Linux ``renameat2(RENAME_EXCHANGE)``), so the final name never goes
+   missing and the database and its nbb json change together. The replaced database, now at
+   ``.<name>.partial``, is deleted.
+4. The lock file is removed, then the lock released.
+
+A kill at any moment leaves under the final names the old database with its nbb json, or the
+new ones. What it can leave in hidden entries (``.<name>.partial``: an unfinished build or the
+database it replaced; ``.<name>.replaced``, see below; ``.<name>.lock``) is removed by the next
+build of that name, one that finds the database up to date included (:func:`existing_build`);
+``memo db check`` warns about the hidden folders meanwhile.
+
+**Fallbacks.** Where the exchange is unavailable (another OS, a file system or kernel that
+refuses it) the old directory is renamed to ``.<name>.replaced``, the new one into place, and
+the old one deleted: the final name is missing between the two renames. Where symbolic links
+cannot be made, the side file is a regular copy written after step 3: a kill in between leaves
+the new database with the old nbb json until the next build of that name, which finds that it
+differs from the database's own copy and rewrites it. A copy of a folder that follows links
+(``shutil.copytree``, ``cp -rL``) holds regular files with the same bytes, which is as good.
+
+**First change.** Inside :func:`before_first_publish`, a callback runs once, before the first
+change under a final name (``memo db build`` removes its folder's ``check.json`` then, so that
+a report never stays beside databases it did not see).
+
+The lock file is removed while the lock is held, and a build that locked a file which was
+removed meanwhile locks the current one instead, so two builds never both hold the lock.
+
+LMDB is opened without its lock file (``lock=False``): the build is the only writer (our own
+lock file guarantees it) and nobody reads a ``.partial`` directory, and LMDB's ``lock.mdb``
+holds process-specific bytes (mutex owners, reader slots), so leaving it out is what makes
+every file of a database the same for the same content, whichever process or machine wrote it
+(``memo db merge`` relies on it). Readers open with ``lock=False`` too; a tool that opens with
+a lock creates ``lock.mdb`` itself.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
+import functools
 import json
 import os
 import shutil
+import sys
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import lmdb
@@ -21,6 +68,27 @@ from .manifest import MANIFEST, FORMAT_VERSION, Checksum, read_manifest, write_j
 
 INITIAL_MAP = 64 << 20
 TXN_BYTES = 8 << 20
+AT_FDCWD = -100  # renameat2: paths relative to the working directory
+RENAME_EXCHANGE = 2
+
+_first_publish: ContextVar[list | None] = ContextVar("first_publish", default=None)
+
+
+@contextmanager
+def before_first_publish(callback):
+    """Inside the block, ``callback()`` runs once, just before the first change under a final
+    name: a database published, or a side file rewritten (see the module docstring)."""
+    token = _first_publish.set([callback])
+    try:
+        yield
+    finally:
+        _first_publish.reset(token)
+
+
+def _publishing() -> None:
+    pending = _first_publish.get()
+    while pending:
+        pending.pop()()
 
 
 def existing_build(final: Path, kind: str, options: dict, source: dict,
@@ -29,7 +97,8 @@ def existing_build(final: Path, kind: str, options: dict, source: dict,
 
     Raises OutputExistsError when ``final`` holds anything else, unless ``replace`` (then a
     different memo database there is reported as None: it will be replaced when the new one
-    is published).
+    is published). An identical build's surroundings are put back in order after a killed
+    build (:func:`_tidy`).
     """
     if not final.exists() or (final.is_dir() and not any(final.iterdir())):
         return None
@@ -47,7 +116,44 @@ def existing_build(final: Path, kind: str, options: dict, source: dict,
             f"{final} already holds a different {manifest.get('kind')} database "
             f"(built with options {manifest.get('options')} from "
             f"{manifest.get('source', {}).get('path')}); delete it or choose another OUT_DIR")
+    _tidy(final, manifest)
     return manifest
+
+
+def _tidy(final: Path, manifest: dict) -> None:
+    """Put a finished database's surroundings back in order after a killed build: remove its
+    hidden leftovers (``.partial``, ``.replaced``, the lock file, a side file's temporary link
+    or copy) and rewrite the side file its manifest names (``nbb_file``) when it differs from
+    the database's own copy. Only when there is something to do, and under the lock: a running
+    build of the name is left alone."""
+    out_dir, name = final.parent, final.name
+    side = manifest.get("nbb_file")
+    sides = [side] if isinstance(side, str) and side == Path(side).name else []
+    leftovers = [p for p in (out_dir / f".{name}.partial", out_dir / f".{name}.replaced",
+                             *(out_dir / f".{s}{t}" for s in sides for t in (".link", ".copy")))
+                 if p.exists() or p.is_symlink()]
+    lock_path = out_dir / f".{name}.lock"
+    stale = [s for s in sides if _side_file_stale(final, s)]
+    if not (leftovers or stale or lock_path.exists()):
+        return
+    try:
+        lock = _lock(lock_path)
+    except OSError:  # cannot even create the lock file (a read-only folder): leave it
+        return
+    if lock is None:  # a build of this name is running: they are its own
+        return
+    try:
+        for p in leftovers:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        if stale:
+            _publishing()
+            for s in _link_side_files(final, stale):
+                _copy_atomic(final / s, out_dir / s)
+    finally:
+        _unlock(lock, lock_path)
 
 
 class StagedDatabase:
@@ -62,6 +168,7 @@ class StagedDatabase:
         self.replace = replace  # publish over an existing database of the same name
         self.final = self.out_dir / name
         self.partial = self.out_dir / f".{name}.partial"
+        self._replaced = self.out_dir / f".{name}.replaced"  # only without the exchange
         self._lock_path = self.out_dir / f".{name}.lock"
         self.checksum = Checksum()
         self.keys: list[str] = []
@@ -75,20 +182,17 @@ class StagedDatabase:
             raise OutputExistsError(f"{self.out_dir} is a file, not a folder; choose another "
                                     "OUT_DIR")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self._lock_path, "w")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
+        self._lock = _lock(self._lock_path)
+        if self._lock is None:
             raise OutputExistsError(f"another build of {self.final} is running "
-                                    f"(lock {self._lock_path}); wait for it to finish") from None
-        if self.partial.exists():  # left by a killed build: start over
-            shutil.rmtree(self.partial)
+                                    f"(lock {self._lock_path}); wait for it to finish")
+        for left in (self.partial, self._replaced):  # left by a killed build: start over
+            if left.exists():
+                shutil.rmtree(left)
         self.partial.mkdir()
         self.env = lmdb.open(str(self.partial), map_size=INITIAL_MAP, readahead=False,
-                             meminit=True, sync=False, metasync=False, max_dbs=0)
+                             meminit=True, sync=False, metasync=False, max_dbs=0, lock=False)
         return self
-
     def put(self, key: bytes, value: bytes, digest: bytes | None = None) -> None:
         """Add one value; keys must come in strictly increasing byte order. ``digest`` is the
         value's sha256 when a worker already computed it."""
@@ -140,51 +244,162 @@ class StagedDatabase:
 
     def finish(self, manifest: dict, side_files: dict | None = None,
                inner_files: dict | None = None) -> tuple[Path, dict]:
-        """Write ``__keys__``, side files (name -> JSON object; ``side_files`` beside the
-        database directory, ``inner_files`` inside it) and the manifest, then publish the
-        directory under its final name."""
+        """Write ``__keys__``, the files (name -> JSON object or text; ``side_files`` beside
+        the database directory, ``inner_files`` inside it) and the manifest, then publish the
+        directory under its final name (steps 1 to 3 of the module docstring)."""
         extra = [(KEYS_KEY, json.dumps(self.keys).encode("utf-8"))] if self.keys_entry else []
         self._flush(extra=extra)
         self.env.sync(True)
         self.env.close()
         self.env = None
-        for name, obj in (inner_files or {}).items():
+        for name, obj in {**(inner_files or {}), **(side_files or {})}.items():
             write_json_atomic(self.partial / name, obj)
-        for name, obj in (side_files or {}).items():
-            write_json_atomic(self.out_dir / name, obj)
         manifest = {"format_version": FORMAT_VERSION, **manifest,
                     "checksum": self.checksum.hexdigest()}
         write_json_atomic(self.partial / MANIFEST, manifest, indent=1)
-        _fsync_dir(self.partial)
-        old = None
-        if self.replace and self.final.exists():
-            old = self.out_dir / f".{self.final.name}.replaced"
-            if old.exists():
-                shutil.rmtree(old)
-            os.rename(self.final, old)
-        os.rename(self.partial, self.final)
-        _fsync_dir(self.out_dir)
+        fsync_dir(self.partial)
+        _publishing()
+        unlinked = _link_side_files(self.final, side_files or {})
+        old = self._move_in()
+        for name in unlinked:  # no symbolic links here: a copy, after the database
+            _copy_atomic(self.final / name, self.out_dir / name)
+        fsync_dir(self.out_dir)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return self.final, manifest
+
+    def _move_in(self) -> Path | None:
+        """Put the build directory under the final name; returns where the database it
+        replaced now is (to be deleted), None when it replaced none."""
+        if not (self.replace and self.final.exists()):
+            os.rename(self.partial, self.final)
+            return None
+        if _exchange(self.partial, self.final):
+            return self.partial
+        os.rename(self.final, self._replaced)  # the final name is missing until the next line
+        os.rename(self.partial, self.final)
+        return self._replaced
 
     def __exit__(self, exc_type, exc, tb):
         if self.env is not None:
             self.env.close()
         if exc_type is not None and self.partial.exists():
             shutil.rmtree(self.partial, ignore_errors=True)
-        self._lock.close()
-        try:
-            self._lock_path.unlink()
-        except OSError:
-            pass
+        _unlock(self._lock, self._lock_path)
         if isinstance(exc, lmdb.Error) and not isinstance(exc, MemoError):
             raise MemoError(f"LMDB error while writing {self.final}: {exc}; nothing was "
                             "published (check free disk space)") from exc
         return False
 
 
-def _fsync_dir(path: Path) -> None:
+def _lock(path: Path):
+    """The open lock file ``path``, locked exclusively (flock), or None when another process
+    holds it. A lock taken on a file that its holder removed meanwhile is let go and taken on
+    the current file."""
+    while True:
+        f = open(path, "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            return None
+        held = os.fstat(f.fileno())
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            now = None
+        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            return f
+        f.close()
+
+
+def _unlock(f, path: Path) -> None:
+    """Remove the lock file, then let the lock go (in this order: see :func:`_lock`)."""
+    try:
+        path.unlink()
+    except OSError:
+        pass
+    f.close()
+
+
+@functools.cache
+def _renameat2():
+    """libc's ``renameat2`` (Linux, glibc 2.28 or later), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the directory entries ``a`` and ``b`` in one atomic step; False where this system
+    or file system cannot (then nothing was changed)."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    if fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _link_side_files(final: Path, names) -> list[str]:
+    """Make each ``OUT_DIR/<side>`` a relative symbolic link to ``<final name>/<side>`` (step 2
+    of the module docstring); returns the names that cannot be links here."""
+    out_dir, unlinked, linked = final.parent, [], False
+    for side in names:
+        link, target = out_dir / side, f"{final.name}/{side}"
+        if link.is_symlink() and os.readlink(link) == target:
+            continue
+        if link.is_file() and final.is_dir() and not (final / side).exists():
+            _copy_atomic(link, final / side)  # an older build: its nbb json goes with it
+        tmp = out_dir / f".{side}.link"  # one at a time: the lock is held
+        tmp.unlink(missing_ok=True)
+        try:
+            os.symlink(target, tmp)
+        except OSError:  # a file system without symbolic links
+            unlinked.append(side)
+            continue
+        os.replace(tmp, link)
+        linked = True
+    if linked:  # on disk before the directory goes in
+        fsync_dir(out_dir)
+    return unlinked
+
+
+def _side_file_stale(final: Path, side: str) -> bool:
+    """The side file beside ``final`` is neither the link to the database's own copy nor a
+    file with the same bytes (False for a database that keeps no copy: nothing to compare)."""
+    own, beside = final / side, final.parent / side
+    if not own.is_file():
+        return False
+    if beside.is_symlink() and os.readlink(beside) == f"{final.name}/{side}":
+        return False
+    try:
+        return beside.read_bytes() != own.read_bytes()
+    except OSError:  # missing, or a link to nowhere
+        return True
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    """Copy a file through a temporary file and a rename (never half-written); the caller
+    holds the lock."""
+    tmp = dst.with_name(f".{dst.name}.copy")
+    shutil.copyfile(src, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, dst)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of a folder (created, renamed, removed) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

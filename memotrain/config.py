@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from memodb.errors import MemoError
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+# architecture settings of a joint face CNN (memotrain.facecnn.DenseNetBC); the joint model has
+# no classifier (n_classes 0), frozen blocks and checkpointing are training settings
+FACE_BACKBONE_KEYS = ("growth", "blocks", "init_features", "compression", "bn_size",
+                      "drop_rate", "image_size")
 
 
 class ConfigError(MemoError):
@@ -25,7 +29,8 @@ class ModelConfig:
 
     Text follows BERT; faces (``face_dim`` > 0) and speech (``speech_dim`` > 0) are optional
     modalities, each with its own projection and position table. A size of 0 switches the
-    modality off.
+    modality off. With ``face_backbone`` the faces are raw crops that a DenseNet-BC inside the
+    model encodes (``face_dim`` = the CNN's feature width; see ``memotrain.model``).
     """
 
     vocab_size: int = 30522
@@ -45,6 +50,9 @@ class ModelConfig:
     speech_dim: int = 0  # 0 = no speech
     max_speech_positions: int = 128
     n_soft_labels: int = 8  # Denseface FER+ classes (the MRC-KL target)
+    # the architecture of a face CNN trained jointly (memotrain.facecnn.DenseNetBC keyword
+    # arguments among FACE_BACKBONE_KEYS), or None: faces arrive as feature vectors
+    face_backbone: dict | None = None
 
     def __post_init__(self):
         def need(ok, what):
@@ -75,6 +83,15 @@ class ModelConfig:
              "layer_norm_eps and initializer_range must be > 0")
         need(self.hidden_act in ACTIVATIONS,
              f"hidden_act {self.hidden_act!r} is not one of {', '.join(ACTIVATIONS)}")
+        fb = self.face_backbone
+        if fb is not None:
+            need(isinstance(fb, dict), f"face_backbone must be an object of DenseNetBC "
+                                       f"settings or null, not {fb!r}")
+            unknown = sorted(set(fb) - set(FACE_BACKBONE_KEYS))
+            need(not unknown, f"face_backbone: unknown key(s) {', '.join(unknown)} (known: "
+                              f"{', '.join(FACE_BACKBONE_KEYS)})")
+            need(self.face_dim > 0, "face_backbone needs faces (face_dim > 0: the width of "
+                                    "the CNN's features)")
 
     @property
     def head_dim(self) -> int:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -262,6 +263,28 @@ def atomic_save(obj, path: Path) -> None:
         raise
 
 
+def verify_torch_file(path) -> None:
+    """Raise CheckpointError when a torch file (a zip archive) fails its CRC-32 checks.
+
+    ``torch.load`` does not verify them: a flipped bit in the weights would load silently as a
+    wrong weight. Reading the file once more costs far less than loading it. Files in torch's
+    older, non-zip format are left to ``torch.load``."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            return
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except Exception as exc:  # noqa: BLE001 (a damaged archive raises many kinds of errors)
+        raise CheckpointError(f"{path}: damaged torch file ({type(exc).__name__}: {exc}); "
+                              "copy it again or use another checkpoint") from None
+    if bad is not None:
+        raise CheckpointError(f"{path}: damaged torch file: {bad} fails its CRC-32 check (the "
+                              "file changed after it was written); copy it again or use "
+                              "another checkpoint")
+
+
 def load_checkpoint(path, map_location="cpu") -> dict:
     """The dict of a memo checkpoint (tensors only are unpickled: ``weights_only``)."""
     path = Path(path)
@@ -271,6 +294,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 (as above)
         raise CheckpointError(f"{path}: cannot read the checkpoint ({exc})") from None
+    verify_torch_file(path)  # what torch.load read whole may still hold flipped bits
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{path}: not a memo checkpoint (no 'model' and 'config') (fix: "
                               "convert a Hugging Face BERT with `memo train convert-ckpt`)")

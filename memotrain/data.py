@@ -1,9 +1,17 @@
 """Datasets over memo databases and the batch they collate into.
 
 One :class:`MemoDataset` is one corpus: a text database (``txt_db``) plus, optionally, a face
-feature database (``img_db``) and a speech feature database (``speech_db``), both keyed by the
-text's ``img_fname`` (FORMATS.md 3 and 5). :class:`ConcatDataset` puts several corpora behind
-one index (:class:`ConcatIndex`); a task mix draws from one such concatenation per task.
+feature database (``img_db``) or a raw face-crop database (``rawimg_db``, for a model whose
+face CNN trains with it) and a speech feature database (``speech_db``), all keyed by the
+text's ``img_fname`` (FORMATS.md 3, 4 and 5). :class:`ConcatDataset` puts several corpora
+behind one index (:class:`ConcatIndex`); a task mix draws from one such concatenation per task.
+
+Raw crops (``rawimg_db``, built by ``memo db rawimg-db``): the faces of an example are its
+``(n, S, S)`` gray crops as stored, normalised with the corpus mean / std of the database's
+manifest, and they stay float16 through ``collate`` (half the bytes of float32 to copy, pin
+and move to the GPU); the model converts the real crops to the CNN's dtype. A database that is
+not a merged raw-crop database (a feature db, an unmerged shard) is refused with the fix, and
+so is a raw-crop database given as ``img_db``.
 
 Index: built once, in the process that creates the dataset, and held in a few numpy arrays
 (ids as one utf-8 blob plus offsets, lengths as int32), so forked DataLoader workers share it
@@ -25,6 +33,7 @@ Item (``dataset[i]``), numpy:
   has them; ``target`` int when the text has a label.
 - with ``img_db``: ``faces`` (n, D) float32 (the database's frames ``[:n]``), ``soft_labels``
   (n, 8) float32 (when stored).
+- with ``rawimg_db``: ``faces`` (n, S, S) float16 crops (no soft labels).
 - with ``speech_db``: ``speech`` (s, Ds) float32.
 
 Batch (:func:`collate`), the contract ``memotrain.model`` and the tasks consume; B examples,
@@ -38,6 +47,7 @@ text_lens      (B,)             int64   tokens per text, [CLS] and [SEP] include
 word_ids       (B, T)           int64   word index per piece, -1 at [CLS]/[SEP]/padding
 emo_type_ids   (B, T)           int64   only when some item has them; 0 elsewhere
 faces          (B, F, D)        float32 only with faces; zero-padded, F = max face_lens
+               (B, F, S, S)     float16 raw crops instead, from a ``rawimg_db``
 face_lens      (B,)             int64   real face count (may be 0)
 soft_labels    (B, F, 8)        float32 only when stored; zero-padded
 speech         (B, S, Ds)       float32 only with speech; zero-padded
@@ -184,6 +194,23 @@ def _frame_counts(db: FeatureDB, keys: list[str]) -> np.ndarray:
     return out
 
 
+def _crop_size(db: FeatureDB, name: str) -> int:
+    """The crop side of a merged raw-crop database; DataError with the fix otherwise."""
+    m = db.manifest or {}
+    if m.get("kind") != "rawimg":
+        what = "has no memo manifest" if not m else f"is a {m.get('kind')} database"
+        raise DataError(f"{db.path} ({name}) {what}, not a raw face-crop database (fix: build "
+                        "one with memo db rawimg-db; stored face features go in img_db)")
+    if m.get("shard") or (m.get("options") or {}).get("shard"):
+        raise DataError(f"{db.path} ({name}) is one shard of a raw-crop build, its crops not "
+                        "yet normalised (fix: join the shards with memo db merge)")
+    size = (m.get("options") or {}).get("size")
+    if not isinstance(size, int) or size < 1:
+        raise DataError(f"{db.path} ({name}): its manifest records no crop size (fix: "
+                        "rebuild it with memo db rawimg-db)")
+    return size
+
+
 def _feature_dim(db: FeatureDB, keys, counts) -> int | None:
     arrays = (db.manifest or {}).get("arrays") or {}
     shape = (arrays.get("features") or {}).get("shape")
@@ -202,18 +229,26 @@ class MemoDataset(torch.utils.data.Dataset):
       The model needs ``max_text_positions >= max_text_len + 2``.
     - ``max_faces`` / ``max_speech``: frames kept per example (default: each database's
       ``max_bb``); ``min_faces``: texts with fewer faces (after truncation) are dropped.
+    - ``rawimg_db``: raw face crops instead of ``img_db`` features (``crop_size`` is their
+      side, ``face_dim`` None).
     - ``name``: shown in reports (default: the text db's dataset name or folder name).
     """
 
     def __init__(self, txt_db, img_db=None, speech_db=None, *, max_text_len: int,
                  max_faces: int | None = None, max_speech: int | None = None,
-                 min_faces: int = 0, name: str | None = None):
+                 min_faces: int = 0, name: str | None = None, rawimg_db=None):
         if int(max_text_len) < 1:
             raise DataError(f"max_text_len {max_text_len} must be at least 1")
-        if min_faces and img_db is None:
-            raise DataError(f"min_faces {min_faces} needs a feature database (img_db)")
+        if img_db is not None and rawimg_db is not None:
+            raise DataError(f"give img_db (face features: {img_db}) or rawimg_db (raw crops: "
+                            f"{rawimg_db}), not both")
+        if min_faces and img_db is None and rawimg_db is None:
+            raise DataError(f"min_faces {min_faces} needs a face database (img_db or "
+                            "rawimg_db)")
         self.txt_path = Path(txt_db)
-        self.img_path = None if img_db is None else Path(img_db)
+        self.crops = rawimg_db is not None  # faces are raw crops (a face CNN encodes them)
+        face_db = rawimg_db if self.crops else img_db
+        self.img_path = None if face_db is None else Path(face_db)
         self.speech_path = None if speech_db is None else Path(speech_db)
         self.max_text_len = int(max_text_len)
         self.min_faces = int(min_faces)
@@ -251,18 +286,26 @@ class MemoDataset(torch.utils.data.Dataset):
             t2i = txt.txt2img if (self.txt_path / "txt2img.json").exists() else {}
             img_keys = [t2i.get(i) or id_to_key(i) for i in all_ids]
             del t2i
-        self.face_dim = self.speech_dim = None
+        self.face_dim = self.speech_dim = self.crop_size = None
         self.max_faces = self.max_speech = None
         faces = speech = None
         if self.img_path is not None:
             db = FeatureDB(self.img_path)
+            if self.crops:
+                self.crop_size = _crop_size(db, "rawimg_db")
+            elif (db.manifest or {}).get("kind") == "rawimg":
+                raise DataError(f"{self.img_path} (img_db) is a raw face-crop database, not "
+                                "face features (fix: give it as rawimg_db, with a model "
+                                "whose face CNN encodes crops, or extract features from it "
+                                "with memo extract-faces)")
             self.max_faces = self._frame_limit(max_faces, db, "max_faces")
             faces = _frame_counts(db, img_keys)
             drop("no_features", faces < 0)
             self.counts["faces_truncated"] = int((keep & (faces > self.max_faces)).sum())
             faces = np.minimum(faces, self.max_faces)
             drop("too_few_faces", faces < self.min_faces)
-            self.face_dim = _feature_dim(db, img_keys, faces)
+            if not self.crops:
+                self.face_dim = _feature_dim(db, img_keys, faces)
         if self.speech_path is not None:
             db = FeatureDB(self.speech_path)
             self.max_speech = self._frame_limit(max_speech, db, "max_speech")
@@ -351,7 +394,7 @@ class MemoDataset(torch.utils.data.Dataset):
                 None if self.speech_path is None else FeatureDB(self.speech_path))
         return r
 
-    def _frames(self, db, key, n, name, array_names):
+    def _frames(self, db, key, n, name, array_names, dtype=np.float32):
         arrays = db[key]
         out = {}
         for src, dst in array_names:
@@ -364,7 +407,7 @@ class MemoDataset(torch.utils.data.Dataset):
                 raise DatabaseError(f"{db.path}: segment {key!r} has {len(a)} {src} frames, its "
                                     f"index says {n}; the database changed since the dataset "
                                     "was built")
-            out[dst] = np.asarray(a[:n], dtype=np.float32)
+            out[dst] = np.asarray(a[:n], dtype=dtype)
         return out
 
     def __getitem__(self, i: int) -> dict:
@@ -392,7 +435,15 @@ class MemoDataset(torch.utils.data.Dataset):
             item["target"] = int(ex["target"])
         if img is not None or speech is not None:
             key = self.img_keys[i] if self.img_keys is not None else id_to_key(text_id)
-        if img is not None:
+        if img is not None and self.crops:
+            item.update(self._frames(img, key, int(self.face_lens[i]), "faces",
+                                     (("features", "faces"),), np.float16))
+            if item["faces"].shape[1:] != (self.crop_size, self.crop_size):
+                raise DatabaseError(f"{self.img_path}: segment {key!r} holds crops of shape "
+                                    f"{item['faces'].shape[1:]}, its manifest says "
+                                    f"{self.crop_size}x{self.crop_size}; rebuild it with memo "
+                                    "db rawimg-db")
+        elif img is not None:
             item.update(self._frames(img, key, int(self.face_lens[i]), "faces",
                                      (("features", "faces"), ("soft_labels", "soft_labels"))))
         if speech is not None:
@@ -435,20 +486,23 @@ def _pad(arrays, width, fill, dtype, tail=()):
 
 
 def _frames(items, name, lens_name, batch):
-    """Pad one frame modality (``faces`` / ``speech``) when any item has it."""
+    """Pad one frame modality (``faces`` / ``speech``) when any item has it: feature vectors
+    (n, D) float32, or raw crops (n, S, S) float16 (kept in their dtype)."""
     have = [it.get(name) for it in items]
     if all(a is None for a in have):
         return
-    dims = {a.shape[1] for a in have if a is not None}
-    if len(dims) != 1:
-        raise DataError(f"{name} of different dimensions {sorted(dims)} in one batch "
-                        f"(ids {[it['id'] for it in items]}); mix only corpora with the same "
-                        "feature extractor")
-    dim = dims.pop()
-    have = [np.zeros((0, dim), np.float32) if a is None else a for a in have]
+    tails = {a.shape[1:] for a in have if a is not None}
+    if len(tails) != 1:
+        dims = sorted((t[0] if len(t) == 1 else t for t in tails), key=str)
+        raise DataError(f"{name} of different dimensions {dims} in one batch (ids "
+                        f"{[it['id'] for it in items]}); mix only corpora with the same "
+                        "feature extractor (or the same crop size)")
+    tail = tails.pop()
+    dtype = np.float16 if len(tail) == 2 else np.float32  # raw crops stay float16
+    have = [np.zeros((0, *tail), dtype) if a is None else a for a in have]
     lens = [len(a) for a in have]
     width = max(lens)
-    batch[name] = _pad(have, width, 0.0, np.float32, (dim,))
+    batch[name] = _pad(have, width, 0.0, dtype, tail)
     batch[lens_name] = torch.tensor(lens, dtype=torch.long)
     if name == "faces" and any(it.get("soft_labels") is not None for it in items):
         soft = [it.get("soft_labels") if it.get("soft_labels") is not None

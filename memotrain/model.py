@@ -13,6 +13,21 @@ Inputs of ``MemoBert.forward`` (B examples):
   frames to mask (the model zeroes them and adds the learned mask vector).
 - ``speech`` / ``speech_lens`` / ``speech_mask``: the same for speech frames.
 
+Face backbone (``config.face_backbone``, TRAINER.md "Joint face backbone"): the model holds a
+DenseNet-BC (``face_cnn``, :class:`memotrain.facecnn.DenseNetBC` without classifier) and
+``faces`` are raw gray crops ``(B, F, S, S)`` (any float dtype; the raw-crop database stores
+float16) instead of feature vectors. The model gathers the REAL crops of the batch (the first
+``face_lens[b]`` of each example) into one ``(N, S, S)`` batch, runs the CNN once on them,
+and scatters the ``(N, face_dim)`` encodings into a zero-padded ``(B, F, face_dim)`` tensor
+that takes the usual face embedding path (mask vector, projection, positions). Padding never
+reaches the CNN: it would cost compute and shift the batch-norm statistics. Masked frames are
+encoded too (their encodings are the visual NCE task's targets) and replaced by the mask
+vector afterwards. ``MemoOutput.face_feats`` holds what entered the face embedding path: the
+CNN encodings, or the given feature vectors without a backbone. The CNN's frozen blocks and
+activation checkpointing are training settings (``face_cnn.set_frozen_blocks``,
+``face_cnn.checkpoint_activations``), not part of the config; its weights are ``face_cnn.*``
+in the state dict, so one checkpoint holds both networks.
+
 Each modality has its own position table: text length (with [CLS]/[SEP]) <= max_text_positions,
 faces <= max_face_positions, speech <= max_speech_positions; longer inputs raise InputError
 (a clear message, never a device assert). Token types: text 0, faces 1, speech its own learned
@@ -291,6 +306,7 @@ class MemoOutput:
     pooled: torch.Tensor  # (B, H) pooler output on [CLS]
     layout: Layout
     hidden_states: tuple | None = None  # embeddings + every layer (compact), when asked
+    face_feats: torch.Tensor | None = None  # (B, F, face_dim) input face vectors (see above)
 
     @property
     def attention_mask(self):
@@ -321,6 +337,20 @@ class MemoBert(nn.Module):
                 nn.init.normal_(fe.mask_embedding, std=cfg.initializer_range)
                 if fe.type_embedding is not None:
                     nn.init.normal_(fe.type_embedding, std=cfg.initializer_range)
+        self.face_cnn = None
+        if cfg.face_backbone is not None:
+            # built last: the transformer's initial weights do not depend on the backbone
+            from memotrain.config import ConfigError
+            from memotrain.facecnn import DenseNetBC
+            arch = dict(cfg.face_backbone)
+            if "blocks" in arch:
+                arch["blocks"] = tuple(arch["blocks"])
+            self.face_cnn = DenseNetBC(**arch, n_classes=0)
+            if self.face_cnn.feature_dim != cfg.face_dim:
+                raise ConfigError(
+                    f"model config: face_dim {cfg.face_dim} is not the width of the face "
+                    f"backbone's features ({self.face_cnn.feature_dim}: "
+                    f"{self.face_cnn.describe()}); set face_dim {self.face_cnn.feature_dim}")
 
     def _init_module(self, m):
         std = self.config.initializer_range
@@ -339,6 +369,19 @@ class MemoBert(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def encode_faces(self, crops, face_lens) -> torch.Tensor:
+        """(B, F, face_dim): the face CNN on the real crops of ``crops`` (B, F, S, S) only,
+        in one call, scattered back into a zero-padded tensor (see the module doc)."""
+        B, W = crops.shape[:2]
+        real = torch.arange(W, device=crops.device)[None] < face_lens[:, None]
+        out = crops.new_zeros((B, W, self.config.face_dim),
+                              dtype=self.face_cnn.features.conv0.weight.dtype)
+        if real.any():
+            x = crops[real].to(out.dtype)  # (N, S, S): padding never reaches the CNN
+            enc = self.face_cnn.encode(x)
+            out = out.index_put((real,), enc.to(out.dtype))
+        return out
+
     def forward(self, input_ids, text_lens=None, faces=None, face_lens=None, face_mask=None,
                 speech=None, speech_lens=None, speech_mask=None,
                 output_hidden_states=False) -> MemoOutput:
@@ -346,6 +389,8 @@ class MemoBert(nn.Module):
                              speech, speech_lens, speech_mask)
         parts = [self.embeddings(input_ids)]
         if faces is not None:
+            if self.face_cnn is not None:
+                faces = self.encode_faces(faces, layout.lens["faces"])
             parts.append(self.face_embeddings(
                 faces, face_mask, self.embeddings.token_type_embeddings.weight[1]))
         if speech is not None:
@@ -358,7 +403,7 @@ class MemoBert(nn.Module):
         full = bool(layout.attention_mask.all())
         attn_mask = None if full else layout.attention_mask[:, None, None, :]
         hidden, states = self.encoder(x, attn_mask, output_hidden_states)
-        return MemoOutput(hidden, self.pooler(hidden), layout, states)
+        return MemoOutput(hidden, self.pooler(hidden), layout, states, faces)
 
     def layout(self, input_ids, text_lens=None, faces=None, face_lens=None, face_mask=None,
                speech=None, speech_lens=None, speech_mask=None) -> Layout:
@@ -389,7 +434,15 @@ class MemoBert(nn.Module):
             if emb is None:
                 raise InputError(f"{m} given, but the model has no {m} modality "
                                  f"({'face_dim' if m == 'faces' else 'speech_dim'} is 0)")
-            if feats.dim() != 3 or feats.shape[0] != B or feats.shape[2] != dim:
+            if m == "faces" and self.face_cnn is not None:
+                s = self.face_cnn.image_size
+                if feats.dim() != 4 or feats.shape[0] != B or tuple(feats.shape[2:]) != (s, s):
+                    raise InputError(
+                        f"faces must be raw crops (batch {B}, frames, {s}, {s}) for this "
+                        f"model's face CNN, not {tuple(feats.shape)} (fix: read the faces from "
+                        f"a raw-crop database built with --size {s}: rawimg_db, not a feature "
+                        "db)")
+            elif feats.dim() != 3 or feats.shape[0] != B or feats.shape[2] != dim:
                 raise InputError(f"{m} must be (batch {B}, frames, {dim}), not "
                                  f"{tuple(feats.shape)}")
             if mask is not None and (mask.shape != feats.shape[:2] or mask.dtype != torch.bool):

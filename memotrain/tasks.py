@@ -33,6 +33,28 @@ Tasks (``TASKS``):
   that have a soft label (a zero row, the padding ``collate`` gives an item stored without
   soft labels, is no target). Both tasks share one head.
 - ``msrfr``: speech frames masked with p 0.15; MSE with a head tied to the speech projection.
+- ``vnce`` (visual NCE): faces masked as in ``mrfr`` (p 0.15, at least one per example with
+  faces); the output at each masked frame goes through a query head (Linear, GELU, LayerNorm,
+  Linear(hidden -> hidden)), the face encodings of every REAL frame of the batch (the CNN's
+  outputs on the true crops, computed in the same forward before masking; the stored
+  features without a face CNN) through a key head (Linear(face_dim -> hidden)); both are
+  L2-normalised and ``logits = query . key / temperature`` (``vnce_temperature``, default
+  0.07); InfoNCE = cross-entropy against the masked frame's own encoding, every other frame of
+  the batch being a negative (other segments' and the same segment's other frames alike).
+  The targets are DETACHED (stop-gradient at the encodings; the key head still learns): the
+  CNN learns through the input path, from how useful its encodings of the unmasked frames are
+  to the transformer, never by moving the targets. Without the stop-gradient, while the
+  queries are still uninformative the cheapest way down for the loss is to make the encodings
+  indistinguishable (every logit equal: loss log N); on the planted corpus of
+  ``tests/test_joint.py`` a trainable CNN without it sat at log 36 for 60 updates, with it the
+  loss fell below chance within 30. ``metrics["acc"]``: the fraction of masked frames whose own
+  encoding scores highest. A batch with fewer than two real frames has nothing to contrast
+  (TaskError).
+
+With a face CNN trained jointly (``model.face_cnn``, ``config.face_backbone``) the face tasks
+``mrfr`` / ``mrckl`` (and their span variants) are refused: their targets, the stored features
+and soft labels, no longer describe what the moving CNN produces (TRAINER.md); ``vnce`` takes
+their place. ``mlm`` / ``mlm_wwm`` / ``melm`` / ``itm`` work as before (``itm`` swaps crops).
 
 Every task guarantees a non-empty target set: a batch without any candidate (no text token for
 the MLM tasks, no face in any example for a face task, ...) raises :class:`TaskError` naming
@@ -49,7 +71,8 @@ from torch import nn
 from memodb.errors import MemoError
 from memotrain import masking
 
-TASKS = ("mlm", "mlm_wwm", "melm", "itm", "mrfr", "mrckl", "mspanrfr", "mspanrckl", "msrfr")
+TASKS = ("mlm", "mlm_wwm", "melm", "itm", "mrfr", "mrckl", "mspanrfr", "mspanrckl", "msrfr",
+         "vnce")
 
 MLM_TASKS = ("mlm", "mlm_wwm", "melm")
 FACE_TASKS = ("mrfr", "mrckl", "mspanrfr", "mspanrckl")
@@ -61,6 +84,7 @@ FRAME_PROB = 0.15
 SPAN_RATIO = 0.2
 SPAN_LEN = 3
 ITM_PROB = 0.5
+VNCE_TEMPERATURE = 0.07
 
 
 class TaskError(MemoError, ValueError):
@@ -94,6 +118,24 @@ class FeatureRegression(nn.Module):
         return F.linear(self.transform(x), self.weight.t(), self.bias)
 
 
+class ContrastiveHeads(nn.Module):
+    """The two projections of ``vnce``: ``query`` (Linear, GELU, LayerNorm, Linear) on the
+    transformer's output at a masked frame, ``key`` (Linear(face_dim -> hidden)) on a face
+    encoding; both outputs L2-normalised."""
+
+    def __init__(self, hidden: int, face_dim: int, eps: float):
+        super().__init__()
+        self.query_transform = _transform(hidden, eps)
+        self.query_out = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(face_dim, hidden)
+
+    def queries(self, h):
+        return F.normalize(self.query_out(self.query_transform(h)).float(), dim=-1)
+
+    def keys(self, feats):
+        return F.normalize(self.key(feats).float(), dim=-1)
+
+
 class SoftLabelClassifier(nn.Module):
     """Linear, GELU, LayerNorm, Linear(hidden -> n_soft_labels): logits of the MRC-KL task."""
 
@@ -110,10 +152,12 @@ class SoftLabelClassifier(nn.Module):
 
 class Pretrainer(nn.Module):
     """The model plus the heads of ``tasks``: ``itm_head``, ``mrfr_head`` (mrfr, mspanrfr),
-    ``mrckl_head`` (mrckl, mspanrckl), ``msrfr_head``; only those the tasks need exist (None
-    otherwise). The MLM tasks use ``model.mlm``."""
+    ``mrckl_head`` (mrckl, mspanrckl), ``msrfr_head``, ``vnce_head``; only those the tasks
+    need exist (None otherwise). The MLM tasks use ``model.mlm``. ``vnce_temperature``: the
+    InfoNCE temperature of ``vnce``."""
 
-    def __init__(self, model, tasks, mask_id: int, v_range: tuple[int, int]):
+    def __init__(self, model, tasks, mask_id: int, v_range: tuple[int, int],
+                 vnce_temperature: float = VNCE_TEMPERATURE):
         super().__init__()
         cfg = model.config
         tasks = list(tasks)
@@ -124,9 +168,13 @@ class Pretrainer(nn.Module):
             raise TaskError(f"unknown pre-training task(s) {', '.join(map(repr, unknown))} "
                             f"(known: {', '.join(TASKS)})")
         for t in tasks:
-            if t in FACE_TASKS and not cfg.face_dim:
+            if t in (*FACE_TASKS, "vnce") and not cfg.face_dim:
                 raise TaskError(f"task {t!r} masks faces, but the model has no faces "
                                 "(face_dim is 0 in its config)")
+            if t in FACE_TASKS and getattr(model, "face_cnn", None) is not None:
+                raise TaskError(f"task {t!r} predicts stored face features / soft labels, "
+                                "which a face CNN trained with the model no longer produces "
+                                "(fix: use vnce, the visual NCE task, for the faces)")
             if t in SPEECH_TASKS and not cfg.speech_dim:
                 raise TaskError(f"task {t!r} masks speech, but the model has no speech "
                                 "(speech_dim is 0 in its config)")
@@ -139,6 +187,9 @@ class Pretrainer(nn.Module):
                             f"vocabulary [0, {cfg.vocab_size})")
         if not 0 <= int(mask_id) < cfg.vocab_size:
             raise TaskError(f"mask_id {mask_id} is outside the vocabulary [0, {cfg.vocab_size})")
+        if not vnce_temperature > 0:
+            raise TaskError(f"vnce_temperature must be > 0, not {vnce_temperature}")
+        self.vnce_temperature = float(vnce_temperature)
         self.model = model
         self.tasks = tuple(dict.fromkeys(tasks))
         self.mask_id = int(mask_id)
@@ -152,7 +203,9 @@ class Pretrainer(nn.Module):
                            if want & {"mrckl", "mspanrckl"} else None)
         self.msrfr_head = (FeatureRegression(H, model.speech_embeddings.projection, eps)
                            if "msrfr" in want else None)
-        for head in (self.itm_head, self.mrfr_head, self.mrckl_head, self.msrfr_head):
+        self.vnce_head = ContrastiveHeads(H, cfg.face_dim, eps) if "vnce" in want else None
+        for head in (self.itm_head, self.mrfr_head, self.mrckl_head, self.msrfr_head,
+                     self.vnce_head):
             if head is not None:
                 self._init_head(head, cfg.initializer_range)
 
@@ -184,6 +237,8 @@ class Pretrainer(nn.Module):
             return self._itm(batch, generator)
         if task in FACE_TASKS:
             return self._faces(task, batch, generator)
+        if task == "vnce":
+            return self._vnce(batch, generator)
         return self._speech(task, batch, generator)
 
     # ------------------------------------------------------------------------- helpers
@@ -326,6 +381,32 @@ class Pretrainer(nn.Module):
         pred = self.mrfr_head(h).float()
         loss = F.mse_loss(pred, target)
         return TaskOutput(loss, int(target.shape[0]), {"mse": float(loss.detach())})
+
+    def _vnce(self, batch, gen) -> TaskOutput:
+        faces = batch.get("faces")
+        if faces is None:
+            raise self._no_target("vnce", "the batch has no faces")
+        device = faces.device
+        face_lens = torch.as_tensor(batch["face_lens"]).cpu()
+        if int(face_lens.sum()) < 2:
+            raise self._no_target("vnce", f"{int(face_lens.sum())} face(s) in the whole batch: "
+                                  "nothing to contrast a masked face with")
+        W = faces.shape[1]
+        mask = masking.choose_frames(face_lens, W, FRAME_PROB, gen)
+        real = torch.arange(W)[None, :] < face_lens[:, None]
+        # index of each masked frame among the batch's real frames (row-major, as real.nonzero)
+        order = (real.flatten().cumsum(0) - 1).view(real.shape)
+        labels = order[mask].to(device)
+        mask, real = mask.to(device), real.to(device)
+        out = self._run(batch, face_mask=mask)
+        q = self.vnce_head.queries(self._frame_targets(out, "faces", mask))  # (M, hidden)
+        # (N, hidden): every real frame, stop-gradient at the encodings (module doc)
+        k = self.vnce_head.keys(out.face_feats[real].detach())
+        with torch.autocast(device.type, enabled=False):  # similarities in fp32
+            logits = q @ k.t() / self.vnce_temperature
+        loss = F.cross_entropy(logits, labels)
+        acc = float((logits.argmax(-1) == labels).float().mean())
+        return TaskOutput(loss, int(labels.numel()), {"acc": acc})
 
     def _speech(self, task, batch, gen) -> TaskOutput:
         speech = batch.get("speech")

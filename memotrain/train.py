@@ -25,6 +25,29 @@ a run killed while saving resumes from the previous one). Files are written atom
 Non-finite steps (a NaN/inf loss, or gradients: fp16 overflow included) are skipped (no
 optimizer step, the data is consumed) and counted; ``max_nonfinite`` of them in a row stop the
 run with a :class:`NonFiniteError` report (the original's endless "Gradient overflow" storms).
+
+Joint face backbone (``face_backbone`` in the config; TRAINER.md "Joint face backbone"): the
+model holds a DenseNet-BC fed with raw crops (``rawimg_db`` corpora; ``memotrain.model``).
+
+- Two AdamW optimizers (:func:`build_optimizers`): ``cnn`` over the CNN's trainable
+  parameters (``face_backbone.lr`` 1e-3, weight decay 5e-4) and ``transformer`` over every
+  other trainable parameter (``optim``: 5e-5, 0.01), each with its own warmup + linear decay
+  and its own gradient clipping. :func:`check_optimizer_split` refuses, at start-up, a
+  parameter in both (the original put the CNN in both), a trainable one in neither, a frozen
+  one in any. Mixed precision covers both networks: one autocast, and with fp16 one
+  GradScaler (``unscale_`` on both, one non-finite verdict for the update, ``step`` on both,
+  one ``update``); bf16 needs no scaler.
+- ``frozen_dense_blocks k``: the stem and the first k blocks get no gradient, are in no
+  optimizer (all k blocks frozen: no CNN optimizer at all) and keep their weights and
+  batch-norm statistics (``memotrain.facecnn``); ``checkpoint_activations`` recomputes the
+  unfrozen dense layers in the backward pass.
+- First start: the model is built, then ``face_backbone.checkpoint``'s ``features.*`` weights
+  are loaded into the CNN (``load_face_features``: the classifier is dropped). A resumed run
+  rebuilds the model from the config stored in its own checkpoint ``model_step_N.pt``, then
+  loads the joint weights (batch-norm statistics included), both optimizers, the scaler and
+  the rest of the state: the face checkpoint is never read again (it may be gone). Both
+  learning-rate schedules are functions of the update number, so they resume with it.
+- State files: ``optimizer`` (the transformer's) and ``cnn_optimizer`` (None without one).
 """
 from __future__ import annotations
 
@@ -34,6 +57,7 @@ import logging
 import os
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +67,17 @@ from torch import nn
 
 from memodb.errors import MemoError
 from memodb.manifest import write_json_atomic
-from memotrain.convert import atomic_save, load_model, save_checkpoint
+from memotrain.config import ConfigError, ModelConfig
+from memotrain.convert import (
+    CheckpointError,
+    atomic_save,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+    verify_torch_file,
+)
 from memotrain.data import ConcatDataset, MemoDataset, collate
+from memotrain.facecnn import load_face_features
 from memotrain.model import MemoBert
 from memotrain.sampler import BucketBatchSampler
 from memotrain.tasks import Pretrainer
@@ -58,6 +91,7 @@ from memotrain.trainconfig import (
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+STATE_KEYS = ("skipped", "nonfinite_run", "pretrainer", "optimizer", "scaler", "samplers", "rng")
 NORM_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)
 
 
@@ -80,10 +114,11 @@ def lr_at(step: int, lr: float, warmup: int, total: int) -> float:
     return lr * max(0.0, (total - step) / max(1, total - warmup))
 
 
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(module: nn.Module, weight_decay: float, exclude=frozenset()) -> list[dict]:
     """AdamW groups: no decay for every bias and every parameter of a normalisation module
-    (told by module type, not by name); decay for the rest. Tied parameters appear once."""
-    decay, no_decay, seen = [], [], set()
+    (told by module type, not by name); decay for the rest. Tied parameters appear once;
+    frozen parameters and those whose ``id`` is in ``exclude`` do not appear."""
+    decay, no_decay, seen = [], [], set(exclude)
     for mod in module.modules():
         for name, p in mod.named_parameters(recurse=False):
             if not p.requires_grad or id(p) in seen:
@@ -92,6 +127,71 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
             (no_decay if name == "bias" or isinstance(mod, NORM_MODULES) else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class Optim:
+    """One optimizer of the run with its own schedule (peak ``lr``, ``warmup`` updates, linear
+    decay to 0 at the last update) and gradient clipping (``clip`` <= 0: none)."""
+
+    name: str  # "transformer" or "cnn"
+    optimizer: torch.optim.Optimizer
+    lr: float
+    warmup: int
+    clip: float
+
+    @property
+    def params(self) -> list:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+
+def build_optimizers(pretrainer: nn.Module, cfg: TrainConfig, device) -> list[Optim]:
+    """``[transformer]`` or, with a face CNN that has trainable blocks, ``[transformer, cnn]``
+    (see the module doc), checked by :func:`check_optimizer_split`."""
+    o = cfg.optim
+    fused = device.type == "cuda" or None
+    cnn = getattr(pretrainer.model, "face_cnn", None)
+    cnn_ids = frozenset(id(p) for p in cnn.parameters()) if cnn is not None else frozenset()
+    optims = [Optim("transformer", torch.optim.AdamW(
+        param_groups(pretrainer, o.weight_decay, cnn_ids), lr=o.lr, betas=o.betas,
+        fused=fused), o.lr, cfg.warmup, o.grad_clip)]
+    if cnn is not None and cnn.trainable_parameters():
+        fb = cfg.face_backbone
+        optims.append(Optim("cnn", torch.optim.AdamW(
+            param_groups(cnn, fb.weight_decay), lr=fb.lr, betas=fb.betas, fused=fused),
+            fb.lr, cfg.cnn_warmup, fb.grad_clip))
+    check_optimizer_split(pretrainer, optims)
+    return optims
+
+
+def check_optimizer_split(module: nn.Module, optims: list[Optim]) -> None:
+    """Every trainable parameter of ``module`` in exactly one optimizer, no frozen parameter in
+    any, the face CNN's parameters only in ``cnn``; TrainError naming the parameter
+    otherwise."""
+    names = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), (name, p))
+    owner = {}
+    for op in optims:
+        for p in op.params:
+            if id(p) in owner:
+                raise TrainError(f"{names.get(id(p), ('a parameter',))[0]} is in two "
+                                 f"optimizers ({owner[id(p)]} and {op.name}): their parameter "
+                                 "sets must be disjoint")
+            owner[id(p)] = op.name
+    for op in optims:
+        for p in op.params:
+            name = names.get(id(p), ("a parameter outside the model",))[0]
+            if not p.requires_grad:
+                raise TrainError(f"{name} is frozen but in the {op.name} optimizer")
+            if name.startswith("model.face_cnn.") != (op.name == "cnn"):
+                raise TrainError(f"{name} is in the {op.name} optimizer (the face CNN's "
+                                 "parameters belong to the cnn optimizer, the others to the "
+                                 "transformer's)")
+    lost = [name for i, (name, p) in names.items() if p.requires_grad and i not in owner]
+    if lost:
+        raise TrainError(f"{len(lost)} trainable parameter(s) in no optimizer: "
+                         f"{', '.join(lost[:4])}{' ...' if len(lost) > 4 else ''}")
 
 
 def seed_for(*parts: int) -> int:
@@ -202,16 +302,27 @@ def _run(cfg: TrainConfig, resume, stop_after, device, rank, world, main_proc, c
     if resume and not latest.exists():
         raise TrainError(f"--resume: {latest} does not exist (no complete state to resume)")
     precision = resolve_precision(cfg.precision, device)
-    model_cfg = cfg.model_config()
+    # a resumed joint run takes its model config from its own checkpoint, not from the face
+    # checkpoint of its first start (which is never read again)
+    joint_resume = resume and cfg.face_backbone is not None
+    model_cfg = _saved_model_config(latest) if joint_resume else cfg.model_config()
     check_model(cfg, model_cfg)
 
     # -- data: one dataset, sampler and loader per task -------------------------------------
     d = cfg.data
-    corpora = [MemoDataset(c.txt_db, c.img_db, c.speech_db, max_text_len=d.max_text_len,
-                           max_faces=d.max_faces if c.img_db else None,
+    corpora = [MemoDataset(c.txt_db, c.img_db, c.speech_db, rawimg_db=c.rawimg_db,
+                           max_text_len=d.max_text_len,
+                           max_faces=d.max_faces if c.face_db else None,
                            max_speech=d.max_speech if c.speech_db else None,
-                           min_faces=d.min_faces if c.img_db else 0, name=c.name)
+                           min_faces=d.min_faces if c.face_db else 0, name=c.name)
                for c in d.corpora]
+    if model_cfg.face_backbone is not None:
+        size = model_cfg.face_backbone["image_size"]
+        for c, ds in zip(d.corpora, corpora):
+            if ds.crops and ds.crop_size != size:
+                raise TrainConfigError(
+                    f"{c.rawimg_db}: crops of {ds.crop_size}x{ds.crop_size}, but the face CNN "
+                    f"takes {size}x{size} (fix: rebuild it with memo db rawimg-db --size {size})")
     ratios = cfg.task_ratios()
     tasks, weights = list(ratios), list(ratios.values())
     streams, val_sets = {}, {}
@@ -224,8 +335,9 @@ def _run(cfg: TrainConfig, resume, stop_after, device, rank, world, main_proc, c
         streams[t] = TaskStream(ds, sampler, d.num_workers, device.type == "cuda",
                                 seed_for(cfg.seed, rank, len(streams), 3))
         vals = [MemoDataset(d.corpora[i].val_txt_db, d.corpora[i].img_db,
-                            d.corpora[i].speech_db, max_text_len=d.max_text_len,
-                            max_faces=d.max_faces if d.corpora[i].img_db else None,
+                            d.corpora[i].speech_db, rawimg_db=d.corpora[i].rawimg_db,
+                            max_text_len=d.max_text_len,
+                            max_faces=d.max_faces if d.corpora[i].face_db else None,
                             max_speech=d.max_speech if d.corpora[i].speech_db else None,
                             name=f"{corpora[i].name}/val")
                 for i in listing if d.corpora[i].val_txt_db]
@@ -236,12 +348,14 @@ def _run(cfg: TrainConfig, resume, stop_after, device, rank, world, main_proc, c
     # -- model, heads, optimizer ------------------------------------------------------------
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = load_model(cfg.init_checkpoint) if cfg.init_checkpoint else MemoBert(model_cfg)
-        pretrainer = Pretrainer(model, tasks, first.mask_id, first.v_range)
+        model = _build_model(cfg, model_cfg, joint_resume)
+        pretrainer = Pretrainer(model, tasks, first.mask_id, first.v_range,
+                                vnce_temperature=cfg.vnce_temperature)
     pretrainer.to(device)
     o = cfg.optim
-    optimizer = torch.optim.AdamW(param_groups(pretrainer, o.weight_decay), lr=o.lr,
-                                  betas=o.betas, fused=device.type == "cuda" or None)
+    optims = build_optimizers(pretrainer, cfg, device)
+    optimizer = optims[0].optimizer
+    cnn_optimizer = optims[1].optimizer if len(optims) > 1 else None
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     net = pretrainer
@@ -253,7 +367,8 @@ def _run(cfg: TrainConfig, resume, stop_after, device, rank, world, main_proc, c
     step, skipped, nonfinite_run = 0, 0, 0
     if resume:
         step, skipped, nonfinite_run = _load_state(latest, pretrainer, optimizer, scaler,
-                                                   streams, device, cfg)
+                                                   streams, device, cfg,
+                                                   cnn_optimizer=cnn_optimizer)
     if main_proc:
         cfg.save(out / "config.json")
         _trim_metrics(out / "metrics.jsonl", step)
@@ -261,16 +376,17 @@ def _run(cfg: TrainConfig, resume, stop_after, device, rank, world, main_proc, c
     show.start(cfg, model_cfg, tasks, weights, corpora, precision, device, world, step)
 
     # -- the loop ---------------------------------------------------------------------------
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    warmup = cfg.warmup
+    params = {op.name: op.params for op in optims}
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     losses, window, last_ckpt = [], [], None
     t0, examples = time.perf_counter(), 0
     pretrainer.train()
     while step < end:
-        lr = lr_at(step, o.lr, warmup, cfg.steps)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
+        lrs = {op.name: lr_at(step, op.lr, op.warmup, cfg.steps) for op in optims}
+        for op in optims:
+            for g in op.optimizer.param_groups:
+                g["lr"] = lrs[op.name]
+        lr = lrs["transformer"]
         task = draw_task(tasks, weights, cfg.seed, step)
         torch.manual_seed(seed_for(cfg.seed, rank, step, 1))  # dropout of this update
         gen = torch.Generator().manual_seed(seed_for(cfg.seed, rank, step, 2))  # masks
@@ -286,11 +402,13 @@ def _run(cfg: TrainConfig, resume, stop_after, device, rank, world, main_proc, c
             finite &= bool(torch.isfinite(loss))
             scaler.scale(loss).backward()
             loss_sum += float(loss.detach())
-        scaler.unscale_(optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip if o.grad_clip > 0 else
-                                              float("inf"))
-        flags = torch.tensor([0.0 if finite and torch.isfinite(norm) else 1.0, loss_sum],
-                             device=device)
+        for op in optims:  # one scaler: unscale every optimizer before judging the update
+            scaler.unscale_(op.optimizer)
+        norms = {op.name: torch.nn.utils.clip_grad_norm_(
+            params[op.name], op.clip if op.clip > 0 else float("inf")) for op in optims}
+        norm = norms["transformer"]
+        finite = finite and all(bool(torch.isfinite(n)) for n in norms.values())
+        flags = torch.tensor([0.0 if finite else 1.0, loss_sum], device=device)
         if world > 1:
             dist.all_reduce(flags)
         bad = flags[0].item() > 0
@@ -301,9 +419,12 @@ def _run(cfg: TrainConfig, resume, stop_after, device, rank, world, main_proc, c
             scaler.update()  # no step; with fp16, inf gradients lower the loss scale
         else:
             nonfinite_run = 0
-            scaler.step(optimizer)
+            for op in optims:
+                if any(p.grad is not None for p in params[op.name]):  # (no face in a batch)
+                    scaler.step(op.optimizer)
             scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        for op in optims:
+            op.optimizer.zero_grad(set_to_none=True)
         step += 1
         losses.append((step, task, mean_loss))
         window.append((task, mean_loss, bad))
@@ -321,6 +442,8 @@ def _run(cfg: TrainConfig, resume, stop_after, device, rank, world, main_proc, c
                              for t in dict.fromkeys(x[0] for x in window)},
                    "grad_norm": float(norm), "skipped": skipped,
                    "examples_per_s": examples * world / dt if dt > 0 else None}
+            if "cnn" in norms:
+                rec["cnn_lr"], rec["cnn_grad_norm"] = lrs["cnn"], float(norms["cnn"])
             if scaler.is_enabled():
                 rec["loss_scale"] = scaler.get_scale()
             window, t0, examples = [], time.perf_counter(), 0
@@ -335,7 +458,8 @@ def _run(cfg: TrainConfig, resume, stop_after, device, rank, world, main_proc, c
                 show.val(rec)
         if (cfg.save_every and step % cfg.save_every == 0) or step == end:
             last_ckpt = _save(ckpt_dir, step, pretrainer, optimizer, scaler, streams, cfg,
-                              skipped, nonfinite_run, main_proc, world)
+                              skipped, nonfinite_run, main_proc, world,
+                              cnn_optimizer=cnn_optimizer)
     show.done(step, skipped, last_ckpt)
     return {"steps": step, "losses": losses, "skipped": skipped,
             "checkpoint": None if last_ckpt is None else str(last_ckpt),
@@ -375,7 +499,7 @@ def validate(pretrainer: Pretrainer, val_sets: dict, cfg: TrainConfig, device, a
 # ----------------------------------------------------------------------------- checkpoints
 
 def _save(ckpt_dir: Path, step, pretrainer, optimizer, scaler, streams, cfg, skipped,
-          nonfinite_run, main_proc, world) -> Path:
+          nonfinite_run, main_proc, world, cnn_optimizer=None) -> Path:
     """Weights (a memo checkpoint), then the resume state, then ``latest``: a kill at any
     moment leaves ``latest`` naming a complete state."""
     if world > 1:
@@ -388,6 +512,7 @@ def _save(ckpt_dir: Path, step, pretrainer, optimizer, scaler, streams, cfg, ski
             "version": STATE_VERSION, "step": step, "skipped": skipped,
             "nonfinite_run": nonfinite_run,
             "pretrainer": pretrainer.state_dict(), "optimizer": optimizer.state_dict(),
+            "cnn_optimizer": None if cnn_optimizer is None else cnn_optimizer.state_dict(),
             "scaler": scaler.state_dict(),
             "samplers": {t: s.state_dict() for t, s in streams.items()},
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
@@ -426,19 +551,91 @@ def config_changes(saved: dict, current: dict) -> list[str]:
                   if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_CHANGES))
 
 
-def _load_state(latest: Path, pretrainer, optimizer, scaler, streams, device, cfg):
+def _saved_model_config(latest: Path) -> ModelConfig:
+    """The model config stored in the checkpoint of the state ``latest`` names (read lazily:
+    the weights are memory-mapped, not loaded)."""
+    try:
+        step = int(latest.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise TrainError(f"{latest}: unreadable ({exc})") from None
+    path = latest.parent / f"model_step_{step}.pt"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return ModelConfig.from_dict(ckpt["config"])
+    except (ConfigError, KeyError, TypeError) as exc:
+        raise TrainError(f"{path}: not the model checkpoint of the run ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 (a damaged file raises many kinds of errors)
+        raise TrainError(f"{path}: cannot read the run's model checkpoint, whose config "
+                         f"rebuilds the model on resume ({exc})") from None
+
+
+def _build_model(cfg: TrainConfig, mc: ModelConfig, joint_resume: bool) -> MemoBert:
+    """The model of a run: from ``init_checkpoint`` (a model without a face CNN gets one) or
+    random; on a first start the face CNN's features come from ``face_backbone.checkpoint``;
+    then the CNN's frozen blocks and checkpointing are set. ``joint_resume``: a random model
+    of the saved config (the resume state fills it; nothing else is read)."""
+    fb = cfg.face_backbone
+    if joint_resume or cfg.init_checkpoint is None:
+        model = MemoBert(mc)
+    else:
+        ckpt = load_checkpoint(cfg.init_checkpoint)
+        if ckpt["config"].get("face_backbone") is None and mc.face_backbone is not None:
+            model = MemoBert(mc)
+            _load_without_cnn(model, ckpt["model"], cfg.init_checkpoint)
+        else:
+            model = load_model(ckpt)
+    if fb is None:
+        return model
+    if fb.checkpoint is not None and not joint_resume:
+        res = load_face_features(model.face_cnn, fb.checkpoint)
+        log.info("face CNN: %d feature tensors from %s (%d other keys dropped)",
+                 len(res.loaded), fb.checkpoint, len(res.dropped))
+    model.face_cnn.set_frozen_blocks(fb.frozen_dense_blocks)
+    model.face_cnn.checkpoint_activations = fb.checkpoint_activations
+    return model
+
+
+def _load_without_cnn(model: MemoBert, sd: dict, where) -> None:
+    """Every weight of ``model`` but its (new) face CNN from the state dict ``sd``."""
+    ours = {k: v for k, v in model.state_dict().items() if not k.startswith("face_cnn.")}
+    missing = [k for k in ours if k not in sd]
+    extra = [k for k in sd if k not in ours]
+    bad = [k for k in ours if k in sd and tuple(sd[k].shape) != tuple(ours[k].shape)]
+    if missing or extra or bad:
+        k = (bad or missing or extra)[0]
+        what = (f"has shape {tuple(sd[k].shape)}, the model {tuple(ours[k].shape)}" if bad
+                else "is missing" if missing else "has no place in the model")
+        raise TrainError(f"{where}: {k} {what} (the init checkpoint must be the same model "
+                         f"without face CNN; face_dim must be the CNN's feature width "
+                         f"{model.config.face_dim})")
+    model.load_state_dict(sd, strict=False)
+
+
+def _load_state(latest: Path, pretrainer, optimizer, scaler, streams, device, cfg,
+                cnn_optimizer=None):
     try:
         step = int(latest.read_text().strip())
     except (OSError, ValueError) as exc:
         raise TrainError(f"{latest}: unreadable ({exc})") from None
     path = latest.parent / f"state_step_{step}.pt"
+    earlier = (f"(fix: write the step of an earlier state_step_N.pt into {latest} to resume "
+               "from it)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
+        verify_torch_file(path)  # what torch.load read whole may still hold flipped bits
+    except CheckpointError as exc:
+        raise TrainError(f"{exc} {earlier}") from None
     except Exception as exc:  # noqa: BLE001 (a damaged file raises many kinds of errors)
-        raise TrainError(f"{path}: cannot read the resume state ({exc})") from None
-    if state.get("version") != STATE_VERSION or state.get("step") != step:
-        raise TrainError(f"{path}: not a resume state of this memo (version "
-                         f"{state.get('version')}, step {state.get('step')})")
+        raise TrainError(f"{path}: cannot read the resume state ({exc}) {earlier}") from None
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION \
+            or state.get("step") != step:
+        found = (f"version {state.get('version')}, step {state.get('step')}"
+                 if isinstance(state, dict) else f"a {type(state).__name__}")
+        raise TrainError(f"{path}: not a resume state of this memo ({found}) {earlier}")
+    missing = [k for k in STATE_KEYS if k not in state]
+    if missing:
+        raise TrainError(f"{path}: an incomplete resume state (no {', '.join(missing)}) "
+                         f"{earlier}")
     changed = config_changes(state.get("config") or {}, cfg.to_dict())
     if changed:
         raise TrainError(f"{path}: the config differs from the run being resumed in "
@@ -452,7 +649,9 @@ def _load_state(latest: Path, pretrainer, optimizer, scaler, streams, device, cf
     try:
         pretrainer.load_state_dict(state["pretrainer"])
         optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as exc:
+        if cnn_optimizer is not None:
+            cnn_optimizer.load_state_dict(state["cnn_optimizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise TrainError(f"{path}: the model or optimizer does not fit this config ({exc})") \
             from None
     scaler.load_state_dict(state["scaler"])
@@ -511,8 +710,12 @@ class _Console:
         total = sum(weights)
         mix = ", ".join(f"{t} {w / total:.2f}" for t, w in zip(tasks, weights))
         n = sum(len(c) for c in corpora)
-        self._print(f"[bold]pretrain[/] {mc.layers} layers, hidden {mc.hidden}; {n} examples "
-                    f"in {len(corpora)} corpora; tasks {mix}; {precision} on {device}"
+        fb = cfg.face_backbone
+        cnn = (f" + face CNN ({'/'.join(map(str, mc.face_backbone['blocks']))} layers, "
+               f"{fb.frozen_dense_blocks} block(s) frozen"
+               f"{', checkpointed' if fb.checkpoint_activations else ''})" if fb else "")
+        self._print(f"[bold]pretrain[/] {mc.layers} layers, hidden {mc.hidden}{cnn}; {n} "
+                    f"examples in {len(corpora)} corpora; tasks {mix}; {precision} on {device}"
                     f"{f' x {world}' if world > 1 else ''}; "
                     + (f"resuming at update {step}" if step else f"{cfg.steps} updates")
                     + f" -> {cfg.output_dir}")

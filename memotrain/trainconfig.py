@@ -11,7 +11,9 @@ A config is a JSON object; every key is optional except the corpora and the mode
       "data": {
         "corpora": [              # at least one
           {"txt_db": "...", "img_db": null, "speech_db": null, "val_txt_db": null,
-           "tasks": {"mlm": 2, "mspanrfr": 1}, "name": null}
+           "tasks": {"mlm": 2, "mspanrfr": 1}, "name": null,
+           "rawimg_db": null}     # raw face crops (memo db rawimg-db) instead of img_db: for
+                                  #   face_backbone (faces: img_db or rawimg_db, not both)
         ],
         "max_text_len": 30,       # word pieces (without [CLS]/[SEP]); longer texts are dropped
         "max_faces": 36,          # faces kept per example (null: the feature db's max_bb)
@@ -31,9 +33,34 @@ A config is a JSON object; every key is optional except the corpora and the mode
       "device": "auto",           # auto (cuda if available) | cpu | cuda
       "log_every": 10, "val_every": 1000, "save_every": 1000,   # 0: never
       "output_dir": "runs/pretrain",
-      "max_nonfinite": 20         # consecutive non-finite steps (loss or gradients) before
+      "max_nonfinite": 20,        # consecutive non-finite steps (loss or gradients) before
                                   #   the run stops with a report
+      "vnce_temperature": 0.07,   # InfoNCE temperature of the vnce task
+      "face_backbone": null       # or an object: the face CNN trained with the model
     }
+
+``face_backbone`` (TRAINER.md "Joint face backbone"; ``memotrain.train`` has the details)::
+
+    {
+      "checkpoint": null,         # face CNN checkpoint (memo train face-cnn) whose features.*
+                                  #   weights start the CNN on a first start (the classifier
+                                  #   is dropped; a resumed run never reads it); null: random
+      "arch": {},                 # DenseNetBC settings without checkpoint (growth 12, blocks
+                                  #   [16, 16, 16], init_features 24, compression 0.5, bn_size
+                                  #   4, drop_rate 0, image_size 64); with one, its own
+      "frozen_dense_blocks": 0,   # the stem and the first k blocks get no gradient, are in no
+                                  #   optimizer and keep weights and batch-norm statistics
+      "checkpoint_activations": false,   # recompute the dense layers in the backward pass
+      "lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 5e-4,   # the CNN's own AdamW
+      "warmup_steps": null, "warmup_ratio": 0.1, "grad_clip": 5.0   # its schedule, clipping
+    }
+
+With it, the faces of every corpus come from ``rawimg_db`` (crops), the model's ``face_dim``
+is the CNN's feature width (342 for the Denseface architecture) and the face tasks with fixed
+targets (mrfr, mrckl, mspanrfr, mspanrckl) are refused: use vnce. ``init_checkpoint`` may be a
+model without a face CNN (a converted BERT, a model pre-trained on features whose
+``face_dim`` equals the CNN's width: its face projection is kept) or a joint model (then
+``checkpoint`` and ``arch`` stay empty: the CNN comes with it).
 
 A task's ratio is summed over the corpora that list it; the task of each accumulation cycle
 is drawn with probability proportional to that sum.
@@ -54,7 +81,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from memodb.errors import MemoError
-from memotrain.config import ConfigError, ModelConfig, load_config, preset
+from memotrain.config import FACE_BACKBONE_KEYS, ConfigError, ModelConfig, load_config, preset
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -73,6 +100,11 @@ class CorpusConfig:
     val_txt_db: str | None = None  # validation texts (same feature dbs)
     tasks: dict[str, float] = field(default_factory=lambda: {"mlm": 1.0})
     name: str | None = None
+    rawimg_db: str | None = None  # raw face crops for face_backbone, instead of img_db
+
+    @property
+    def face_db(self) -> str | None:
+        return self.img_db if self.img_db is not None else self.rawimg_db
 
 
 @dataclass
@@ -99,6 +131,20 @@ class OptimConfig:
 
 
 @dataclass
+class FaceBackboneConfig:
+    checkpoint: str | None = None
+    arch: dict = field(default_factory=dict)
+    frozen_dense_blocks: int = 0
+    checkpoint_activations: bool = False
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 5e-4
+    warmup_steps: int | None = None
+    warmup_ratio: float = 0.1
+    grad_clip: float = 5.0  # <= 0: no clipping
+
+
+@dataclass
 class TrainConfig:
     model: str | dict | None = None
     init_checkpoint: str | None = None
@@ -113,6 +159,8 @@ class TrainConfig:
     save_every: int = 1000
     output_dir: str = "runs/pretrain"
     max_nonfinite: int = 20
+    vnce_temperature: float = 0.07
+    face_backbone: FaceBackboneConfig | None = None
 
     # -- derived -----------------------------------------------------------------------------
 
@@ -121,6 +169,15 @@ class TrainConfig:
         o = self.optim
         return o.warmup_steps if o.warmup_steps is not None else round(o.warmup_ratio *
                                                                        self.steps)
+
+    @property
+    def cnn_warmup(self) -> int:
+        """Warmup updates of the face CNN's own schedule (0 without a face backbone)."""
+        fb = self.face_backbone
+        if fb is None:
+            return 0
+        return fb.warmup_steps if fb.warmup_steps is not None else round(fb.warmup_ratio *
+                                                                         self.steps)
 
     def task_ratios(self) -> dict[str, float]:
         """Task -> summed ratio over the corpora listing it (config order)."""
@@ -131,17 +188,56 @@ class TrainConfig:
         return out
 
     def model_config(self) -> ModelConfig:
-        """The model's config: from ``init_checkpoint`` or ``model``."""
+        """The model's config: from ``init_checkpoint`` or ``model``; with ``face_backbone``,
+        with the CNN's architecture and ``face_dim`` its feature width."""
         if self.init_checkpoint is not None:
             from memotrain.convert import load_checkpoint
-            return ModelConfig.from_dict(load_checkpoint(self.init_checkpoint)["config"])
+            mc = ModelConfig.from_dict(load_checkpoint(self.init_checkpoint)["config"])
+        else:
+            try:
+                if isinstance(self.model, dict) and "preset" in self.model:
+                    changes = dict(self.model)
+                    mc = preset(changes.pop("preset"), **changes)
+                else:
+                    mc = load_config(self.model)
+            except ConfigError as exc:
+                raise TrainConfigError(f"model: {exc}") from None
+        fb = self.face_backbone
+        if fb is None:
+            if mc.face_backbone is not None:
+                raise TrainConfigError(
+                    "the model has a face CNN (face_backbone in its config) but the training "
+                    "config has no face_backbone section (fix: add \"face_backbone\": {} and "
+                    "give the corpora's crops as rawimg_db)")
+            return mc
+        if mc.face_backbone is not None:  # a joint model: its CNN comes with it
+            if fb.checkpoint is not None or fb.arch:
+                raise TrainConfigError(
+                    "face_backbone: the model already holds a face CNN (init_checkpoint or "
+                    "model has face_backbone); leave face_backbone.checkpoint null and "
+                    "face_backbone.arch empty")
+            return mc
+        arch, width = self.face_arch()
+        return mc.replace(face_backbone=arch, face_dim=width)
+
+    def face_arch(self) -> tuple[dict, int]:
+        """(architecture, feature width) of the face CNN: the face checkpoint's, or
+        ``face_backbone.arch`` over the Denseface defaults."""
+        from memotrain.facecnn import DenseNetBC, read_face_checkpoint
+
+        fb = self.face_backbone
+        if fb.checkpoint is not None:
+            given, where = read_face_checkpoint(fb.checkpoint)["config"], fb.checkpoint
+        else:
+            given, where = fb.arch, "face_backbone.arch"
+        given = {k: v for k, v in given.items() if k != "n_classes"}
         try:
-            if isinstance(self.model, dict) and "preset" in self.model:
-                changes = dict(self.model)
-                return preset(changes.pop("preset"), **changes)
-            return load_config(self.model)
-        except ConfigError as exc:
-            raise TrainConfigError(f"model: {exc}") from None
+            if "blocks" in given:
+                given["blocks"] = tuple(given["blocks"])
+            cnn = DenseNetBC(**given, n_classes=0)
+        except (TypeError, ConfigError) as exc:
+            raise TrainConfigError(f"{where}: not a face CNN architecture ({exc})") from None
+        return {k: cnn.config[k] for k in FACE_BACKBONE_KEYS}, cnn.feature_dim
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -178,6 +274,8 @@ def _convert(value, tp, key: str):
                 return _convert(value, opt, key)
             except TrainConfigError as exc:
                 errors.append(exc)
+        if len(errors) == 1 and any(dataclasses.is_dataclass(o) for o in options):
+            raise errors[0]  # an optional section: its own error names the key inside it
         names = " or ".join("null" if o is type(None) else _type_name(o) for o in options)
         raise TrainConfigError(f"{key}: expected {names}, got {value!r}")
     if dataclasses.is_dataclass(tp):
@@ -328,7 +426,7 @@ def check(cfg: TrainConfig) -> None:
     d, o = cfg.data, cfg.optim
     need(d.corpora, "data.corpora: give at least one corpus ({\"txt_db\": ..., \"img_db\": "
                     "..., \"tasks\": {\"mlm\": 1}})")
-    from memotrain.tasks import TASKS
+    from memotrain.tasks import FACE_TASKS, TASKS
     for i, c in enumerate(d.corpora):
         need(c.tasks, f"data.corpora.{i}.tasks: give at least one task (one of: "
                       f"{', '.join(TASKS)})")
@@ -336,6 +434,49 @@ def check(cfg: TrainConfig) -> None:
             need(t in TASKS, f"data.corpora.{i}.tasks: unknown task {t!r} (one of: "
                              f"{', '.join(TASKS)})")
             need(r > 0, f"data.corpora.{i}.tasks.{t}: the ratio must be > 0, not {r}")
+        need(c.img_db is None or c.rawimg_db is None,
+             f"data.corpora.{i}: give img_db (face features) or rawimg_db (raw crops for "
+             "face_backbone), not both")
+        if cfg.face_backbone is None:
+            need(c.rawimg_db is None,
+                 f"data.corpora.{i}.rawimg_db: raw crops need a face CNN to encode them (fix: "
+                 "add a face_backbone section, or give extracted features as img_db)")
+        else:
+            need(c.img_db is None,
+                 f"data.corpora.{i}.img_db: with face_backbone the faces are raw crops that "
+                 "the CNN encodes (fix: give the corpus's memo db rawimg-db output as "
+                 "rawimg_db)")
+            fixed = [t for t in c.tasks if t in FACE_TASKS]
+            need(not fixed,
+                 f"data.corpora.{i}.tasks: {', '.join(fixed)} regress(es) stored face features "
+                 "or soft labels, which a face CNN trained with the model no longer produces "
+                 "(fix: use vnce, the visual NCE task)")
+        for t in c.tasks:
+            need(t not in (*FACE_TASKS, "vnce") or c.face_db is not None,
+                 f"data.corpora.{i}.tasks.{t} masks faces, but the corpus has no img_db "
+                 "(or rawimg_db)")
+    fb = cfg.face_backbone
+    if fb is not None:
+        need(any(c.rawimg_db for c in d.corpora),
+             "face_backbone: no corpus has a rawimg_db, so the face CNN would never see a "
+             "face (fix: give the raw-crop databases as data.corpora.N.rawimg_db)")
+        unknown = sorted(set(fb.arch) - set(FACE_BACKBONE_KEYS))
+        need(not unknown, f"face_backbone.arch: unknown key(s) {', '.join(unknown)} (known: "
+                          f"{', '.join(FACE_BACKBONE_KEYS)})")
+        need(fb.checkpoint is None or not fb.arch,
+             "face_backbone: give checkpoint (its architecture is used) or arch, not both")
+        need(fb.frozen_dense_blocks >= 0, f"face_backbone.frozen_dense_blocks must be >= 0, "
+                                          f"not {fb.frozen_dense_blocks}")
+        need(fb.lr > 0, f"face_backbone.lr must be > 0, not {fb.lr}")
+        need(all(0 <= b < 1 for b in fb.betas),
+             f"face_backbone.betas must be in [0, 1), not {fb.betas}")
+        need(fb.weight_decay >= 0,
+             f"face_backbone.weight_decay must be >= 0, not {fb.weight_decay}")
+        need(fb.warmup_steps is None or fb.warmup_steps >= 0,
+             f"face_backbone.warmup_steps must be >= 0, not {fb.warmup_steps}")
+        need(0 <= fb.warmup_ratio <= 1,
+             f"face_backbone.warmup_ratio must be in [0, 1], not {fb.warmup_ratio}")
+    need(cfg.vnce_temperature > 0, f"vnce_temperature must be > 0, not {cfg.vnce_temperature}")
     need(d.max_text_len >= 1, f"data.max_text_len must be >= 1, not {d.max_text_len}")
     for name in ("max_faces", "max_speech"):
         v = getattr(d, name)
@@ -357,6 +498,8 @@ def check(cfg: TrainConfig) -> None:
     need(o.grad_accum >= 1, f"optim.grad_accum must be >= 1, not {o.grad_accum}")
     need(cfg.steps >= 1, f"steps must be >= 1, not {cfg.steps}")
     need(cfg.warmup <= cfg.steps, f"warmup {cfg.warmup} is longer than steps {cfg.steps}")
+    need(cfg.cnn_warmup <= cfg.steps,
+         f"face_backbone warmup {cfg.cnn_warmup} is longer than steps {cfg.steps}")
     need(cfg.precision in PRECISIONS, f"precision {cfg.precision!r} is not one of "
                                       f"{', '.join(PRECISIONS)}")
     need(cfg.device in DEVICES, f"device {cfg.device!r} is not one of {', '.join(DEVICES)}")
@@ -375,7 +518,14 @@ def check_model(cfg: TrainConfig, mc: ModelConfig) -> None:
         raise TrainConfigError(
             f"data.max_text_len {d.max_text_len} + [CLS]/[SEP] = {d.max_text_len + 2} > the "
             f"model's max_text_positions {mc.max_text_positions}; lower data.max_text_len")
-    if any(c.img_db for c in d.corpora):
+    fb = cfg.face_backbone
+    if fb is not None:
+        blocks = len(mc.face_backbone["blocks"])
+        if fb.frozen_dense_blocks > blocks:
+            raise TrainConfigError(
+                f"face_backbone.frozen_dense_blocks {fb.frozen_dense_blocks} > the face CNN's "
+                f"{blocks} dense blocks ({blocks}: the whole CNN frozen)")
+    if any(c.face_db for c in d.corpora):
         if not mc.face_dim:
             raise TrainConfigError("a corpus has an img_db but the model has no faces "
                                    "(face_dim 0)")

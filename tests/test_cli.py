@@ -71,6 +71,9 @@ def test_quickstart_runs_and_reruns(tmp_path):
     mlm = re.search(r"mlm (\d+\.\d+) -> (\d+\.\d+)", res.output)
     assert mlm and float(mlm.group(2)) < float(mlm.group(1)) - 1.0  # the MLM loss goes down
     assert "clean" in res.output
+    ua = re.search(r"2 folds, test UA (\d+\.\d+)", res.output)
+    assert ua and float(ua.group(1)) > 60.0  # planted labels: far above chance (25)
+    assert (tmp_path / "qs" / "finetune" / "results.tsv").exists()
     again = CliRunner().invoke(main, ["quickstart", str(tmp_path / "qs"), "--workers", "1"])
     assert again.exit_code == 0 and "up to date" in again.output
 

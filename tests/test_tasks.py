@@ -252,7 +252,9 @@ def test_unknown_task_and_missing_modality_are_errors():
         pretrainer(["mlm", "mlmx"])
     assert isinstance(e.value, MemoError)
     pre = pretrainer(["mlm"])
-    with pytest.raises(TaskError, match="unknown.*'vnce'"):
+    with pytest.raises(TaskError, match="unknown.*'mrm'"):
+        pre("mrm", make_batch(), gen())
+    with pytest.raises(TaskError, match="'vnce' was not given to this Pretrainer"):
         pre("vnce", make_batch(), gen())
     with pytest.raises(TaskError, match="no faces"):
         Pretrainer(MemoBert(preset("tiny", face_dim=0)), ["mrfr"], MASK_ID, V_RANGE)
