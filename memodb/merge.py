@@ -39,8 +39,8 @@ import numpy as np
 
 from . import __version__
 from .codec import decode_value, encode_value
-from .dataset import (DatasetResult, build_texts, check_folder, feature_summary,
-                      stale_databases, write_dataset_file)
+from .dataset import (DatasetResult, build_texts, check_folder, check_goes_stale,
+                      feature_summary, stale_databases, write_dataset_file)
 from .errors import BadInputError, DatabaseError, MemoError
 from .ids import KEYS_KEY
 from .imgdb import BuildResult, feature_manifest
@@ -89,15 +89,17 @@ def merge_shards(shard_dirs, out_dir, *, workers: int | None = None, progress: b
     out_dir.mkdir(parents=True, exist_ok=True)
     res = DatasetResult(out_dir)
     feature_paths = {}
-    for name, spec in cfg["features"].items():
-        t0 = time.perf_counter()
-        r = merge_feature_db(shards, name, out_dir / name, workers=workers, progress=progress)
-        feature_paths[name] = r.path
-        res.warnings += stale_databases(out_dir / name, r.path)
-        res.record(spec["type"], name, r.path, "up to date" if r.skipped else "merged",
-                   feature_summary(r.manifest), t0, log)
-    build_texts(cfg, res, feature_paths, workers=workers, progress=progress, log=log)
-    write_dataset_file(cfg, res)
+    with check_goes_stale(out_dir):  # as in a build: no report about replaced databases
+        for name, spec in cfg["features"].items():
+            t0 = time.perf_counter()
+            r = merge_feature_db(shards, name, out_dir / name, workers=workers,
+                                 progress=progress)
+            feature_paths[name] = r.path
+            res.warnings += stale_databases(out_dir / name, r.path)
+            res.record(spec["type"], name, r.path, "up to date" if r.skipped else "merged",
+                       feature_summary(r.manifest), t0, log)
+        build_texts(cfg, res, feature_paths, workers=workers, progress=progress, log=log)
+        write_dataset_file(cfg, res)
     return check_folder(res, workers=workers, progress=progress)
 
 
