@@ -259,8 +259,12 @@ class MemoDataset(torch.utils.data.Dataset):
         except (KeyError, TypeError, ValueError):
             raise DataError(f"{self.txt_path}/meta.json has no CLS / SEP ids; rebuild the "
                             "text database") from None
-        self.mask_id = int(meta.get("MASK", 103))
-        self.v_range = tuple(meta.get("v_range", (999, 30522)))
+        mask, v_range = meta.get("MASK", 103), meta.get("v_range", (999, 30522))
+        if not (isinstance(mask, int) and isinstance(v_range, (list, tuple))
+                and len(v_range) == 2 and all(isinstance(v, int) for v in v_range)):
+            raise DataError(f"{self.txt_path}/meta.json: MASK {mask!r} / v_range {v_range!r} "
+                            "are not token ids; rebuild the text database")
+        self.mask_id, self.v_range = mask, tuple(v_range)
         self.name = name or meta.get("dataset") or self.txt_path.name
 
         id2len = txt.id2len

@@ -226,3 +226,15 @@ def test_nothing_left_is_a_clear_error(dbs):
     assert isinstance(err.value, MemoError)
     with pytest.raises(DataError, match="max_text_len"):
         MemoDataset(dbs["txt"], max_text_len=0)
+
+
+@pytest.mark.parametrize("change", [{"v_range": "999-30522"}, {"MASK": None},
+                                    {"v_range": [999]}])
+def test_meta_json_without_token_ids_is_a_clear_error(dbs, tmp_path, change):
+    import shutil
+    copy = tmp_path / "txt"
+    shutil.copytree(dbs["txt"], copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    (copy / "meta.json").write_text(json.dumps({**meta, **change}))
+    with pytest.raises(DataError, match="meta.json: MASK .* are not token ids; rebuild"):
+        MemoDataset(copy, max_text_len=20)
