@@ -301,6 +301,9 @@ def _run(cfg: TrainConfig, resume, stop_after, device, rank, world, main_proc, c
                          "it or choose another output_dir")
     if resume and not latest.exists():
         raise TrainError(f"--resume: {latest} does not exist (no complete state to resume)")
+    if main_proc and ckpt_dir.is_dir():  # temp files of a save that was killed (GBs for base)
+        for tmp in ckpt_dir.glob(".*.pt.tmp-*"):
+            tmp.unlink(missing_ok=True)
     precision = resolve_precision(cfg.precision, device)
     # a resumed joint run takes its model config from its own checkpoint, not from the face
     # checkpoint of its first start (which is never read again)

@@ -662,6 +662,7 @@ def test_pretraining_killed_while_saving_resumes_from_the_last_whole_state(
             torch.load(torn, weights_only=False)
     pretrain(cfg, resume=True)
     assert_same_run(out, golden_run)
+    assert not list((out / "ckpt").glob(".*.tmp-*"))  # the resumed run removed the torn file
 
 
 # --------------------------------------------------------------------------------------------
