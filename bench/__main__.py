@@ -67,7 +67,7 @@ SCALES = {
         "train_loader": [],  # 10,000 segments
         "train_model": [],  # base preset
         "train_memory": [],  # 1M-entry index
-        "extract": [],  # tiny on 2,000 segments, base on 128
+        "extract": [],  # tiny on 2,000 segments, base on 64
         "finetune": [],  # tiny on 2,000 segments, base on 200
         "joint_memory": [],
     },

@@ -5,8 +5,8 @@ Stages: generate the corpora and their dataset configs, trans2npz, then ``memo d
 and emotion words, check), stats, a short pre-training of the tiny model from scratch (mlm,
 mrfr, itm), then ``memo db build`` of a labelled emotion corpus with two folds (planted
 signals: the labels can be learnt from the faces and the text), fine-tuning of the pre-trained
-model on both folds, and the results table. Re-running in the same folder reuses what is
-built.
+model on both folds, the results table, and the features of the fold-1 test segments extracted
+with the selected model (``memo extract``). Re-running in the same folder reuses what is built.
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ class QuickstartResult:
     report: CheckReport | None = None
     stats: dict | None = None
     pretrain: dict | None = None
-    finetune: dict | None = None
+    finetune: dict | None = None  # memotrain.finetune.finetune's summary
 
 
 def generate_corpus(corpus: Path) -> None:
@@ -129,6 +129,7 @@ def quickstart(workdir="memo-quickstart", workers: int | None = None,
     res.report = built.report
     if built.report.ok:
         res.finetune = finetune_tiny(emotion, workdir, step)
+        extract_features(emotion, workdir, step)
     return res
 
 
@@ -181,3 +182,19 @@ def finetune_tiny(emotion: Path, workdir: Path, step) -> dict:
          f"{100 * m['UA']:.1f} +- {100 * sd['UA']:.1f} (chance 25.0), WA {100 * m['WA']:.1f}, "
          f"WF1 {100 * m['WF1']:.1f}; table in results.tsv")
     return s
+
+
+def extract_features(emotion: Path, workdir: Path, step) -> None:
+    """Per-segment features of fold 1's test texts from its selected model (``best.pt``):
+    pooled [CLS], text and face states, as feature databases."""
+    from memotrain.extract import extract
+
+    out = workdir / "features"
+    if (out / "extract.json").exists():
+        step("extract", out, "already extracted (delete it to rerun)")
+        return
+    r = extract(workdir / "finetune" / "fold1" / "seed0" / "best.pt",
+                emotion / "txt" / "fold1" / "test", out,
+                img_db=next((emotion / "face").glob("feat_*")))
+    step("extract", out, f"{r.extracted} segments: {', '.join(r.modalities)} states of layer "
+         f"{r.layer} with {r.labelled} labels (feature databases)")

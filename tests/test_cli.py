@@ -74,6 +74,7 @@ def test_quickstart_runs_and_reruns(tmp_path):
     ua = re.search(r"2 folds, test UA (\d+\.\d+)", res.output)
     assert ua and float(ua.group(1)) > 60.0  # planted labels: far above chance (25)
     assert (tmp_path / "qs" / "finetune" / "results.tsv").exists()
+    assert "80 segments: pooled, text, faces" in res.output  # memo extract of fold 1 test
     again = CliRunner().invoke(main, ["quickstart", str(tmp_path / "qs"), "--workers", "1"])
     assert again.exit_code == 0 and "up to date" in again.output
 
