@@ -23,6 +23,19 @@ def _close_envs():
     close_all()  # tests rewrite databases they have read
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a test module (and the processes it forks): tiny models
+    run several times faster on a busy 2-core machine, and sums are the same bit for bit.
+    Modules with torch models use it with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch  # here, not at the top: memodb's tests never import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def h5_root(tmp_path):
     """Two movies x 10 segments (every 9th without faces) with has_active_spk lists."""

@@ -35,12 +35,7 @@ SPEECH_DIM = 16
 TOL = dict(rtol=0, atol=1e-5)  # float32 output; the differences measured on CPU are ~2e-6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

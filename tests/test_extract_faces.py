@@ -21,12 +21,7 @@ TINY = {"growth": 4, "blocks": [2, 2, 2], "init_features": 8}
 EMPTY_CLIP = "No0000.Movie_0_9"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

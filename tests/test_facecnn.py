@@ -31,13 +31,7 @@ from memotrain.model import InputError
 TINY = {"growth": 4, "blocks": [2, 2, 2], "init_features": 8}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread (and do not fight other processes for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(seed=0, **kw):

@@ -492,15 +492,6 @@ def test_eight_loader_workers_and_two_processes_read_at_once(corpus, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """One intra-op thread here and in the forked runs: the same sums, the same bits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def train_corpus(tmp_path_factory):
     """24 segments x 10 faces: a face database and text databases train (20) / val (4)."""
     root = tmp_path_factory.mktemp("pretrain")

@@ -37,12 +37,7 @@ WIDTH = 16  # the tiny CNN's feature width: 8 + 2*4 -> 8 -> 16 -> 8 -> 16
 MASK_ID, V_RANGE = 103, (999, 30522)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def joint_config(**changes):

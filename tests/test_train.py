@@ -38,13 +38,7 @@ GOLDEN = [(1, "mrfr", 1.03952956199646), (2, "itm", 0.6939603686332703),
           (5, "itm", 0.6922951936721802), (6, "itm", 0.6926456093788147)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: several times faster for a tiny model on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
