@@ -49,12 +49,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memotrain.config import ConfigError, ModelConfig, load_config, preset
+from memotrain.config import ModelConfig
 from memotrain.trainconfig import (
     DEVICES,
     PRECISIONS,
     OptimConfig,
     TrainConfigError,
+    base_model_config,
     read_config,
 )
 
@@ -118,16 +119,7 @@ class FinetuneConfig:
     # -- derived -----------------------------------------------------------------------------
 
     def model_config(self) -> ModelConfig:
-        if self.init_checkpoint is not None:
-            from memotrain.convert import load_checkpoint
-            return ModelConfig.from_dict(load_checkpoint(self.init_checkpoint)["config"])
-        try:
-            if isinstance(self.model, dict) and "preset" in self.model:
-                changes = dict(self.model)
-                return preset(changes.pop("preset"), **changes)
-            return load_config(self.model)
-        except ConfigError as exc:
-            raise TrainConfigError(f"model: {exc}") from None
+        return base_model_config(self.model, self.init_checkpoint)
 
     def fold_names(self) -> list:
         """The folds to run (``[None]``: one run without folds)."""

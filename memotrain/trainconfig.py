@@ -190,18 +190,7 @@ class TrainConfig:
     def model_config(self) -> ModelConfig:
         """The model's config: from ``init_checkpoint`` or ``model``; with ``face_backbone``,
         with the CNN's architecture and ``face_dim`` its feature width."""
-        if self.init_checkpoint is not None:
-            from memotrain.convert import load_checkpoint
-            mc = ModelConfig.from_dict(load_checkpoint(self.init_checkpoint)["config"])
-        else:
-            try:
-                if isinstance(self.model, dict) and "preset" in self.model:
-                    changes = dict(self.model)
-                    mc = preset(changes.pop("preset"), **changes)
-                else:
-                    mc = load_config(self.model)
-            except ConfigError as exc:
-                raise TrainConfigError(f"model: {exc}") from None
+        mc = base_model_config(self.model, self.init_checkpoint)
         fb = self.face_backbone
         if fb is None:
             if mc.face_backbone is not None:
@@ -250,6 +239,21 @@ class TrainConfig:
         tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, path)
         return path
+
+
+def base_model_config(model, init_checkpoint) -> ModelConfig:
+    """The config of ``init_checkpoint`` (a memo checkpoint) or of ``model`` (a preset name, a
+    config dict / file, or ``{"preset": name, <changes>}``)."""
+    if init_checkpoint is not None:
+        from memotrain.convert import load_checkpoint
+        return ModelConfig.from_dict(load_checkpoint(init_checkpoint)["config"])
+    try:
+        if isinstance(model, dict) and "preset" in model:
+            changes = dict(model)
+            return preset(changes.pop("preset"), **changes)
+        return load_config(model)
+    except ConfigError as exc:
+        raise TrainConfigError(f"model: {exc}") from None
 
 
 # ------------------------------------------------------------------------------ building
