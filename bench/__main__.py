@@ -10,10 +10,11 @@ Scales (the arguments each benchmark gets are in :data:`SCALES`):
   corpora of a few hundred to a few thousand segments: its figures are not measurements.
 - ``full``: the documented figures. The benchmarks about corpus size run on generated
   200k-segment corpora (~30 faces per segment, 342-d, with captions): build_memory,
-  txtdb_build, check_dataset, end_to_end. The throughput and model benchmarks run at their own
-  defaults (a few thousand segments, repeated, best run kept: the work per segment does not
-  grow with the corpus, and repetition matters more on a shared machine). About an hour on
-  2 cores, and ~25 GB of scratch space under ``--tmp`` at its peak (end_to_end).
+  txtdb_build, check_dataset, end_to_end (which measures the builds at that size). The
+  throughput and model benchmarks run at their own defaults (a few thousand segments,
+  repeated, best run kept: on a shared machine repetition matters more than size). Under an
+  hour on 2 cores (estimated from the scripts' own run times), and ~20 GB of scratch space
+  under ``--tmp`` at its peak (end_to_end).
 
 ``--out FILE`` (default bench/out/ALL.md) gets the command line, the machine, the git revision,
 a contents table (seconds per benchmark) and every table; each table is also written beside it
@@ -68,7 +69,7 @@ SCALES = {
         "train_model": [],  # base preset
         "train_memory": [],  # 1M-entry index
         "extract": [],  # tiny on 2,000 segments, base on 64
-        "finetune": [],  # tiny on 2,000 segments, base on 200
+        "finetune": ["--presets", "tiny:2000,base:100", "--batch-size", "16", "--steps", "3"],
         "joint_memory": [],
     },
 }
@@ -135,7 +136,7 @@ def main(argv=None) -> None:
     scale = "small" if args.quick else args.scale
     if scale is None:
         ap.error("give --scale small (a smoke run, minutes) or --scale full (the documented "
-                 "figures, about an hour on 2 cores)")
+                 "figures, under an hour on 2 cores)")
     names = NAMES
     if args.only:
         names = [n.strip() for n in args.only.split(",") if n.strip()]

@@ -336,6 +336,17 @@ def cpu_seconds() -> float:
                (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) for f in ("ru_utime", "ru_stime"))
 
 
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot, every process of every user
+    (``/proc/stat``: user + nice + system + irq + softirq + steal). Its growth over a
+    measurement, less this process's and its children's (:func:`cpu_seconds`), is the other
+    work that shared the machine meanwhile."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (
+            int(x) for x in f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def cprofile(fn, *args, sorts=("tottime",), limit: int = 18, **kwargs) -> str:
     """cProfile one call; the stats text, once per sort key."""
     prof = cProfile.Profile()
@@ -457,16 +468,18 @@ def machine() -> str:
 
 
 def revision() -> str:
-    """The measured code: git commit, and whether memodb/ differs from it."""
+    """The measured code: git commit, and which of memodb/, memotrain/ and bench/ differ
+    from it."""
     git = ["git", "-C", str(ROOT)]
     try:
         sha = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run([*git, "status", "--porcelain", "memodb"], capture_output=True,
-                               text=True).stdout.strip()
+        dirty = [d for d in ("memodb", "memotrain", "bench") if subprocess.run(
+            [*git, "status", "--porcelain", d], capture_output=True, text=True).stdout.strip()]
     except (OSError, subprocess.CalledProcessError):
         return "unknown revision"
-    return sha + (" + uncommitted changes in memodb/" if dirty else "")
+    return sha + (f" + uncommitted changes in {', '.join(d + '/' for d in dirty)}"
+                  if dirty else "")
 
 
 REVISION = revision()  # at import, when memodb was imported

@@ -39,8 +39,8 @@ import shutil
 import time
 from pathlib import Path
 
-from .common import (MIB, cores, in_child, make_captions, make_h5_parallel, make_lexicon,
-                     parser, ratio, report, scratch, timed, warm)
+from .common import (MIB, busy_seconds, cores, cpu_seconds, in_child, make_captions,
+                     make_h5_parallel, make_lexicon, parser, ratio, report, scratch, timed, warm)
 
 FACE_DB = "face"  # the feature's name in the config: the folder's face/ sub-folder
 SPLIT = 3000  # texts in val and in trn3k (a tenth of the corpus when that is fewer)
@@ -157,9 +157,13 @@ def step_rate(folder, batch_size, steps, seed) -> dict:
 
 # --- the run --------------------------------------------------------------------------------
 def _run(fn, *args, inputs=()):
-    """``fn(*args)`` in a watched child process, after reading ``inputs`` once."""
+    """``fn(*args)`` in a watched child process, after reading ``inputs`` once; with
+    ``others``: the cores other work kept busy meanwhile, on average (the machine is shared)."""
     warm(*inputs)
-    return in_child(fn, *args, watch=True)
+    t, busy, mine = time.perf_counter(), busy_seconds(), cpu_seconds()
+    res = in_child(fn, *args, watch=True)
+    other = (busy_seconds() - busy) - (cpu_seconds() - mine)
+    return {**res, "others": max(0.0, other) / (time.perf_counter() - t)}
 
 
 def _folder_bytes(path: Path) -> int:
@@ -240,6 +244,7 @@ def main(argv=None) -> str:
          f"{loader_ex:,.0f} examples/s ({lp['batches'] / lp['seconds']:,.1f} batches/s)",
          mem(loop), ratio(loader_ex / st["examples_per_s"])],
     ]
+    base_others = ", ".join(f"{b['others']:.2f}" for b in base.values())
     notes = [
         f"inputs: {n:,} segments over {args.movies} movies in h5 (make_h5_parallel: feat (n, "
         "342) float32, pred, confidence, frame_idx; n = 0 for every 9th segment, else 10..59, "
@@ -267,11 +272,19 @@ def main(argv=None) -> str:
         "tokenizer call per sentence, one db of every caption); it does less than memo (no "
         "lexicon, no face filter, no splits, no check); ratio = baseline seconds / seconds",
         "each stage in a fresh Python process (imports not timed), its inputs read once right "
-        "before (page cache warm, dirty pages synced); one run each; CPU s = user + system "
-        "seconds of the process and its workers; peak RSS MiB = the largest sum over the "
+        "before (page cache warm, dirty pages synced); one run each; other work on the "
+        "machine meanwhile (cores it kept busy on average: the machine's busy CPU seconds from "
+        "/proc/stat, less this benchmark's, per wall second): memo build "
+        f"{memo['others']:.2f}, input pipeline {loop['others']:.2f}, step rate "
+        f"{step['others']:.2f}, baseline {base_others}; "
+        "CPU s = user + system seconds of the process and its workers (less sensitive to other "
+        f"load than wall time: baseline / memo build = "
+        f"{ratio(sum(b['cpu'] for b in base.values()) / memo['cpu'])} on CPU seconds); peak "
+        "RSS MiB = the largest sum over the "
         "process tree of VmRSS / of RssAnon, polled every 50 ms: RSS counts the pages of "
         "memory-mapped databases a process touched (page cache, shared with other processes, "
-        "reclaimable) once per process that maps them; RssAnon is heap and private memory only",
+        "reclaimable) once per process that maps them; RssAnon is heap and private memory "
+        "only (a forked worker's pages still shared with its parent count in both)",
         f"input pipeline: MemoDataset(txt/train, face db, max_text_len 100, max_faces 36) "
         f"({lp['texts']:,} texts) + BucketBatchSampler(batch_size {args.batch_size}) + "
         f"DataLoader({args.loader_workers} workers, collate): {lp['batches']:,} batches timed "

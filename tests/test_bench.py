@@ -148,3 +148,26 @@ def test_every_benchmark_has_both_scales():
     found = {p.stem for p in (ROOT / "bench").glob("*.py")
              if "def main(" in p.read_text() and p.stem != "__main__"}
     assert found == set(NAMES), "a bench/ script is missing from the suite (bench.__main__)"
+
+
+def test_parallel_h5_corpus_does_not_depend_on_workers(tmp_path):
+    """bench.common.make_h5_parallel seeds each movie on its own: the same files whatever
+    the number of workers, in make_h5's layout (every 9th segment without a face)."""
+    import h5py
+    import numpy as np
+
+    ids = {w: common.make_h5_parallel(tmp_path / str(w), 20, 2, seed=3, faces=6, workers=w)
+           for w in (1, 2)}
+    assert ids[1] == ids[2] and len(ids[1]) == 20 and ids[1][0] == "No0000.Movie_0_1"
+    for m in range(2):
+        movie = f"No{m:04d}.Movie_{m}"
+        files = [h5py.File(tmp_path / str(w) / movie / common.synth.MOVIE_H5, "r")
+                 for w in (1, 2)]
+        with files[0] as a, files[1] as b:
+            for s in range(1, 11):
+                seg_a, seg_b = a[f"{movie}/{s}"], b[f"{movie}/{s}"]
+                assert sorted(seg_a) == ["confidence", "feat", "frame_idx", "pred"]
+                for k in seg_a:
+                    np.testing.assert_array_equal(seg_a[k][()], seg_b[k][()])
+                assert (len(seg_a["feat"]) == 0) == (s % 9 == 0)
+                assert seg_a["feat"].shape[1:] == (342,)
