@@ -36,6 +36,24 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def pretrain_corpus(tmp_path_factory):
+    """24 segments x 10 faces: a face database and text databases train (20) / val (4), for
+    the pre-training tests."""
+    from memodb.imgdb import create_imgdb
+    from memodb.synth import make_captions
+    from memodb.txtdb import create_txtdb
+
+    root = tmp_path_factory.mktemp("pretrain")
+    ids = make_h5_corpus(root / "h5", movies=2, segments=12, faces=10, seed=3)
+    img = create_imgdb(root / "h5", root / "img", workers=1).path
+    make_captions(ids, root / "caps.json", seed=3)
+    create_txtdb(root / "caps.json", root / "txt", img_db=img, splits=["val=4"], workers=1)
+    close_all()
+    return {"img": str(img), "train": str(root / "txt" / "train"),
+            "val": str(root / "txt" / "val"), "root": root}
+
+
 @pytest.fixture
 def h5_root(tmp_path):
     """Two movies x 10 segments (every 9th without faces) with has_active_spk lists."""

@@ -49,7 +49,7 @@ from memodb.check import check
 from memodb.imgdb import create_imgdb
 from memodb.reader import FeatureDB, close_all
 from memodb.synth import make_captions, make_h5_corpus, make_lexicon
-from memodb.txtdb import TextDB, create_txtdb
+from memodb.txtdb import TextDB
 from memotrain.convert import CheckpointError, load_model
 from memotrain.data import MemoDataset
 from memotrain.train import TrainError, pretrain
@@ -492,16 +492,8 @@ def test_eight_loader_workers_and_two_processes_read_at_once(corpus, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def train_corpus(tmp_path_factory):
-    """24 segments x 10 faces: a face database and text databases train (20) / val (4)."""
-    root = tmp_path_factory.mktemp("pretrain")
-    ids = make_h5_corpus(root / "h5", movies=2, segments=12, faces=10, seed=3)
-    img = create_imgdb(root / "h5", root / "img", workers=1).path
-    make_captions(ids, root / "caps.json", seed=3)
-    create_txtdb(root / "caps.json", root / "txt", img_db=img, splits=["val=4"], workers=1)
-    close_all()
-    return {"img": str(img), "train": str(root / "txt" / "train"),
-            "val": str(root / "txt" / "val"), "root": root}
+def train_corpus(pretrain_corpus):
+    return pretrain_corpus
 
 
 def train_config(corpus, out) -> dict:

@@ -16,9 +16,6 @@ import torch
 from click.testing import CliRunner
 
 from memo.cli import main
-from memodb.imgdb import create_imgdb
-from memodb.synth import make_captions, make_h5_corpus
-from memodb.txtdb import create_txtdb
 from memotrain.config import preset
 from memotrain.convert import load_model
 from memotrain.model import MemoBert
@@ -42,15 +39,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """24 segments with 10 faces each: face db, text db split into train (20) and val (4)."""
-    root = tmp_path_factory.mktemp("train")
-    ids = make_h5_corpus(root / "h5", movies=2, segments=12, faces=10, seed=3)
-    img = create_imgdb(root / "h5", root / "img", workers=1).path
-    make_captions(ids, root / "caps.json", seed=3)
-    create_txtdb(root / "caps.json", root / "txt", img_db=img, splits=["val=4"], workers=1)
-    return {"img": str(img), "train": str(root / "txt" / "train"),
-            "val": str(root / "txt" / "val")}
+def corpus(pretrain_corpus):
+    return pretrain_corpus
 
 
 def config(corpus, out, **changes) -> dict:
