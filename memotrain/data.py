@@ -178,6 +178,13 @@ def _max_bb(db: FeatureDB) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def default_frame_limit(db, positions: int) -> int:
+    """Frames to keep per example when none is given: the feature database's ``max_bb``
+    (every frame it holds), at most the model's ``positions``."""
+    stored = _max_bb(FeatureDB(db))
+    return positions if stored is None else min(stored, positions)
+
+
 def _frame_counts(db: FeatureDB, keys: list[str]) -> np.ndarray:
     """Stored frame count per key from the nbb json (-1: segment not in the database).
     Segments the nbb json does not list are looked up (and read, to count their frames)."""

@@ -74,11 +74,10 @@ from memodb.errors import MemoError, OutputExistsError
 from memodb.ids import id_to_key
 from memodb.manifest import write_json_atomic
 from memodb.progress import progress_bar
-from memodb.reader import FeatureDB
 from memodb.txtdb import TextDB
 from memodb.writer import StagedDatabase
 from memotrain.convert import load_model, memo_version, sha256
-from memotrain.data import MemoDataset, _max_bb, collate
+from memotrain.data import MemoDataset, collate, default_frame_limit
 from memotrain.sampler import BucketBatchSampler
 
 CHUNK = 2048  # examples per pool: batched by length inside, written in key order
@@ -177,9 +176,7 @@ def _limits(cfg, img_db, speech_db, max_text_len, max_faces, max_speech) -> dict
             if given is not None:
                 raise ExtractError(f"{key} {given} given without its feature database")
             continue
-        stored = _max_bb(FeatureDB(db))
-        default = cap if stored is None else min(stored, cap)
-        out[key] = _limit(given, cap, default, key, f"{field} {cap}")
+        out[key] = _limit(given, cap, default_frame_limit(db, cap), key, f"{field} {cap}")
     return out
 
 

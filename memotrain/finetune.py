@@ -48,7 +48,7 @@ from memodb.txtdb import TextDB
 from memotrain import metrics as M
 from memotrain import results as R
 from memotrain.convert import load_checkpoint, load_model, save_checkpoint
-from memotrain.data import IGNORE_TARGET, MemoDataset, collate
+from memotrain.data import IGNORE_TARGET, MemoDataset, collate, default_frame_limit
 from memotrain.finetuneconfig import (
     MODALITIES,
     FinetuneConfig,
@@ -152,8 +152,8 @@ class Prompt:
     def __init__(self, template: str, label_words, txt_db, vocab=None):
         from memodb.wordpiece import WordPieceTokenizer, bundled_vocab_dir, load_vocab
 
-        meta = TextDB(txt_db).meta
-        manifest = TextDB(txt_db).manifest or {}
+        db = TextDB(txt_db)
+        meta, manifest = db.meta, db.manifest or {}
         candidates = [vocab] if vocab else [(manifest.get("vocab") or {}).get("file"),
                                             bundled_vocab_dir()]
         want = meta.get("vocab_sha256")
@@ -359,12 +359,7 @@ def _dataset(cfg, paths, split, mods, mc, prompt_len, strict, n_classes):
 
 
 def _frames(given, db, positions):
-    if given is not None:
-        return min(given, positions)
-    from memotrain.data import _max_bb
-    from memodb.reader import FeatureDB
-    bb = _max_bb(FeatureDB(db))
-    return positions if bb is None else min(bb, positions)
+    return min(given, positions) if given is not None else default_frame_limit(db, positions)
 
 
 def run_one(cfg: FinetuneConfig, fold, seed: int, run_dir: Path, device, precision,
