@@ -406,15 +406,20 @@ def convert_ckpt_cmd(src, out, config, seed, force):
 @train.command("pretrain", context_settings={"ignore_unknown_options": True,
                                              "allow_extra_args": True})
 @click.option("--config", "config", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="The training config (JSON; see memotrain.trainconfig for every key).")
+              help="The training config (JSON; every key: docs/CONFIG.md).")
 @click.option("--resume", is_flag=True,
               help="Continue the run in output_dir from its latest complete state.")
+@click.option("--print-config", is_flag=True,
+              help="Print the resolved config (defaults and overrides applied) and exit.")
 @click.pass_context
 @_errors
-def pretrain_cmd(ctx, config, resume):
+def pretrain_cmd(ctx, config, resume, print_config):
     """Pre-train on memo databases; extra --key value pairs override the config
     (dotted keys: --optim.lr 1e-4 --data.batch_size 8). Under torchrun: one process per
     GPU (DistributedDataParallel)."""
+    if print_config:
+        from memotrain.trainconfig import load_train_config
+        return _print_config(load_train_config(config, ctx.args))
     from memotrain.train import pretrain
 
     s = pretrain(config, resume=resume, overrides=ctx.args)
@@ -488,12 +493,14 @@ def _id_list(value: str | None, what: str):
 @train.command("finetune", context_settings={"ignore_unknown_options": True,
                                              "allow_extra_args": True})
 @click.option("--config", "config", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="The fine-tuning config (JSON; see memotrain.finetuneconfig for every key).")
+              help="The fine-tuning config (JSON; every key: docs/CONFIG.md).")
 @click.option("--folds", help="Folds to run, e.g. 1-10 or 1,3,5 (fills {fold} in the paths).")
 @click.option("--seeds", help="Seeds to run for every fold, e.g. 0,1,2 or 0-4.")
+@click.option("--print-config", is_flag=True,
+              help="Print the resolved config (defaults and overrides applied) and exit.")
 @click.pass_context
 @_errors
-def finetune_cmd(ctx, config, folds, seeds):
+def finetune_cmd(ctx, config, folds, seeds, print_config):
     """Fine-tune for emotion recognition on every fold x seed, select each run on validation,
     evaluate the selected model on test, print and save the results table
     (output_dir/results.json, results.tsv). Extra --key value pairs override the config.
@@ -503,13 +510,21 @@ def finetune_cmd(ctx, config, folds, seeds):
     overrides = [(k, v) for k, v in (("folds", _id_list(folds, "--folds")),
                                      ("seeds", _id_list(seeds, "--seeds"))) if v is not None]
     if ctx.args:
-        from memotrain.trainconfig import parse_overrides
+        from memodb.config import parse_overrides
         overrides += parse_overrides(ctx.args)
+    if print_config:
+        from memotrain.finetuneconfig import load_finetune_config
+        return _print_config(load_finetune_config(config, overrides))
     s = finetune(config, overrides=overrides)
     m = s["summary"]["mean"]
     click.echo(f"{s['summary']['n_runs']} run(s); {s['summary']['split']} mean "
                + " ".join(f"{k} {100 * m[k]:.2f}" for k in ("WA", "UA", "WF1", "F1"))
                + f"; results in {s['output_dir']}/results.tsv")
+
+
+def _print_config(cfg) -> None:
+    from memodb.config import to_json
+    click.echo(json.dumps(to_json(cfg), indent=2))
 
 
 @main.command("extract")

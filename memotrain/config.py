@@ -1,15 +1,17 @@
-"""The model configuration: one dataclass, three presets, JSON and Hugging Face conversions.
-
-A checkpoint stores ``ModelConfig.to_dict()`` next to its weights, so the checkpoint alone
-rebuilds the model (``memotrain.convert.load_model``). Never imports torch.
+"""The model configuration: one strict dataclass, three presets, JSON and Hugging Face
+conversions. A checkpoint stores ``ModelConfig.to_dict()`` beside its weights, so the
+checkpoint alone rebuilds the model. Never imports torch.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-from dataclasses import dataclass
 
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+
+from memodb.config import STRICT, validate
 from memodb.errors import MemoError
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
@@ -23,7 +25,11 @@ class ConfigError(MemoError):
     """A model configuration is invalid, unknown or does not fit the checkpoint."""
 
 
-@dataclass(frozen=True)
+class _TypeProblem(ConfigError):
+    pass
+
+
+@dataclass(frozen=True, config=STRICT)
 class ModelConfig:
     """Sizes of the cross-modal BERT (defaults: bert-base-uncased with Denseface faces).
 
@@ -33,40 +39,34 @@ class ModelConfig:
     model encodes (``face_dim`` = the CNN's feature width; see ``memotrain.model``).
     """
 
-    vocab_size: int = 30522
-    hidden: int = 768
-    layers: int = 12
-    heads: int = 12
-    intermediate: int = 3072
-    hidden_act: str = "gelu"
-    dropout: float = 0.1
-    attention_dropout: float = 0.1
-    max_text_positions: int = 512  # text length INCLUDING [CLS] and [SEP]
-    type_vocab_size: int = 2
+    vocab_size: int = Field(30522, description="word pieces in the vocabulary")
+    hidden: int = Field(768, description="hidden size of every layer")
+    layers: int = Field(12, description="transformer layers")
+    heads: int = Field(12, description="attention heads (hidden must be a multiple)")
+    intermediate: int = Field(3072, description="feed-forward width")
+    hidden_act: str = Field("gelu", description="one of " + ", ".join(ACTIVATIONS))
+    dropout: float = Field(0.1, description="dropout after embeddings and sub-layers")
+    attention_dropout: float = Field(0.1, description="dropout on attention probabilities")
+    max_text_positions: int = Field(512, description="text length INCLUDING [CLS] and [SEP]")
+    type_vocab_size: int = Field(2, description="token types (text 0, faces 1)")
     layer_norm_eps: float = 1e-12
-    initializer_range: float = 0.02
-    face_dim: int = 342  # Denseface `feat`; 216 trans1, 300 trans2; 0 = no faces
-    max_face_positions: int = 128
-    speech_dim: int = 0  # 0 = no speech
-    max_speech_positions: int = 128
-    n_soft_labels: int = 8  # Denseface FER+ classes (the MRC-KL target)
-    # the architecture of a face CNN trained jointly (memotrain.facecnn.DenseNetBC keyword
-    # arguments among FACE_BACKBONE_KEYS), or None: faces arrive as feature vectors
-    face_backbone: dict | None = None
+    initializer_range: float = Field(0.02, description="std of the normal initialisation")
+    face_dim: int = Field(342, description="face feature width: Denseface feat 342, trans1 "
+                                           "216, trans2 300; 0 = no faces")
+    max_face_positions: int = Field(128, description="face frames the position table holds")
+    speech_dim: int = Field(0, description="speech feature width; 0 = no speech")
+    max_speech_positions: int = Field(128, description="speech frames the position table "
+                                                       "holds")
+    n_soft_labels: int = Field(8, description="Denseface FER+ classes (the MRC-KL target)")
+    face_backbone: dict | None = Field(
+        None, description="architecture of a face CNN trained jointly (DenseNetBC settings "
+                          "among FACE_BACKBONE_KEYS), or null: faces arrive as feature vectors")
 
     def __post_init__(self):
         def need(ok, what):
             if not ok:
                 raise ConfigError(f"model config: {what}")
 
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.type == "int":
-                need(isinstance(v, int) and not isinstance(v, bool),
-                     f"{f.name} must be an integer, not {v!r}")
-            elif f.type == "float":
-                need(isinstance(v, (int, float)) and not isinstance(v, bool),
-                     f"{f.name} must be a number, not {v!r}")
         for name in ("vocab_size", "hidden", "layers", "heads", "intermediate",
                      "max_text_positions", "max_face_positions", "max_speech_positions",
                      "n_soft_labels"):
@@ -93,10 +93,6 @@ class ModelConfig:
             need(self.face_dim > 0, "face_backbone needs faces (face_dim > 0: the width of "
                                     "the CNN's features)")
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
-
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -111,7 +107,10 @@ class ModelConfig:
             raise ConfigError(
                 f"unknown model config key(s): {', '.join(unknown)} "
                 f"(known: {', '.join(sorted(known))})")
-        return cls(**d)
+        try:
+            return validate(cls, d, error=_TypeProblem, python=True)
+        except _TypeProblem as exc:  # a wrong type (the value checks say "model config:")
+            raise ConfigError(f"model config: {exc}") from None
 
     def replace(self, **changes) -> ModelConfig:
         return self.from_dict({**self.to_dict(), **changes})

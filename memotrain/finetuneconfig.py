@@ -1,54 +1,18 @@
-"""The fine-tuning configuration (``memo train finetune``): JSON, ``--key value`` overrides,
-checks at start-up. Never imports torch.
-
-Defaults follow TRAINER.md ("Fine-tuning and evaluation")::
-
-    {
-      "init_checkpoint": "runs/pretrain/ckpt/model_step_40000.pt",   # a memo checkpoint
-      "model": null,               # or a preset / model config: start from random weights
-      "head": "emocls",            # emocls: Dropout(0.1), Linear(h, C) on the pooled [CLS]
-                                   # vqa: Linear(h, 2h), GELU, LayerNorm, Linear(2h, C)
-                                   # prompt: "i am [MASK] ." + the MLM head over label words
-      "labels": null,              # class names (null: the text db manifest's)
-      "prompt": {"template": "{text} i am [MASK] .", "label_words": null, "vocab": null},
-      "modalities": null,          # trained and selected with: subset of text, faces, speech
-                                   #   (null: every modality the data gives)
-      "eval_modalities": [],       # more evaluations of the selected model, e.g. [["text"]]
-      "class_weights": null,       # null | "balanced" | one weight per class
-      "data": {
-        "train": "txt/fold{fold}/train",   # text dbs: a path ({fold} placeholder) or a list
-        "val": "txt/fold{fold}/val",       #   with one path per fold
-        "test": "txt/fold{fold}/test",     # null: no test (val results are reported)
-        "img_db": "face/feat_th0.5_max64", "speech_db": null,
-        "max_text_len": null,      # null: what the model's position table allows
-        "max_faces": null,         # null: the db's max_bb, capped by the model
-        "max_speech": null,
-        "batch_size": 64, "max_tokens": null, "num_workers": 0
-      },
-      "folds": null,               # e.g. [1, 2, 3, 4, 5] (needed by {fold} / lists)
-      "seeds": [0],
-      "optim": {"lr": 5e-5, "betas": [0.9, 0.98], "weight_decay": 0.01, "warmup_ratio": 0.1,
-                "warmup_steps": null, "grad_clip": 5.0, "grad_accum": 1},
-      "epochs": 10,
-      "select": {"metric": "UA", "patience": 3, "every": null},
-                                   # metric UA | WA | WF1 | F1 on val (WF1 for MELD);
-                                   # patience: evaluations without improvement before
-                                   # stopping (0: never stop early); every: updates between
-                                   # evaluations (null: each epoch)
-      "precision": "auto", "device": "auto", "log_every": 10,
-      "output_dir": "runs/finetune", "max_nonfinite": 20
-    }
-
-Validation, test and training text dbs must be three different databases in every fold: a
-config that selects on the test split (the original's configs validated on test) is refused.
+"""The fine-tuning configuration (``memo train finetune``): strict dataclasses whose fields
+carry their defaults and descriptions, ``--key value`` overrides, and the checks that relate
+several keys. Validation, test and training text dbs must be three different databases in
+every fold: a config that selects on the test split is refused. Never imports torch.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+
+from memodb.config import STRICT, read_config
 from memotrain.config import ModelConfig
 from memotrain.trainconfig import (
     DEVICES,
@@ -56,7 +20,6 @@ from memotrain.trainconfig import (
     OptimConfig,
     TrainConfigError,
     base_model_config,
-    read_config,
 )
 
 HEADS = ("emocls", "vqa", "prompt")
@@ -65,53 +28,74 @@ METRICS = ("UA", "WA", "WF1", "F1")
 SPLITS = ("train", "val", "test")
 
 
-@dataclass
+PATHS = "a path ({fold} placeholder) or a list with one path per fold"
+
+
+@dataclass(config=STRICT)
 class FinetuneData:
-    train: str | list[str]
-    val: str | list[str]
-    test: str | list[str] | None = None
-    img_db: str | list[str] | None = None
-    speech_db: str | list[str] | None = None
-    max_text_len: int | None = None
-    max_faces: int | None = None
+    train: str | list[str] = Field(description="training text dbs: " + PATHS)
+    val: str | list[str] = Field(description="validation text dbs (model selection): " + PATHS)
+    test: str | list[str] | None = Field(None, description="test text dbs, read once after "
+                                                           "selection; null: no test")
+    img_db: str | list[str] | None = Field(None, description="face feature db(s)")
+    speech_db: str | list[str] | None = Field(None, description="speech feature db(s)")
+    max_text_len: int | None = Field(None, description="null: what the model's position "
+                                                       "table allows")
+    max_faces: int | None = Field(None, description="null: the db's max_bb, capped by the "
+                                                    "model")
     max_speech: int | None = None
-    batch_size: int | None = 64
-    max_tokens: int | None = None
-    num_workers: int = 0
+    batch_size: int | None = Field(64, description="examples per batch")
+    max_tokens: int | None = Field(None, description="token budget per batch (null: none)")
+    num_workers: int = Field(0, description="DataLoader worker processes")
 
 
-@dataclass
+@dataclass(config=STRICT)
 class PromptConfig:
-    template: str = "{text} i am [MASK] ."
-    label_words: list[str] | None = None  # one word per class (default: the class names)
-    vocab: str | None = None  # the text dbs' vocabulary (default: as their manifest says)
+    template: str = Field("{text} i am [MASK] .", description="[MASK] exactly once")
+    label_words: list[str] | None = Field(None, description="one word per class (default: "
+                                                            "the class names)")
+    vocab: str | None = Field(None, description="the text dbs' vocabulary (default: as "
+                                                "their manifest says)")
 
 
-@dataclass
+@dataclass(config=STRICT)
 class SelectConfig:
-    metric: str = "UA"
-    patience: int = 3
-    every: int | None = None
+    metric: str = Field("UA", description="UA | WA | WF1 | F1 on val (WF1 for MELD)")
+    patience: int = Field(3, description="evaluations without improvement before stopping "
+                                         "(0: never stop early)")
+    every: int | None = Field(None, description="updates between evaluations (null: each "
+                                                "epoch)")
 
 
-@dataclass
+@dataclass(config=STRICT)
 class FinetuneConfig:
+    """A fine-tuning run over folds x seeds. Give ``init_checkpoint`` or ``model``."""
     data: FinetuneData
-    init_checkpoint: str | None = None
-    model: str | dict | None = None
-    head: str = "emocls"
-    labels: list[str] | None = None
-    prompt: PromptConfig = field(default_factory=PromptConfig)
-    modalities: list[str] | None = None
-    eval_modalities: list[list[str]] = field(default_factory=list)
-    class_weights: str | list[float] | None = None
-    folds: list[int | str] | None = None
-    seeds: list[int] = field(default_factory=lambda: [0])
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    init_checkpoint: str | None = Field(None, description="a memo checkpoint to start from")
+    model: str | dict | None = Field(None, description="or a preset / model config: start "
+                                                       "from random weights")
+    head: str = Field("emocls", description="emocls: Dropout, Linear on the pooled [CLS]; "
+                                            "vqa: Linear(h, 2h), GELU, LayerNorm, Linear(2h, "
+                                            "C); prompt: the MLM head over label words")
+    labels: list[str] | None = Field(None, description="class names (null: the text db "
+                                                       "manifest's)")
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    modalities: list[str] | None = Field(None, description="trained and selected with: a "
+                                                           "subset of text, faces, speech "
+                                                           "(null: all the data gives)")
+    eval_modalities: list[list[str]] = Field(default_factory=list,
+                                             description="more evaluations of the selected "
+                                                         "model, e.g. [[\"text\"]]")
+    class_weights: str | list[float] | None = Field(None, description="null | \"balanced\" "
+                                                                      "| one per class")
+    folds: list[int | str] | None = Field(None, description="e.g. [1, 2, 3, 4, 5] (needed "
+                                                            "by {fold} and lists)")
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    optim: OptimConfig = Field(default_factory=OptimConfig)
     epochs: int = 10
-    select: SelectConfig = field(default_factory=SelectConfig)
-    precision: str = "auto"
-    device: str = "auto"
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    precision: str = Field("auto", description="auto | fp32 | bf16 | fp16")
+    device: str = Field("auto", description="auto | cpu | cuda")
     log_every: int = 10
     output_dir: str = "runs/finetune"
     max_nonfinite: int = 20
@@ -146,7 +130,7 @@ class FinetuneConfig:
 def load_finetune_config(source, overrides=()) -> FinetuneConfig:
     """A checked :class:`FinetuneConfig` from a JSON file, a dict or a config, plus
     ``--key value`` overrides (``--folds [1,2] --seeds [0,1,2] --optim.lr 3e-5``)."""
-    cfg = read_config(FinetuneConfig, source, overrides)
+    cfg = read_config(FinetuneConfig, source, overrides, error=TrainConfigError)
     check(cfg)
     return cfg
 

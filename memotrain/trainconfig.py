@@ -1,90 +1,25 @@
-"""The pre-training configuration: a JSON file, ``--key value`` overrides, checks at start-up.
-
-A config is a JSON object; every key is optional except the corpora and the model. Defaults
-(the published MEmoBERT pre-training recipe where one exists)::
-
-    {
-      "model": null,              # preset name ("base", "small", "tiny"), a ModelConfig dict,
-                                  #   or {"preset": "tiny", <changes>}; null with init_checkpoint
-      "init_checkpoint": null,    # a memo checkpoint (memo train convert-ckpt OUT); its config
-                                  #   is the model's
-      "data": {
-        "corpora": [              # at least one
-          {"txt_db": "...", "img_db": null, "speech_db": null, "val_txt_db": null,
-           "tasks": {"mlm": 2, "mspanrfr": 1}, "name": null,
-           "rawimg_db": null}     # raw face crops (memo db rawimg-db) instead of img_db: for
-                                  #   face_backbone (faces: img_db or rawimg_db, not both)
-        ],
-        "max_text_len": 30,       # word pieces (without [CLS]/[SEP]); longer texts are dropped
-        "max_faces": 36,          # faces kept per example (null: the feature db's max_bb)
-        "max_speech": null,       # speech frames kept per example (null: the db's max_bb)
-        "min_faces": 0,
-        "batch_size": 32,         # examples per batch (null: no example limit)
-        "max_tokens": null,       # token budget per batch: rows x longest example (null: none)
-        "num_workers": 0          # DataLoader worker processes per task
-      },
-      "optim": {"lr": 5e-5, "betas": [0.9, 0.98], "weight_decay": 0.01,
-                "warmup_steps": null,   # null: warmup_ratio x steps
-                "warmup_ratio": 0.1, "grad_clip": 5.0, "grad_accum": 1},
-      "steps": 1000,              # optimizer updates in all
-      "seed": 0,
-      "precision": "auto",        # auto (bf16 on CUDA with bf16, else fp16 + GradScaler on
-                                  #   CUDA, fp32 on CPU) | fp32 | bf16 | fp16
-      "device": "auto",           # auto (cuda if available) | cpu | cuda
-      "log_every": 10, "val_every": 1000, "save_every": 1000,   # 0: never
-      "output_dir": "runs/pretrain",
-      "max_nonfinite": 20,        # consecutive non-finite steps (loss or gradients) before
-                                  #   the run stops with a report
-      "vnce_temperature": 0.07,   # InfoNCE temperature of the vnce task
-      "face_backbone": null       # or an object: the face CNN trained with the model
-    }
-
-``face_backbone`` (TRAINER.md "Joint face backbone"; ``memotrain.train`` has the details)::
-
-    {
-      "checkpoint": null,         # face CNN checkpoint (memo train face-cnn) whose features.*
-                                  #   weights start the CNN on a first start (the classifier
-                                  #   is dropped; a resumed run never reads it); null: random
-      "arch": {},                 # DenseNetBC settings without checkpoint (growth 12, blocks
-                                  #   [16, 16, 16], init_features 24, compression 0.5, bn_size
-                                  #   4, drop_rate 0, image_size 64); with one, its own
-      "frozen_dense_blocks": 0,   # the stem and the first k blocks get no gradient, are in no
-                                  #   optimizer and keep weights and batch-norm statistics
-      "checkpoint_activations": false,   # recompute the dense layers in the backward pass
-      "lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 5e-4,   # the CNN's own AdamW
-      "warmup_steps": null, "warmup_ratio": 0.1, "grad_clip": 5.0   # its schedule, clipping
-    }
-
-With it, the faces of every corpus come from ``rawimg_db`` (crops), the model's ``face_dim``
-is the CNN's feature width (342 for the Denseface architecture) and the face tasks with fixed
-targets (mrfr, mrckl, mspanrfr, mspanrckl) are refused: use vnce. ``init_checkpoint`` may be a
-model without a face CNN (a converted BERT, a model pre-trained on features whose
-``face_dim`` equals the CNN's width: its face projection is kept) or a joint model (then
-``checkpoint`` and ``arch`` stay empty: the CNN comes with it).
-
-A task's ratio is summed over the corpora that list it; the task of each accumulation cycle
-is drawn with probability proportional to that sum.
-
-Overrides use dotted keys and JSON values (a value that is not JSON is a string):
-``--optim.lr 1e-4 --data.batch_size 8 --data.max_tokens null --data.corpora.0.txt_db PATH``.
-Unknown keys and values of the wrong type raise :class:`TrainConfigError` naming the key.
-Never imports torch.
+"""The pre-training configuration (``memo train pretrain``): strict dataclasses whose fields
+carry their defaults and descriptions, ``--key value`` overrides (memodb.config), and the
+checks that relate several keys. ``memo train pretrain --print-config`` shows the resolved
+config; docs/TRAINER.md describes the recipe. Never imports torch.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+
+from memodb.config import STRICT, parse_overrides, read_config, to_json
 from memodb.errors import MemoError
+from memodb.manifest import write_json_atomic
 from memotrain.config import FACE_BACKBONE_KEYS, ConfigError, ModelConfig, load_config, preset
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+__all__ = ["TrainConfig", "TrainConfigError", "load_train_config", "parse_overrides"]
 
 
 class TrainConfigError(MemoError):
@@ -92,75 +27,100 @@ class TrainConfigError(MemoError):
     fit the model or the data."""
 
 
-@dataclass
+@dataclass(config=STRICT)
 class CorpusConfig:
-    txt_db: str
-    img_db: str | None = None
-    speech_db: str | None = None
-    val_txt_db: str | None = None  # validation texts (same feature dbs)
-    tasks: dict[str, float] = field(default_factory=lambda: {"mlm": 1.0})
-    name: str | None = None
-    rawimg_db: str | None = None  # raw face crops for face_backbone, instead of img_db
+    txt_db: str = Field(description="text database (memo db create-txtdb)")
+    img_db: str | None = Field(None, description="face feature database")
+    speech_db: str | None = Field(None, description="speech feature database")
+    val_txt_db: str | None = Field(None, description="validation texts (same feature dbs)")
+    tasks: dict[str, float] = Field(default_factory=lambda: {"mlm": 1.0},
+                                    description="task -> ratio, e.g. {\"mlm\": 2, "
+                                                "\"mspanrfr\": 1}")
+    name: str | None = Field(None, description="name in logs (default: corpus index)")
+    rawimg_db: str | None = Field(
+        None, description="raw face crops (memo db rawimg-db) instead of img_db, for "
+                          "face_backbone; faces come from img_db or rawimg_db, not both")
 
     @property
     def face_db(self) -> str | None:
         return self.img_db if self.img_db is not None else self.rawimg_db
 
 
-@dataclass
+@dataclass(config=STRICT)
 class DataConfig:
-    corpora: list[CorpusConfig] = field(default_factory=list)
-    max_text_len: int = 30
-    max_faces: int | None = 36
-    max_speech: int | None = None
-    min_faces: int = 0
-    batch_size: int | None = 32
-    max_tokens: int | None = None
-    num_workers: int = 0
+    corpora: list[CorpusConfig] = Field(default_factory=list, description="at least one")
+    max_text_len: int = Field(30, description="word pieces without [CLS]/[SEP]; longer texts "
+                                              "are dropped")
+    max_faces: int | None = Field(36, description="faces kept per example (null: the feature "
+                                                  "db's max_bb)")
+    max_speech: int | None = Field(None, description="speech frames kept per example (null: "
+                                                     "the db's max_bb)")
+    min_faces: int = Field(0, description="examples with fewer kept faces are dropped")
+    batch_size: int | None = Field(32, description="examples per batch (null: no limit)")
+    max_tokens: int | None = Field(None, description="token budget per batch: rows x longest "
+                                                     "example (null: none)")
+    num_workers: int = Field(0, description="DataLoader worker processes per task")
 
 
-@dataclass
+@dataclass(config=STRICT)
 class OptimConfig:
-    lr: float = 5e-5
+    lr: float = Field(5e-5, description="peak learning rate (AdamW)")
     betas: tuple[float, float] = (0.9, 0.98)
-    weight_decay: float = 0.01
-    warmup_steps: int | None = None
-    warmup_ratio: float = 0.1
-    grad_clip: float = 5.0  # <= 0: no clipping
-    grad_accum: int = 1
+    weight_decay: float = Field(0.01, description="not applied to biases and norms")
+    warmup_steps: int | None = Field(None, description="null: warmup_ratio x steps")
+    warmup_ratio: float = Field(0.1, description="linear warmup, then linear decay to 0")
+    grad_clip: float = Field(5.0, description="global gradient norm; <= 0: no clipping")
+    grad_accum: int = Field(1, description="batches per optimizer update")
 
 
-@dataclass
+@dataclass(config=STRICT)
 class FaceBackboneConfig:
-    checkpoint: str | None = None
-    arch: dict = field(default_factory=dict)
-    frozen_dense_blocks: int = 0
-    checkpoint_activations: bool = False
-    lr: float = 1e-3
+    """The face CNN trained with the model (faces from rawimg_db; face_dim = its width)."""
+    checkpoint: str | None = Field(
+        None, description="face CNN checkpoint (memo train face-cnn) whose features.* start "
+                          "the CNN on a first start; null: random weights")
+    arch: dict = Field(default_factory=dict,
+                       description="DenseNetBC settings without checkpoint (growth 12, blocks "
+                                   "[16, 16, 16], init_features 24, compression 0.5, bn_size "
+                                   "4, drop_rate 0, image_size 64)")
+    frozen_dense_blocks: int = Field(0, description="the stem and the first k blocks get no "
+                                                    "gradient and keep their statistics")
+    checkpoint_activations: bool = Field(False, description="recompute the dense layers in "
+                                                            "the backward pass")
+    lr: float = Field(1e-3, description="the CNN's own AdamW")
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 5e-4
-    warmup_steps: int | None = None
+    warmup_steps: int | None = Field(None, description="null: warmup_ratio x steps")
     warmup_ratio: float = 0.1
-    grad_clip: float = 5.0  # <= 0: no clipping
+    grad_clip: float = Field(5.0, description="<= 0: no clipping")
 
 
-@dataclass
+@dataclass(config=STRICT)
 class TrainConfig:
-    model: str | dict | None = None
-    init_checkpoint: str | None = None
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    steps: int = 1000
+    """A pre-training run. Give ``model`` or ``init_checkpoint``, and the corpora."""
+    model: str | dict | None = Field(
+        None, description="preset (base, small, tiny), a model config, or {\"preset\": "
+                          "\"tiny\", <changes>}; null with init_checkpoint")
+    init_checkpoint: str | None = Field(None, description="a memo checkpoint (memo train "
+                                                          "convert-ckpt); its config is the "
+                                                          "model's")
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    steps: int = Field(1000, description="optimizer updates in all")
     seed: int = 0
-    precision: str = "auto"
-    device: str = "auto"
-    log_every: int = 10
-    val_every: int = 1000
-    save_every: int = 1000
+    precision: str = Field("auto", description="auto (bf16 on CUDA with bf16, else fp16 + "
+                                               "GradScaler on CUDA, fp32 on CPU) | fp32 | "
+                                               "bf16 | fp16")
+    device: str = Field("auto", description="auto (cuda if available) | cpu | cuda")
+    log_every: int = Field(10, description="updates between log lines; 0: never")
+    val_every: int = Field(1000, description="updates between validations; 0: never")
+    save_every: int = Field(1000, description="updates between checkpoints; 0: only the end")
     output_dir: str = "runs/pretrain"
-    max_nonfinite: int = 20
-    vnce_temperature: float = 0.07
-    face_backbone: FaceBackboneConfig | None = None
+    max_nonfinite: int = Field(20, description="consecutive non-finite steps before the run "
+                                               "stops with a report")
+    vnce_temperature: float = Field(0.07, description="InfoNCE temperature of the vnce task")
+    face_backbone: FaceBackboneConfig | None = Field(None, description="a face CNN trained "
+                                                                       "with the model")
 
     # -- derived -----------------------------------------------------------------------------
 
@@ -235,9 +195,7 @@ class TrainConfig:
         """Write the resolved config as JSON (atomically)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_json_atomic(path, json.dumps(to_json(self), indent=2) + "\n")
         return path
 
 
@@ -256,167 +214,10 @@ def base_model_config(model, init_checkpoint) -> ModelConfig:
         raise TrainConfigError(f"model: {exc}") from None
 
 
-# ------------------------------------------------------------------------------ building
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _convert(value, tp, key: str):
-    """``value`` checked against the annotation ``tp`` (and converted: lists to tuples,
-    dicts to dataclasses, ints to floats); TrainConfigError naming ``key`` otherwise."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for opt in options:
-            if opt is type(None):
-                continue
-            try:
-                return _convert(value, opt, key)
-            except TrainConfigError as exc:
-                errors.append(exc)
-        if len(errors) == 1 and any(dataclasses.is_dataclass(o) for o in options):
-            raise errors[0]  # an optional section: its own error names the key inside it
-        names = " or ".join("null" if o is type(None) else _type_name(o) for o in options)
-        raise TrainConfigError(f"{key}: expected {names}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif tp is dict or origin is dict:
-        if isinstance(value, dict):
-            args = typing.get_args(tp)
-            if not args:
-                return dict(value)
-            return {_convert(k, args[0], f"{key}.{k}"): _convert(v, args[1], f"{key}.{k}")
-                    for k, v in value.items()}
-    elif origin is list:
-        if isinstance(value, (list, tuple)):
-            (arg,) = typing.get_args(tp)
-            return [_convert(v, arg, f"{key}.{i}") for i, v in enumerate(value)]
-    elif origin is tuple:
-        args = typing.get_args(tp)
-        if isinstance(value, (list, tuple)) and len(value) == len(args):
-            return tuple(_convert(v, a, f"{key}.{i}") for i, (v, a) in
-                         enumerate(zip(value, args)))
-        raise TrainConfigError(f"{key}: expected a list of {len(args)} "
-                               f"{', '.join(_type_name(a) for a in args)}, got {value!r}")
-    else:  # pragma: no cover (an annotation this function does not know)
-        raise TypeError(tp)
-    raise TrainConfigError(f"{key}: expected {_type_name(tp) if origin is None else 'a ' + _type_name(origin)}, "
-                           f"got {value!r} ({type(value).__name__})")
-
-
-def _build(cls, d, where: str):
-    if not isinstance(d, dict):
-        raise TrainConfigError(f"{where or 'config'}: expected a JSON object, got {d!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in d if k not in hints]
-    if unknown:
-        key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise TrainConfigError(f"unknown config key {key!r} (known{' in ' + where if where else ''}: "
-                               f"{', '.join(names)})")
-    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in d.items()}
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:  # a required field is missing
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs
-                   and f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING]
-        raise TrainConfigError(f"{where or 'config'}: missing {', '.join(missing) or exc}") \
-            from None
-
-
-def parse_overrides(args) -> list[tuple[str, object]]:
-    """``["--optim.lr", "1e-4", "--seed=3"]`` -> ``[("optim.lr", 1e-4), ("seed", 3)]``."""
-    args, out, i = list(args), [], 0
-    while i < len(args):
-        a = args[i]
-        if not a.startswith("--") or len(a) < 3:
-            raise TrainConfigError(f"override {a!r}: expected --key value (dotted keys, e.g. "
-                                   "--optim.lr 1e-4)")
-        if "=" in a:
-            key, raw = a[2:].split("=", 1)
-            i += 1
-        else:
-            if i + 1 >= len(args):
-                raise TrainConfigError(f"override {a!r} has no value")
-            key, raw = a[2:], args[i + 1]
-            i += 2
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        out.append((key.replace("-", "_"), value))
-    return out
-
-
-def apply_override(d: dict, key: str, value) -> None:
-    """Set the dotted ``key`` in the raw config dict ``d`` (creating objects on the way;
-    integer parts index lists). Unknown keys are caught when the dict is built."""
-    parts = key.split(".")
-    node = d
-    for depth, p in enumerate(parts[:-1]):
-        where = ".".join(parts[:depth + 1])
-        if isinstance(node, list):
-            if not p.isdigit() or int(p) >= len(node):
-                raise TrainConfigError(f"override {key}: {where} is not an index of a list of "
-                                       f"{len(node)}")
-            node = node[int(p)]
-        else:
-            if node.get(p) is None:
-                node[p] = {}
-            node = node[p]
-        if not isinstance(node, (dict, list)):
-            raise TrainConfigError(f"override {key}: {where} is not an object")
-    last = parts[-1]
-    if isinstance(node, list):
-        if not last.isdigit() or int(last) >= len(node):
-            raise TrainConfigError(f"override {key}: not an index of a list of {len(node)}")
-        node[int(last)] = value
-    else:
-        node[last] = value
-
-
-def read_config(cls, source, overrides=()):
-    """A config dataclass ``cls`` from ``source`` (a JSON file path, a dict or a ``cls``
-    instance) and ``overrides`` (``--key value`` strings or (dotted key, value) pairs), with
-    unknown keys and wrong types refused (:class:`TrainConfigError` naming the key)."""
-    if isinstance(source, cls):
-        d = dataclasses.asdict(source)
-    elif isinstance(source, dict):
-        d = json.loads(json.dumps(source))  # a deep copy of JSON values
-    else:
-        try:
-            d = json.loads(Path(source).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise TrainConfigError(f"{source}: cannot read a JSON config ({exc})") from None
-    pairs = list(overrides)
-    if pairs and isinstance(pairs[0], str):
-        pairs = parse_overrides(pairs)
-    for key, value in pairs:
-        apply_override(d, key, value)
-    return _build(cls, d, "")
-
-
 def load_train_config(source, overrides=()) -> TrainConfig:
     """``source``: a JSON file path, a dict or a TrainConfig; ``overrides``: ``--key value``
     strings or (dotted key, value) pairs. Returns a checked TrainConfig (see ``check``)."""
-    cfg = read_config(TrainConfig, source, overrides)
+    cfg = read_config(TrainConfig, source, overrides, error=TrainConfigError)
     check(cfg)
     return cfg
 
