@@ -59,6 +59,7 @@ def small_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_small_scale_writes_every_table_with_its_ratio(small_run):
     doc = small_run.read_text()
     assert doc.startswith("# memo benchmarks, scale small")
@@ -78,6 +79,7 @@ def test_small_scale_writes_every_table_with_its_ratio(small_run):
             assert ratio_columns(table), f"{name}: no ratio column in {table[0]}"
 
 
+@pytest.mark.slow
 def test_end_to_end_table(small_run):
     """The end-to-end rows: the baseline pipeline, memo's build with its steps, the step rate
     and the input pipeline, each build or loader row a ratio against its baseline."""

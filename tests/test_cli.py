@@ -62,6 +62,7 @@ def test_errors_are_one_line_with_exit_code_1(tmp_path):
     assert "holds no .npz files" in res.output and "Traceback" not in res.output
 
 
+@pytest.mark.slow
 def test_quickstart_runs_and_reruns(tmp_path):
     res = CliRunner().invoke(main, ["quickstart", str(tmp_path / "qs"), "--workers", "2"])
     assert res.exit_code == 0, res.output

@@ -250,6 +250,7 @@ def test_cli_pretrains_two_steps(corpus, tmp_path):
     assert res.exit_code == 1 and "unknown config key 'optim.lrr'" in res.output
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
                     reason="torchrun not installed")
 def test_ddp_two_processes_gloo(corpus, tmp_path):
