@@ -28,7 +28,7 @@ import torch
 
 from memodb.ids import id_to_key
 from memotrain.config import preset
-from memotrain.convert import save_checkpoint
+from memotrain.checkpoint import save_checkpoint
 from memotrain.data import MemoDataset, collate
 from memotrain.extract import CHUNK, extract
 from memotrain.model import MemoBert

@@ -76,7 +76,7 @@ from memodb.manifest import write_json_atomic
 from memodb.progress import progress_bar
 from memodb.txtdb import TextDB
 from memodb.writer import StagedDatabase
-from memotrain.convert import load_model, memo_version, sha256
+from memotrain.checkpoint import load_model, memo_version, sha256
 from memotrain.data import MemoDataset, collate, default_frame_limit
 from memotrain.sampler import BucketBatchSampler
 

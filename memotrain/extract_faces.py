@@ -44,8 +44,8 @@ from memodb.naming import db_name, nbb_name
 from memodb.progress import progress_bar
 from memodb.reader import FeatureDB
 from memodb.writer import StagedDatabase, existing_build
-from memotrain.convert import sha256
-from memotrain.facecnn import feature_block, load_face_cnn
+from memotrain.checkpoint import load_face_cnn, sha256
+from memotrain.facecnn import feature_block
 from memotrain.facetrain import resolve_device
 
 NORMALIZATIONS = ("corpus", "cnn")

@@ -43,7 +43,8 @@ import torch
 import torch.nn.functional as F
 
 from memodb.errors import BadInputError, MemoError, OutputExistsError
-from memotrain.facecnn import FERPLUS_CLASSES, DenseNetBC, save_face_cnn
+from memotrain.checkpoint import save_face_cnn
+from memotrain.facecnn import FERPLUS_CLASSES, DenseNetBC
 from memotrain.train import lr_at, param_groups
 
 FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")

@@ -47,7 +47,7 @@ from memodb.manifest import write_json_atomic
 from memodb.txtdb import TextDB
 from memotrain import metrics as M
 from memotrain import results as R
-from memotrain.convert import load_checkpoint, load_model, save_checkpoint
+from memotrain.checkpoint import load_checkpoint, load_model, save_checkpoint
 from memotrain.data import IGNORE_TARGET, MemoDataset, collate, default_frame_limit
 from memotrain.finetuneconfig import (
     MODALITIES,
@@ -136,7 +136,7 @@ def load_classifier(path, device="cpu") -> tuple[Classifier, dict]:
     info = ckpt.get("finetune")
     if not isinstance(info, dict):
         raise FinetuneError(f"{path}: not a fine-tuning checkpoint (no 'finetune' record); "
-                            "use memotrain.convert.load_model for an encoder")
+                            "use memotrain.checkpoint.load_model for an encoder")
     clf = Classifier(load_model(ckpt), info["head"], len(info["labels"]),
                      info.get("label_ids") or None)
     if clf.head is not None:

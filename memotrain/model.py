@@ -47,14 +47,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memodb.errors import MemoError
-from memotrain.config import ModelConfig
+from memotrain.config import ConfigError, ModelConfig
+from memotrain.facecnn import DenseNetBC, InputError
 
 MODALITIES = ("text", "faces", "speech")
-
-
-class InputError(MemoError, ValueError):
-    """A batch does not fit the model: shapes, lengths or token ids."""
 
 
 def activation(name: str):
@@ -340,8 +336,6 @@ class MemoBert(nn.Module):
         self.face_cnn = None
         if cfg.face_backbone is not None:
             # built last: the transformer's initial weights do not depend on the backbone
-            from memotrain.config import ConfigError
-            from memotrain.facecnn import DenseNetBC
             arch = dict(cfg.face_backbone)
             if "blocks" in arch:
                 arch["blocks"] = tuple(arch["blocks"])
@@ -365,9 +359,6 @@ class MemoBert(nn.Module):
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     def encode_faces(self, crops, face_lens) -> torch.Tensor:
         """(B, F, face_dim): the face CNN on the real crops of ``crops`` (B, F, S, S) only,

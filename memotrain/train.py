@@ -68,16 +68,16 @@ from torch import nn
 from memodb.errors import MemoError
 from memodb.manifest import write_json_atomic
 from memotrain.config import ConfigError, ModelConfig
-from memotrain.convert import (
+from memotrain.checkpoint import (
     CheckpointError,
     atomic_save,
     load_checkpoint,
+    load_face_features,
     load_model,
     save_checkpoint,
     verify_torch_file,
 )
 from memotrain.data import ConcatDataset, MemoDataset, collate
-from memotrain.facecnn import load_face_features
 from memotrain.model import MemoBert
 from memotrain.sampler import BucketBatchSampler
 from memotrain.tasks import Pretrainer

@@ -25,7 +25,7 @@ from memodb.synth import WORDS, make_captions, make_h5_corpus
 from memodb.txtdb import TextDB, create_txtdb
 from memotrain import extract as extract_mod
 from memotrain.config import preset
-from memotrain.convert import CheckpointError, load_model, save_checkpoint
+from memotrain.checkpoint import CheckpointError, load_model, save_checkpoint
 from memotrain.data import MemoDataset, collate
 from memotrain.extract import ExtractError, extract
 from memotrain.model import MemoBert

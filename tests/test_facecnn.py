@@ -10,14 +10,13 @@ from PIL import Image
 from memo.cli import main
 from memodb.errors import BadInputError, OutputExistsError
 from memotrain.config import ConfigError
-from memotrain.convert import CheckpointError
-from memotrain.facecnn import (
-    FERPLUS_CLASSES,
-    DenseNetBC,
+from memotrain.checkpoint import (
+    CheckpointError,
     load_face_cnn,
     load_face_features,
     save_face_cnn,
 )
+from memotrain.facecnn import FERPLUS_CLASSES, DenseNetBC
 from memotrain.facetrain import (
     FaceTrainError,
     augment,

@@ -50,7 +50,7 @@ from memodb.imgdb import create_imgdb
 from memodb.reader import FeatureDB, close_all
 from memodb.synth import make_captions, make_h5_corpus, make_lexicon
 from memodb.txtdb import TextDB
-from memotrain.convert import CheckpointError, load_model
+from memotrain.checkpoint import CheckpointError, load_model
 from memotrain.data import MemoDataset
 from memotrain.train import TrainError, pretrain
 

@@ -18,9 +18,15 @@ from memodb.shard import Shard
 from memodb.synth import make_captions, make_openface
 from memodb.txtdb import create_txtdb
 from memotrain.config import ConfigError, preset
-from memotrain.convert import CheckpointError, load_model, save_checkpoint
+from memotrain.checkpoint import (
+    CheckpointError,
+    load_face_features,
+    load_model,
+    save_checkpoint,
+    save_face_cnn,
+)
 from memotrain.data import DataError, MemoDataset, collate
-from memotrain.facecnn import DenseNetBC, load_face_features, save_face_cnn
+from memotrain.facecnn import DenseNetBC
 from memotrain.model import InputError, MemoBert
 from memotrain.tasks import Pretrainer, TaskError
 from memotrain.train import (

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from memo.cli import main
 from memotrain.config import preset
-from memotrain.convert import load_model
+from memotrain.checkpoint import load_model
 from memotrain.model import MemoBert
 from memotrain.sampler import BatchLimitError
 from memotrain.tasks import Pretrainer
