@@ -14,7 +14,7 @@ from memodb.reader import FeatureDB
 from memodb.synth import make_openface
 from memotrain.config import ConfigError
 from memotrain.checkpoint import CheckpointError, load_face_cnn, save_face_cnn
-from memotrain.extract_faces import extract_face_features
+from memotrain.recipes.extract_faces import extract_face_features
 from memotrain.facecnn import DenseNetBC
 
 TINY = {"growth": 4, "blocks": [2, 2, 2], "init_features": 8}

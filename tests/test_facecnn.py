@@ -17,14 +17,8 @@ from memotrain.checkpoint import (
     save_face_cnn,
 )
 from memotrain.facecnn import FERPLUS_CLASSES, DenseNetBC
-from memotrain.facetrain import (
-    FaceTrainError,
-    augment,
-    ferplus_labels,
-    read_face_data,
-    read_fer_csv,
-    train_face_cnn,
-)
+from memotrain.facedata import augment, ferplus_labels, read_face_data, read_fer_csv
+from memotrain.recipes.face_cnn import FaceTrainError, train_face_cnn
 from memotrain.model import InputError
 
 TINY = {"growth": 4, "blocks": [2, 2, 2], "init_features": 8}

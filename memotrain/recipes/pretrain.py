@@ -1,53 +1,9 @@
-"""Pre-training loop (``memo train pretrain``): one file, read top to bottom.
+"""Pre-training (``memo train pretrain``): one file, read top to bottom.
 
     summary = pretrain("cfg.json", overrides=["--optim.lr", "1e-4"])   # or a TrainConfig
 
-What it does, in order: read and check the config (``memotrain.trainconfig``); join the
-process group when started by torchrun; build one dataset + length-bucketing sampler +
-DataLoader per task (over the corpora listing it); build the model (preset or init checkpoint)
-and its task heads (``memotrain.tasks.Pretrainer``); AdamW with no decay on biases and on
-every normalisation module's weights; then per update: draw the task, run ``grad_accum``
-micro-batches of it, unscale, clip, check that loss and gradients are finite, step.
-
-Reproducibility and exact resume: every random draw of update ``N`` is a function of
-``(seed, N)`` (the task: the same on every rank) or ``(seed, rank, N)`` (the task's masks,
-dropout): the task generator and the torch RNG are re-seeded at every update. So a run resumed
-from the state of update ``k`` repeats the uninterrupted run's updates ``k+1 ...`` exactly; the
-state holds the model with its heads, the optimizer, the GradScaler, the step, each task's
-sampler position and epoch, the non-finite counters and (for the record) the RNG states.
-
-Output (``output_dir``): ``config.json`` (the resolved config), ``metrics.jsonl`` (one JSON
-object per log line / validation), ``ckpt/model_step_N.pt`` (a memo checkpoint:
-``memotrain.convert.load_model`` rebuilds the model from it alone), ``ckpt/state_step_N.pt``
-(the resume state) and ``ckpt/latest`` (the step of the newest COMPLETE state, written last:
-a run killed while saving resumes from the previous one). Files are written atomically.
-
-Non-finite steps (a NaN/inf loss, or gradients: fp16 overflow included) are skipped (no
-optimizer step, the data is consumed) and counted; ``max_nonfinite`` of them in a row stop the
-run with a :class:`NonFiniteError` report (the original's endless "Gradient overflow" storms).
-
-Joint face backbone (``face_backbone`` in the config; TRAINER.md "Joint face backbone"): the
-model holds a DenseNet-BC fed with raw crops (``rawimg_db`` corpora; ``memotrain.model``).
-
-- Two AdamW optimizers (:func:`build_optimizers`): ``cnn`` over the CNN's trainable
-  parameters (``face_backbone.lr`` 1e-3, weight decay 5e-4) and ``transformer`` over every
-  other trainable parameter (``optim``: 5e-5, 0.01), each with its own warmup + linear decay
-  and its own gradient clipping. :func:`check_optimizer_split` refuses, at start-up, a
-  parameter in both (the original put the CNN in both), a trainable one in neither, a frozen
-  one in any. Mixed precision covers both networks: one autocast, and with fp16 one
-  GradScaler (``unscale_`` on both, one non-finite verdict for the update, ``step`` on both,
-  one ``update``); bf16 needs no scaler.
-- ``frozen_dense_blocks k``: the stem and the first k blocks get no gradient, are in no
-  optimizer (all k blocks frozen: no CNN optimizer at all) and keep their weights and
-  batch-norm statistics (``memotrain.facecnn``); ``checkpoint_activations`` recomputes the
-  unfrozen dense layers in the backward pass.
-- First start: the model is built, then ``face_backbone.checkpoint``'s ``features.*`` weights
-  are loaded into the CNN (``load_face_features``: the classifier is dropped). A resumed run
-  rebuilds the model from the config stored in its own checkpoint ``model_step_N.pt``, then
-  loads the joint weights (batch-norm statistics included), both optimizers, the scaler and
-  the rest of the state: the face checkpoint is never read again (it may be gone). Both
-  learning-rate schedules are functions of the update number, so they resume with it.
-- State files: ``optimizer`` (the transformer's) and ``cnn_optimizer`` (None without one).
+The loop, the exact-resume rules, the output folder and the joint face backbone:
+docs/TRAINER.md "Pre-training".
 """
 from __future__ import annotations
 
@@ -65,9 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from memodb.errors import MemoError
 from memodb.manifest import write_json_atomic
-from memotrain.config import ConfigError, ModelConfig
 from memotrain.checkpoint import (
     CheckpointError,
     atomic_save,
@@ -77,7 +31,23 @@ from memotrain.checkpoint import (
     save_checkpoint,
     verify_torch_file,
 )
+from memotrain.config import ConfigError, ModelConfig
 from memotrain.data import ConcatDataset, MemoDataset, collate
+from memotrain.engine import (
+    NonFiniteError,
+    Optim,
+    Stepper,
+    TrainError,
+    append_jsonl,
+    autocast,
+    flatten,
+    grad_scaler,
+    param_groups,
+    resolve_device,
+    resolve_precision,
+    seed_for,
+    to_device,
+)
 from memotrain.model import MemoBert
 from memotrain.sampler import BucketBatchSampler
 from memotrain.tasks import Pretrainer
@@ -92,58 +62,247 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 STATE_KEYS = ("skipped", "nonfinite_run", "pretrainer", "optimizer", "scaler", "samplers", "rng")
-NORM_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)
-
-
-class TrainError(MemoError):
-    """Training cannot start or continue (a resume state that does not fit, a run folder in
-    use)."""
-
-
-class NonFiniteError(TrainError):
-    """Losses or gradients stayed non-finite for ``max_nonfinite`` updates in a row."""
-
-
-# ----------------------------------------------------------------------------- small pieces
-
-def lr_at(step: int, lr: float, warmup: int, total: int) -> float:
-    """Learning rate of the update that follows ``step`` finished updates: linear warmup to
-    ``lr`` over ``warmup`` updates, then linear decay to 0 at ``total``."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    return lr * max(0.0, (total - step) / max(1, total - warmup))
-
-
-def param_groups(module: nn.Module, weight_decay: float, exclude=frozenset()) -> list[dict]:
-    """AdamW groups: no decay for every bias and every parameter of a normalisation module
-    (told by module type, not by name); decay for the rest. Tied parameters appear once;
-    frozen parameters and those whose ``id`` is in ``exclude`` do not appear."""
-    decay, no_decay, seen = [], [], set(exclude)
-    for mod in module.modules():
-        for name, p in mod.named_parameters(recurse=False):
-            if not p.requires_grad or id(p) in seen:
-                continue
-            seen.add(id(p))
-            (no_decay if name == "bias" or isinstance(mod, NORM_MODULES) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
 
 
 @dataclass
-class Optim:
-    """One optimizer of the run with its own schedule (peak ``lr``, ``warmup`` updates, linear
-    decay to 0 at the last update) and gradient clipping (``clip`` <= 0: none)."""
+class Proc:
+    """This process of the run: its device, its rank and the number of processes."""
 
-    name: str  # "transformer" or "cnn"
-    optimizer: torch.optim.Optimizer
-    lr: float
-    warmup: int
-    clip: float
+    device: torch.device
+    rank: int = 0
+    world: int = 1
 
     @property
-    def params(self) -> list:
-        return [p for g in self.optimizer.param_groups for p in g["params"]]
+    def main(self) -> bool:
+        return self.rank == 0
 
+
+@dataclass
+class Run:
+    """What a resume state holds: the model with its heads, the optimizers, the scaler, each
+    task's data stream and the counters."""
+
+    cfg: TrainConfig
+    proc: Proc
+    pretrainer: Pretrainer
+    optims: list
+    scaler: torch.amp.GradScaler
+    streams: dict
+    step: int = 0
+    skipped: int = 0
+    nonfinite_run: int = 0
+
+
+# ----------------------------------------------------------------------------- the run
+
+def pretrain(config, resume: bool = False, overrides=(), stop_after: int | None = None,
+             console=None) -> dict:
+    """Pre-train as ``config`` says (a TrainConfig, a dict or a JSON file, plus
+    ``overrides``). ``resume``: continue from ``output_dir/ckpt/latest``. ``stop_after``:
+    save and return after this update (as if killed right after a checkpoint). Returns a
+    summary: steps, per-update ``losses`` [(step, task, loss)], skipped, last checkpoint."""
+    cfg = load_train_config(config, overrides)
+
+    # -- processes and device ---------------------------------------------------------------
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+    device = resolve_device(cfg.device, local_rank=True)
+    own_group = False
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        own_group = True
+    proc = Proc(device, dist.get_rank() if distributed else 0,
+                dist.get_world_size() if distributed else 1)
+    try:
+        return _run(cfg, proc, resume, stop_after, console)
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+
+
+def _run(cfg: TrainConfig, proc: Proc, resume: bool, stop_after, console) -> dict:
+    device, rank, world = proc.device, proc.rank, proc.world
+    out = Path(cfg.output_dir)
+    ckpt_dir = out / "ckpt"
+    latest = ckpt_dir / "latest"
+    if latest.exists() and not resume:
+        raise TrainError(f"{out} already holds a run (ckpt/latest); pass --resume to continue "
+                         "it or choose another output_dir")
+    if resume and not latest.exists():
+        raise TrainError(f"--resume: {latest} does not exist (no complete state to resume)")
+    if proc.main and ckpt_dir.is_dir():  # temp files of a save that was killed (GBs for base)
+        for tmp in ckpt_dir.glob(".*.pt.tmp-*"):
+            tmp.unlink(missing_ok=True)
+    precision = resolve_precision(cfg.precision, device)
+    # a resumed joint run takes its model config from its own checkpoint, not from the face
+    # checkpoint of its first start (which is never read again)
+    joint_resume = resume and cfg.face_backbone is not None
+    model_cfg = _saved_model_config(latest) if joint_resume else cfg.model_config()
+    check_model(cfg, model_cfg)
+
+    # -- data: one dataset, sampler and loader per task -------------------------------------
+    d = cfg.data
+    corpora = [MemoDataset(c.txt_db, c.img_db, c.speech_db, rawimg_db=c.rawimg_db,
+                           max_text_len=d.max_text_len,
+                           max_faces=d.max_faces if c.face_db else None,
+                           max_speech=d.max_speech if c.speech_db else None,
+                           min_faces=d.min_faces if c.face_db else 0, name=c.name)
+               for c in d.corpora]
+    if model_cfg.face_backbone is not None:
+        size = model_cfg.face_backbone["image_size"]
+        for c, ds in zip(d.corpora, corpora):
+            if ds.crops and ds.crop_size != size:
+                raise TrainConfigError(
+                    f"{c.rawimg_db}: crops of {ds.crop_size}x{ds.crop_size}, but the face CNN "
+                    f"takes {size}x{size} (fix: rebuild it with memo db rawimg-db --size {size})")
+    ratios = cfg.task_ratios()
+    tasks, weights = list(ratios), list(ratios.values())
+    streams, val_sets = {}, {}
+    for t in tasks:
+        listing = [i for i, c in enumerate(d.corpora) if t in c.tasks]
+        ds = ConcatDataset([corpora[i] for i in listing])
+        sampler = BucketBatchSampler(ds.lengths, batch_size=d.batch_size,
+                                     max_tokens=d.max_tokens, seed=seed_for(cfg.seed, 1),
+                                     rank=rank, world_size=world, ids=_namer(ds))
+        streams[t] = TaskStream(ds, sampler, d.num_workers, device.type == "cuda",
+                                seed_for(cfg.seed, rank, len(streams), 3))
+        vals = [MemoDataset(d.corpora[i].val_txt_db, d.corpora[i].img_db,
+                            d.corpora[i].speech_db, rawimg_db=d.corpora[i].rawimg_db,
+                            max_text_len=d.max_text_len,
+                            max_faces=d.max_faces if d.corpora[i].face_db else None,
+                            max_speech=d.max_speech if d.corpora[i].speech_db else None,
+                            name=f"{corpora[i].name}/val")
+                for i in listing if d.corpora[i].val_txt_db]
+        if vals:
+            val_sets[t] = ConcatDataset(vals)
+    first = corpora[0]
+
+    # -- model, heads, optimizers -----------------------------------------------------------
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = _build_model(cfg, model_cfg, joint_resume)
+        pretrainer = Pretrainer(model, tasks, first.mask_id, first.v_range,
+                                vnce_temperature=cfg.vnce_temperature)
+    pretrainer.to(device)
+    run = Run(cfg, proc, pretrainer, build_optimizers(pretrainer, cfg, device),
+              grad_scaler(device, precision), streams)
+    net = pretrainer
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            pretrainer, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)  # each task uses only its heads
+    if resume:
+        _load_state(run, latest)
+    for op in run.optims:  # the learning rates are functions of the update number
+        op.start(cfg.steps, run.step)
+    stepper = Stepper(run.optims, run.scaler, cfg.optim.grad_accum)
+    if proc.main:
+        cfg.save(out / "config.json")
+        _trim_metrics(out / "metrics.jsonl", run.step)
+    show = console or _Console(proc.main)
+    show.start(cfg, model_cfg, tasks, weights, corpora, precision, device, world, run.step)
+
+    def agree(finite: bool, loss: float) -> tuple[bool, float]:
+        """One verdict for the update and the mean loss, over every process."""
+        flags = torch.tensor([0.0 if finite else 1.0, loss], device=device)
+        if world > 1:
+            dist.all_reduce(flags)
+        return not flags[0].item() > 0, flags[1].item() / world
+
+    # -- the loop ---------------------------------------------------------------------------
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    losses, window, last_ckpt = [], [], None
+    t0, examples = time.perf_counter(), 0
+    pretrainer.train()
+    while run.step < end:
+        step = run.step
+        task = draw_task(tasks, weights, cfg.seed, step)
+        torch.manual_seed(seed_for(cfg.seed, rank, step, 1))  # dropout of this update
+        gen = torch.Generator().manual_seed(seed_for(cfg.seed, rank, step, 2))  # masks
+        for micro in range(stepper.grad_accum):
+            batch = to_device(streams[task].next(), device)
+            examples += len(batch["ids"])
+            sync = micro == stepper.grad_accum - 1 or world == 1
+            with (contextlib.nullcontext() if sync else net.no_sync()), \
+                    autocast(device, precision):
+                res = net(task, batch, gen)
+            stepper.backward(res.loss.float())
+        update = stepper.step(agree)
+        bad, mean_loss, norm = not update.finite, update.loss, update.norms["transformer"]
+        if bad:
+            run.skipped += 1
+            run.nonfinite_run += 1
+        else:
+            run.nonfinite_run = 0
+        run.step = step = step + 1
+        losses.append((step, task, mean_loss))
+        window.append((task, mean_loss, bad))
+        if run.nonfinite_run >= cfg.max_nonfinite:
+            raise NonFiniteError(
+                f"update {step}: {run.nonfinite_run} updates in a row had a non-finite loss or "
+                f"gradients ({run.skipped} skipped in all; last task {task}, loss {mean_loss}, "
+                f"grad norm {float(norm)}, precision {precision}"
+                + (f", loss scale {run.scaler.get_scale()}" if run.scaler.is_enabled() else "")
+                + "); lower optim.lr, check the data (memo db check) or use precision bf16/fp32")
+        if cfg.log_every and (step % cfg.log_every == 0 or step == end):
+            dt = time.perf_counter() - t0
+            rec = {"step": step, "lr": update.lrs["transformer"],
+                   "loss": _mean([x[1] for x in window if not x[2]]),
+                   "tasks": {t: _mean([x[1] for x in window if x[0] == t and not x[2]])
+                             for t in dict.fromkeys(x[0] for x in window)},
+                   "grad_norm": float(norm), "skipped": run.skipped,
+                   "examples_per_s": examples * world / dt if dt > 0 else None}
+            if "cnn" in update.norms:
+                rec["cnn_lr"], rec["cnn_grad_norm"] = (update.lrs["cnn"],
+                                                       float(update.norms["cnn"]))
+            if run.scaler.is_enabled():
+                rec["loss_scale"] = run.scaler.get_scale()
+            window, t0, examples = [], time.perf_counter(), 0
+            if proc.main:
+                append_jsonl(out / "metrics.jsonl", rec)
+            show.log(rec, cfg.steps)
+        if val_sets and cfg.val_every and step % cfg.val_every == 0:
+            rec = {"step": step, "val": validate(pretrainer, val_sets, cfg, proc, precision)}
+            if proc.main:
+                append_jsonl(out / "metrics.jsonl", rec)
+                show.val(rec)
+        if (cfg.save_every and step % cfg.save_every == 0) or step == end:
+            last_ckpt = _save(run, ckpt_dir)
+    show.done(run.step, run.skipped, last_ckpt)
+    return {"steps": run.step, "losses": losses, "skipped": run.skipped,
+            "checkpoint": None if last_ckpt is None else str(last_ckpt),
+            "output_dir": str(out), "precision": precision, "world_size": world}
+
+
+@torch.no_grad()
+def validate(pretrainer: Pretrainer, val_sets: dict, cfg: TrainConfig, proc: Proc,
+             precision: str) -> dict:
+    """Per task: loss and the task's metrics (masked-token accuracy, MSE, KL, ITM accuracy),
+    averaged over the validation examples weighted by targets; the same masks every time.
+    Runs on rank 0 only (the unwrapped model: no collective); the others wait."""
+    out = {}
+    if proc.main:
+        pretrainer.eval()
+        for t, ds in val_sets.items():
+            sampler = BucketBatchSampler(ds.lengths, batch_size=cfg.data.batch_size,
+                                         max_tokens=cfg.data.max_tokens, shuffle=False)
+            gen = torch.Generator().manual_seed(seed_for(cfg.seed, 0x5A1))
+            totals, n = {}, 0
+            for idx in sampler:
+                batch = to_device(collate([ds[i] for i in idx]), proc.device)
+                with autocast(proc.device, precision):
+                    res = pretrainer(t, batch, gen)
+                w = res.n_targets
+                n += w
+                for k, v in {"loss": float(res.loss), **res.metrics}.items():
+                    totals[k] = totals.get(k, 0.0) + float(v) * w
+            out[t] = {k: v / max(n, 1) for k, v in totals.items()} | {"targets": n}
+        pretrainer.train()
+    if dist.is_initialized():
+        dist.barrier()
+    return out
+
+
+# ----------------------------------------------------------------------------- optimizers
 
 def build_optimizers(pretrainer: nn.Module, cfg: TrainConfig, device) -> list[Optim]:
     """``[transformer]`` or, with a face CNN that has trainable blocks, ``[transformer, cnn]``
@@ -194,35 +353,13 @@ def check_optimizer_split(module: nn.Module, optims: list[Optim]) -> None:
                          f"{', '.join(lost[:4])}{' ...' if len(lost) > 4 else ''}")
 
 
-def seed_for(*parts: int) -> int:
-    """A 63-bit seed from integers (a fixed mix, the same on every platform)."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h & 0x7FFFFFFFFFFFFFFF
-
+# ----------------------------------------------------------------------------- tasks
 
 def draw_task(names: list[str], weights: list[float], seed: int, step: int) -> str:
     """The task of update ``step``: a function of (seed, step), so every rank draws the same."""
     g = torch.Generator().manual_seed(seed_for(seed, step, 0x7A5C))
     return names[int(torch.multinomial(torch.tensor(weights, dtype=torch.float64), 1,
                                        generator=g))]
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        if device.type != "cuda":
-            return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if precision == "fp16" and device.type != "cuda":
-        raise TrainConfigError("precision fp16 needs CUDA (GradScaler); use bf16 or fp32 on CPU")
-    return precision
-
-
-def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()}
 
 
 class TaskStream:
@@ -261,263 +398,28 @@ class TaskStream:
         self.position, self._it = self.sampler.start, None
 
 
-# ----------------------------------------------------------------------------- the run
-
-def pretrain(config, resume: bool = False, overrides=(), stop_after: int | None = None,
-             console=None) -> dict:
-    """Pre-train as ``config`` says (a TrainConfig, a dict or a JSON file, plus
-    ``overrides``). ``resume``: continue from ``output_dir/ckpt/latest``. ``stop_after``:
-    save and return after this update (as if killed right after a checkpoint). Returns a
-    summary: steps, per-update ``losses`` [(step, task, loss)], skipped, last checkpoint."""
-    cfg = load_train_config(config, overrides)
-
-    # -- processes and device ---------------------------------------------------------------
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    own_group = False
-    if distributed and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        own_group = True
-    rank = dist.get_rank() if distributed else 0
-    world = dist.get_world_size() if distributed else 1
-    main_proc = rank == 0
-    try:
-        return _run(cfg, resume, stop_after, device, rank, world, main_proc, console)
-    finally:
-        if own_group:
-            dist.destroy_process_group()
-
-
-def _run(cfg: TrainConfig, resume, stop_after, device, rank, world, main_proc, console):
-    out = Path(cfg.output_dir)
-    ckpt_dir = out / "ckpt"
-    latest = ckpt_dir / "latest"
-    if latest.exists() and not resume:
-        raise TrainError(f"{out} already holds a run (ckpt/latest); pass --resume to continue "
-                         "it or choose another output_dir")
-    if resume and not latest.exists():
-        raise TrainError(f"--resume: {latest} does not exist (no complete state to resume)")
-    if main_proc and ckpt_dir.is_dir():  # temp files of a save that was killed (GBs for base)
-        for tmp in ckpt_dir.glob(".*.pt.tmp-*"):
-            tmp.unlink(missing_ok=True)
-    precision = resolve_precision(cfg.precision, device)
-    # a resumed joint run takes its model config from its own checkpoint, not from the face
-    # checkpoint of its first start (which is never read again)
-    joint_resume = resume and cfg.face_backbone is not None
-    model_cfg = _saved_model_config(latest) if joint_resume else cfg.model_config()
-    check_model(cfg, model_cfg)
-
-    # -- data: one dataset, sampler and loader per task -------------------------------------
-    d = cfg.data
-    corpora = [MemoDataset(c.txt_db, c.img_db, c.speech_db, rawimg_db=c.rawimg_db,
-                           max_text_len=d.max_text_len,
-                           max_faces=d.max_faces if c.face_db else None,
-                           max_speech=d.max_speech if c.speech_db else None,
-                           min_faces=d.min_faces if c.face_db else 0, name=c.name)
-               for c in d.corpora]
-    if model_cfg.face_backbone is not None:
-        size = model_cfg.face_backbone["image_size"]
-        for c, ds in zip(d.corpora, corpora):
-            if ds.crops and ds.crop_size != size:
-                raise TrainConfigError(
-                    f"{c.rawimg_db}: crops of {ds.crop_size}x{ds.crop_size}, but the face CNN "
-                    f"takes {size}x{size} (fix: rebuild it with memo db rawimg-db --size {size})")
-    ratios = cfg.task_ratios()
-    tasks, weights = list(ratios), list(ratios.values())
-    streams, val_sets = {}, {}
-    for t in tasks:
-        listing = [i for i, c in enumerate(d.corpora) if t in c.tasks]
-        ds = ConcatDataset([corpora[i] for i in listing])
-        sampler = BucketBatchSampler(ds.lengths, batch_size=d.batch_size,
-                                     max_tokens=d.max_tokens, seed=seed_for(cfg.seed, 1),
-                                     rank=rank, world_size=world, ids=_namer(ds))
-        streams[t] = TaskStream(ds, sampler, d.num_workers, device.type == "cuda",
-                                seed_for(cfg.seed, rank, len(streams), 3))
-        vals = [MemoDataset(d.corpora[i].val_txt_db, d.corpora[i].img_db,
-                            d.corpora[i].speech_db, rawimg_db=d.corpora[i].rawimg_db,
-                            max_text_len=d.max_text_len,
-                            max_faces=d.max_faces if d.corpora[i].face_db else None,
-                            max_speech=d.max_speech if d.corpora[i].speech_db else None,
-                            name=f"{corpora[i].name}/val")
-                for i in listing if d.corpora[i].val_txt_db]
-        if vals:
-            val_sets[t] = ConcatDataset(vals)
-    first = corpora[0]
-
-    # -- model, heads, optimizer ------------------------------------------------------------
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = _build_model(cfg, model_cfg, joint_resume)
-        pretrainer = Pretrainer(model, tasks, first.mask_id, first.v_range,
-                                vnce_temperature=cfg.vnce_temperature)
-    pretrainer.to(device)
-    o = cfg.optim
-    optims = build_optimizers(pretrainer, cfg, device)
-    optimizer = optims[0].optimizer
-    cnn_optimizer = optims[1].optimizer if len(optims) > 1 else None
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    net = pretrainer
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            pretrainer, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True)  # each task uses only its heads
-
-    step, skipped, nonfinite_run = 0, 0, 0
-    if resume:
-        step, skipped, nonfinite_run = _load_state(latest, pretrainer, optimizer, scaler,
-                                                   streams, device, cfg,
-                                                   cnn_optimizer=cnn_optimizer)
-    if main_proc:
-        cfg.save(out / "config.json")
-        _trim_metrics(out / "metrics.jsonl", step)
-    show = console or _Console(main_proc)
-    show.start(cfg, model_cfg, tasks, weights, corpora, precision, device, world, step)
-
-    # -- the loop ---------------------------------------------------------------------------
-    params = {op.name: op.params for op in optims}
-    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    losses, window, last_ckpt = [], [], None
-    t0, examples = time.perf_counter(), 0
-    pretrainer.train()
-    while step < end:
-        lrs = {op.name: lr_at(step, op.lr, op.warmup, cfg.steps) for op in optims}
-        for op in optims:
-            for g in op.optimizer.param_groups:
-                g["lr"] = lrs[op.name]
-        lr = lrs["transformer"]
-        task = draw_task(tasks, weights, cfg.seed, step)
-        torch.manual_seed(seed_for(cfg.seed, rank, step, 1))  # dropout of this update
-        gen = torch.Generator().manual_seed(seed_for(cfg.seed, rank, step, 2))  # masks
-        loss_sum, finite = 0.0, True
-        for micro in range(o.grad_accum):
-            batch = to_device(streams[task].next(), device)
-            examples += len(batch["ids"])
-            sync = micro == o.grad_accum - 1 or world == 1
-            with (contextlib.nullcontext() if sync else net.no_sync()), \
-                    torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                res = net(task, batch, gen)
-                loss = res.loss.float() / o.grad_accum
-            finite &= bool(torch.isfinite(loss))
-            scaler.scale(loss).backward()
-            loss_sum += float(loss.detach())
-        for op in optims:  # one scaler: unscale every optimizer before judging the update
-            scaler.unscale_(op.optimizer)
-        norms = {op.name: torch.nn.utils.clip_grad_norm_(
-            params[op.name], op.clip if op.clip > 0 else float("inf")) for op in optims}
-        norm = norms["transformer"]
-        finite = finite and all(bool(torch.isfinite(n)) for n in norms.values())
-        flags = torch.tensor([0.0 if finite else 1.0, loss_sum], device=device)
-        if world > 1:
-            dist.all_reduce(flags)
-        bad = flags[0].item() > 0
-        mean_loss = flags[1].item() / world
-        if bad:
-            skipped += 1
-            nonfinite_run += 1
-            scaler.update()  # no step; with fp16, inf gradients lower the loss scale
-        else:
-            nonfinite_run = 0
-            for op in optims:
-                if any(p.grad is not None for p in params[op.name]):  # (no face in a batch)
-                    scaler.step(op.optimizer)
-            scaler.update()
-        for op in optims:
-            op.optimizer.zero_grad(set_to_none=True)
-        step += 1
-        losses.append((step, task, mean_loss))
-        window.append((task, mean_loss, bad))
-        if nonfinite_run >= cfg.max_nonfinite:
-            raise NonFiniteError(
-                f"update {step}: {nonfinite_run} updates in a row had a non-finite loss or "
-                f"gradients ({skipped} skipped in all; last task {task}, loss {mean_loss}, "
-                f"grad norm {float(norm)}, precision {precision}"
-                + (f", loss scale {scaler.get_scale()}" if scaler.is_enabled() else "") +
-                "); lower optim.lr, check the data (memo db check) or use precision bf16/fp32")
-        if cfg.log_every and (step % cfg.log_every == 0 or step == end):
-            dt = time.perf_counter() - t0
-            rec = {"step": step, "lr": lr, "loss": _mean([x[1] for x in window if not x[2]]),
-                   "tasks": {t: _mean([x[1] for x in window if x[0] == t and not x[2]])
-                             for t in dict.fromkeys(x[0] for x in window)},
-                   "grad_norm": float(norm), "skipped": skipped,
-                   "examples_per_s": examples * world / dt if dt > 0 else None}
-            if "cnn" in norms:
-                rec["cnn_lr"], rec["cnn_grad_norm"] = lrs["cnn"], float(norms["cnn"])
-            if scaler.is_enabled():
-                rec["loss_scale"] = scaler.get_scale()
-            window, t0, examples = [], time.perf_counter(), 0
-            if main_proc:
-                _append(out / "metrics.jsonl", rec)
-            show.log(rec, cfg.steps)
-        if val_sets and cfg.val_every and step % cfg.val_every == 0:
-            rec = {"step": step, "val": validate(pretrainer, val_sets, cfg, device, amp_dtype,
-                                                 main_proc)}
-            if main_proc:
-                _append(out / "metrics.jsonl", rec)
-                show.val(rec)
-        if (cfg.save_every and step % cfg.save_every == 0) or step == end:
-            last_ckpt = _save(ckpt_dir, step, pretrainer, optimizer, scaler, streams, cfg,
-                              skipped, nonfinite_run, main_proc, world,
-                              cnn_optimizer=cnn_optimizer)
-    show.done(step, skipped, last_ckpt)
-    return {"steps": step, "losses": losses, "skipped": skipped,
-            "checkpoint": None if last_ckpt is None else str(last_ckpt),
-            "output_dir": str(out), "precision": precision, "world_size": world}
-
-
-@torch.no_grad()
-def validate(pretrainer: Pretrainer, val_sets: dict, cfg: TrainConfig, device, amp_dtype,
-             main_proc: bool) -> dict:
-    """Per task: loss and the task's metrics (masked-token accuracy, MSE, KL, ITM accuracy),
-    averaged over the validation examples weighted by targets; the same masks every time.
-    Runs on rank 0 only (the unwrapped model: no collective); the others wait."""
-    out = {}
-    if main_proc:
-        pretrainer.eval()
-        for t, ds in val_sets.items():
-            sampler = BucketBatchSampler(ds.lengths, batch_size=cfg.data.batch_size,
-                                         max_tokens=cfg.data.max_tokens, shuffle=False)
-            gen = torch.Generator().manual_seed(seed_for(cfg.seed, 0x5A1))
-            totals, n = {}, 0
-            for idx in sampler:
-                batch = to_device(collate([ds[i] for i in idx]), device)
-                with torch.autocast(device.type, dtype=amp_dtype,
-                                    enabled=amp_dtype is not None):
-                    res = pretrainer(t, batch, gen)
-                w = res.n_targets
-                n += w
-                for k, v in {"loss": float(res.loss), **res.metrics}.items():
-                    totals[k] = totals.get(k, 0.0) + float(v) * w
-            out[t] = {k: v / max(n, 1) for k, v in totals.items()} | {"targets": n}
-        pretrainer.train()
-    if dist.is_initialized():
-        dist.barrier()
-    return out
-
-
 # ----------------------------------------------------------------------------- checkpoints
 
-def _save(ckpt_dir: Path, step, pretrainer, optimizer, scaler, streams, cfg, skipped,
-          nonfinite_run, main_proc, world, cnn_optimizer=None) -> Path:
+def _save(run: Run, ckpt_dir: Path) -> Path:
     """Weights (a memo checkpoint), then the resume state, then ``latest``: a kill at any
     moment leaves ``latest`` naming a complete state."""
-    if world > 1:
+    step, cfg = run.step, run.cfg
+    if run.proc.world > 1:
         dist.barrier()
     model_path = ckpt_dir / f"model_step_{step}.pt"
-    if main_proc:
+    if run.proc.main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(model_path, pretrainer.model, step=step, train_config=cfg.to_dict())
+        save_checkpoint(model_path, run.pretrainer.model, step=step,
+                        train_config=cfg.to_dict())
+        cnn = run.optims[1].optimizer if len(run.optims) > 1 else None
         state = {
-            "version": STATE_VERSION, "step": step, "skipped": skipped,
-            "nonfinite_run": nonfinite_run,
-            "pretrainer": pretrainer.state_dict(), "optimizer": optimizer.state_dict(),
-            "cnn_optimizer": None if cnn_optimizer is None else cnn_optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "samplers": {t: s.state_dict() for t, s in streams.items()},
+            "version": STATE_VERSION, "step": step, "skipped": run.skipped,
+            "nonfinite_run": run.nonfinite_run,
+            "pretrainer": run.pretrainer.state_dict(),
+            "optimizer": run.optims[0].optimizer.state_dict(),
+            "cnn_optimizer": None if cnn is None else cnn.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "samplers": {t: s.state_dict() for t, s in run.streams.items()},
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                     "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
@@ -526,7 +428,7 @@ def _save(ckpt_dir: Path, step, pretrainer, optimizer, scaler, streams, cfg, ski
         }
         atomic_save(state, ckpt_dir / f"state_step_{step}.pt")
         write_json_atomic(ckpt_dir / "latest", f"{step}\n")  # text, atomically
-    if world > 1:
+    if run.proc.world > 1:
         dist.barrier()
     return model_path
 
@@ -536,20 +438,10 @@ RESUMABLE_CHANGES = ("steps", "log_every", "val_every", "save_every", "max_nonfi
                      "output_dir", "device", "data.num_workers")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_changes(saved: dict, current: dict) -> list[str]:
     """Dotted keys whose values differ between two resolved configs, outside
     :data:`RESUMABLE_CHANGES`."""
-    a, b = _flat(saved), _flat(current)
+    a, b = flatten(saved), flatten(current)
     return sorted(k for k in set(a) | set(b)
                   if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_CHANGES))
 
@@ -614,8 +506,9 @@ def _load_without_cnn(model: MemoBert, sd: dict, where) -> None:
     model.load_state_dict(sd, strict=False)
 
 
-def _load_state(latest: Path, pretrainer, optimizer, scaler, streams, device, cfg,
-                cnn_optimizer=None):
+def _load_state(run: Run, latest: Path) -> None:
+    """Fill ``run`` from the state ``latest`` names; TrainError when it does not fit."""
+    cfg, streams = run.cfg, run.streams
     try:
         step = int(latest.read_text().strip())
     except (OSError, ValueError) as exc:
@@ -650,14 +543,14 @@ def _load_state(latest: Path, pretrainer, optimizer, scaler, streams, device, cf
         raise TrainError(f"{path}: the run had no task {', '.join(missing)}; resume with the "
                          "same tasks")
     try:
-        pretrainer.load_state_dict(state["pretrainer"])
-        optimizer.load_state_dict(state["optimizer"])
-        if cnn_optimizer is not None:
-            cnn_optimizer.load_state_dict(state["cnn_optimizer"])
+        run.pretrainer.load_state_dict(state["pretrainer"])
+        run.optims[0].optimizer.load_state_dict(state["optimizer"])
+        if len(run.optims) > 1:
+            run.optims[1].optimizer.load_state_dict(state["cnn_optimizer"])
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise TrainError(f"{path}: the model or optimizer does not fit this config ({exc})") \
             from None
-    scaler.load_state_dict(state["scaler"])
+    run.scaler.load_state_dict(state["scaler"])
     for t, s in streams.items():
         s.load_state_dict(state["samplers"][t])
     rng = state["rng"]
@@ -666,7 +559,7 @@ def _load_state(latest: Path, pretrainer, optimizer, scaler, streams, device, cf
     random.setstate(rng["python"])
     if rng.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return step, state["skipped"], state["nonfinite_run"]
+    run.step, run.skipped, run.nonfinite_run = step, state["skipped"], state["nonfinite_run"]
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -680,11 +573,6 @@ def _namer(ds: ConcatDataset):
         k, j = ds.index.locate(i)
         return ds.datasets[k].ids[j]
     return name
-
-
-def _append(path: Path, rec: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(rec) + "\n")
 
 
 def _trim_metrics(path: Path, step: int) -> None:

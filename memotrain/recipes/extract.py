@@ -78,6 +78,7 @@ from memodb.txtdb import TextDB
 from memodb.writer import StagedDatabase
 from memotrain.checkpoint import load_model, memo_version, sha256
 from memotrain.data import MemoDataset, collate, default_frame_limit
+from memotrain.engine import resolve_device
 from memotrain.sampler import BucketBatchSampler
 
 CHUNK = 2048  # examples per pool: batched by length inside, written in key order
@@ -127,18 +128,6 @@ def resolve_layer(layer, layers: int) -> int:
                            f"layer must be in {-(layers + 1)}..{layers} (0 = the embeddings, "
                            f"1..{layers} the layer outputs, -1 = the last)")
     return int(layer) if layer >= 0 else layers + 1 + int(layer)
-
-
-def resolve_device(device) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ExtractError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ExtractError(f"device {device}: CUDA is not available here (use cpu or auto)")
-    return dev
 
 
 def _check_modalities(cfg, checkpoint, img_db, speech_db) -> None:
@@ -446,7 +435,7 @@ def extract(checkpoint, txt_db, out, *, img_db=None, speech_db=None, layer=None,
     if out.exists() or out.is_symlink():
         raise OutputExistsError(f"{out} already exists; delete it or choose another output "
                                 "path (memo extract never writes over a previous result)")
-    dev = resolve_device(device)
+    dev = resolve_device(device, error=ExtractError)
     model = load_model(checkpoint, device=dev).eval()
     cfg = model.config
     at = resolve_layer(layer, cfg.layers)

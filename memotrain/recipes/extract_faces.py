@@ -46,7 +46,7 @@ from memodb.reader import FeatureDB
 from memodb.writer import StagedDatabase, existing_build
 from memotrain.checkpoint import load_face_cnn, sha256
 from memotrain.facecnn import feature_block
-from memotrain.facetrain import resolve_device
+from memotrain.engine import resolve_device
 
 NORMALIZATIONS = ("corpus", "cnn")
 
@@ -122,7 +122,7 @@ def extract_face_features(cnn_checkpoint, rawimg_db, out_dir, *, feature: str = 
     if done is not None:
         return BuildResult(out_dir / name, out_dir / nbb_file, done, skipped=True)
 
-    device = resolve_device(device)
+    device = resolve_device(device, error=BadInputError)
     model.to(device).eval()
     soft = feature == "feat" and model.classifier is not None
     dim = model.block_channels[block - 1]
