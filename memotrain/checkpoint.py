@@ -134,7 +134,7 @@ def load_model(path_or_ckpt, device="cpu") -> MemoBert:
 # ----------------------------------------------------------------------------- face CNN checkpoints
 
 def save_face_cnn(path, model: DenseNetBC, **extra) -> Path:
-    """Write a face CNN checkpoint (see the module docstring) atomically; returns its path."""
+    """Write a face CNN checkpoint (docs/FORMAT.md section 10) atomically; returns its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save({"kind": FACE_KIND, "model": model.state_dict(), "config": dict(model.config),

@@ -1,49 +1,8 @@
-"""The DenseNet-BC face CNN ("Denseface"), its frozen blocks and its checkpoints.
+"""The DenseNet-BC face CNN ("Denseface"), with frozen blocks and activation checkpointing.
 
-Architecture (TRAINER.md "Joint face backbone"), defaults in brackets. Module names follow the
-original ``code/denseface/model/dense_net.py`` (itself torchvision's DenseNet), so a state dict
-of the original face model loads unchanged::
-
-    features.conv0         3x3 conv, stride 2, 1 -> 24 channels     64x64 gray -> 32x32
-                           (no norm0 / pool0: the crops are small)
-    features.denseblock1   16 bottleneck layers, each BN-ReLU-1x1 conv (to 4 x 12 channels)
-                           -BN-ReLU-3x3 conv (12 new channels), concatenated:  24 -> 216
-    features.transition1   BN-ReLU-1x1 conv (x 0.5: 216 -> 108), 2x2 average pool   -> 16x16
-    features.denseblock2   108 -> 300
-    features.transition2   300 -> 150                                               -> 8x8
-    features.denseblock3   150 -> 342
-    features.norm3, relu3  final BN-ReLU
-    classifier             Linear(342, 8): FER+ classes neu hap sur sad ang dis fea con
-
-Pooled features (global average over the map), what feature databases store: for block ``i``
-before the last, the output of transition ``i``'s BN-ReLU (216 after block 1, 300 after
-block 2: the Denseface h5's ``trans1`` / ``trans2``, which the original extractor took from
-``features.transition{i}.relu``); for the last block, the output of ``norm3`` / ``relu3`` (342,
-``feat``, the classifier's input). :meth:`DenseNetBC.encode` gives the last one per frame.
-
-Freezing (``frozen_blocks=k``): the stem and the first ``k`` *stages* are frozen, where stage
-``i`` is dense block ``i`` plus what follows it up to the next block (transition ``i``, or the
-final norm for the last block) -- the BN of transition ``i`` normalises block ``i``'s output,
-and the original froze block and transition together. Frozen modules have
-``requires_grad=False``, are left out of :meth:`DenseNetBC.trainable_parameters`, stay in eval
-mode when the model is put in train mode (so batch-norm statistics never move) and run under
-``torch.no_grad`` (no activations kept for them). ``k`` = number of blocks freezes the whole
-feature extractor.
-
-Activation checkpointing (``checkpoint_activations=True``): in training with gradients on,
-every dense layer of the unfrozen blocks is recomputed in the backward pass instead of keeping
-its activations; only the 12-channel outputs of the layers are stored, instead of one growing
-concatenation per layer (memory linear instead of quadratic in the block depth). The
-recomputation normalises with the batch statistics like the first pass but does not update the
-running statistics a second time, so losses, gradients and batch-norm buffers equal those of a
-run without it.
-
-Checkpoints: :func:`save_face_cnn` writes ``{"kind": "face-cnn", "model": state_dict, "config":
-architecture, "normalization": {"mean", "std"} | None, "classes": [...] | None,
-"memo_version", **extra}`` atomically; :func:`load_face_cnn` rebuilds the model from it alone.
-:func:`load_face_features` takes only the ``features.*`` weights of any state dict (a memo
-face checkpoint, the original face model's, a ``{"state_dict"}`` / ``{"model"}`` wrapper,
-``module.``-prefixed keys), drops the classifier and refuses missing keys and shape mismatches.
+Module names follow the original Denseface model, so its state dicts load unchanged; its
+checkpoints are written and read by :mod:`memotrain.checkpoint`. Architecture, pooled features,
+freezing and checkpointing: docs/TRAINER.md "The face CNN".
 """
 from __future__ import annotations
 
@@ -146,8 +105,8 @@ class _Transition(nn.Sequential):
 
 
 class DenseNetBC(nn.Module):
-    """DenseNet-BC for ``image_size`` x ``image_size`` gray face crops; see the module
-    docstring. Inputs are normalised crops, ``(N, S, S)`` or ``(N, 1, S, S)``.
+    """DenseNet-BC for ``image_size`` x ``image_size`` gray face crops; see
+    docs/TRAINER.md "The face CNN". Inputs are normalised crops, ``(N, S, S)`` or ``(N, 1, S, S)``.
 
     ``normalization`` ({"mean", "std"} of the training pixels on the 0..255 scale, or None)
     and ``classes`` (class names, or None) are plain attributes that travel with the

@@ -117,7 +117,7 @@ def read_fer_csv(path, *, image_size: int = 64, ferplus=None, classes=None) -> F
 
 
 def ferplus_labels(path, n_rows: int) -> np.ndarray:
-    """Majority FER+ label of each FER2013 row (``-1``: dropped; see the module docstring)."""
+    """Majority FER+ label of each FER2013 row (``-1``: dropped; docs/TRAINER.md "Face CNN")."""
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8") as f:

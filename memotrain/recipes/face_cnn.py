@@ -42,8 +42,8 @@ def train_face_cnn(src, out, *, ferplus=None, classes=None, image_size: int = 64
                    lr: float = 1e-3, weight_decay: float = 5e-4, warmup_epochs: float = 1.0,
                    patience: int | None = None, augment_crops: bool = True, seed: int = 0,
                    device="auto", overwrite: bool = False, log=None) -> dict:
-    """Train a face CNN on ``src`` and write the best-validation model to ``out``; see the
-    module docstring. ``model_args``: DenseNetBC arguments other than ``n_classes`` /
+    """Train a face CNN on ``src`` and write the best-validation model to ``out``; see
+    docs/TRAINER.md "Face CNN". ``model_args``: DenseNetBC arguments other than ``n_classes`` /
     ``image_size`` (e.g. ``{"blocks": [4, 4, 4]}``). ``log(line)`` receives one line per
     epoch. Returns a summary: checkpoint, classes, counts, history, best epoch, validation
     and test accuracy."""

@@ -306,7 +306,7 @@ def validate(pretrainer: Pretrainer, val_sets: dict, cfg: TrainConfig, proc: Pro
 
 def build_optimizers(pretrainer: nn.Module, cfg: TrainConfig, device) -> list[Optim]:
     """``[transformer]`` or, with a face CNN that has trainable blocks, ``[transformer, cnn]``
-    (see the module doc), checked by :func:`check_optimizer_split`."""
+    (docs/TRAINER.md "Joint face backbone"), checked by :func:`check_optimizer_split`."""
     o = cfg.optim
     fused = device.type == "cuda" or None
     cnn = getattr(pretrainer.model, "face_cnn", None)
