@@ -85,7 +85,7 @@ class Run:
     cfg: TrainConfig
     proc: Proc
     pretrainer: Pretrainer
-    optims: list
+    optims: list[Optim]
     scaler: torch.amp.GradScaler
     streams: dict
     step: int = 0
@@ -120,6 +120,7 @@ def pretrain(config, resume: bool = False, overrides=(), stop_after: int | None 
 
 
 def _run(cfg: TrainConfig, proc: Proc, resume: bool, stop_after, console) -> dict:
+    """The run of one process: data, model, optimizers, then the loop (see :func:`pretrain`)."""
     device, rank, world = proc.device, proc.rank, proc.world
     out = Path(cfg.output_dir)
     ckpt_dir = out / "ckpt"
