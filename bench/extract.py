@@ -10,7 +10,7 @@ the rate does not depend on them), then measures, round robin, ``--repeat`` roun
   pools, ``--batch-size``), ``--steps`` of them evenly spread over the plan, collated
   beforehand and held in memory; train mode (dropout on), forward + mean of the last hidden
   states and the pooled output + backward (as ``bench.train_model``); examples/s;
-- extraction: one whole ``memotrain.extract.extract`` call on CPU (checkpoint load and
+- extraction: one whole ``memotrain.recipes.extract.extract`` call on CPU (checkpoint load and
   sha256, dataset index, eval-mode fp32 forward passes, float16 feature databases written and
   published); segments/s, fixed costs included.
 
@@ -28,9 +28,9 @@ import torch
 
 from memodb.ids import id_to_key
 from memotrain.config import preset
-from memotrain.convert import save_checkpoint
+from memotrain.checkpoint import save_checkpoint
 from memotrain.data import MemoDataset, collate
-from memotrain.extract import CHUNK, extract
+from memotrain.recipes.extract import CHUNK, extract
 from memotrain.model import MemoBert
 from memotrain.sampler import BucketBatchSampler
 

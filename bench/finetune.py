@@ -3,7 +3,7 @@
 For each ``--presets`` entry ``name:segments``: builds a face db and a labelled text db of that
 many segments (``bench.common.make_train_dbs``: ~30 faces of 342-d, max_bb 36, subtitle-like
 captions; labels added as ``target``), takes ``--steps`` batches of ``--batch-size`` examples
-the way the fine-tuning loop forms them (``memotrain.finetune.Batcher`` over a
+the way the fine-tuning loop forms them (``memotrain.classifier.Batcher`` over a
 ``BucketBatchSampler``), collated beforehand and held in memory, and measures round robin
 (``--repeat`` rounds, best kept), each a full update (forward, loss, backward, AdamW step):
 
@@ -27,11 +27,11 @@ import torch.nn.functional as F
 
 from memotrain.config import preset
 from memotrain.data import MemoDataset
-from memotrain.finetune import Batcher, Classifier, Prompt
+from memotrain.classifier import Batcher, Classifier, Prompt
 from memotrain.model import MemoBert
 from memotrain.sampler import BucketBatchSampler
 from memotrain.tasks import Pretrainer
-from memotrain.train import param_groups
+from memotrain.engine import param_groups
 
 from .common import make_train_dbs, parser, ratio, report, scratch
 

@@ -4,7 +4,7 @@ frozen dense blocks, with and without activation checkpointing.
 The model is the tiny transformer (preset ``tiny``) with the Denseface CNN as its face backbone
 (DenseNet-BC growth 12, blocks 16/16/16, 64x64 crops, 342-d features: the CNN is where the
 memory goes), wrapped in a ``Pretrainer`` with the ``vnce`` task, and trained with the run's own
-optimizers (``memotrain.train.build_optimizers``: a CNN AdamW over the unfrozen blocks, a
+optimizers (``memotrain.recipes.pretrain.build_optimizers``: a CNN AdamW over the unfrozen blocks, a
 transformer AdamW over the rest). A batch is held in memory: ``B`` examples of ``--text`` word
 pieces + [CLS]/[SEP] and ``--faces`` float16 crops each (no padding), so the CNN encodes
 ``B x faces`` crops per update. One update = forward + backward + both optimizer steps.
@@ -34,7 +34,7 @@ def measure(frozen: int, checkpointing: bool, batch: int, faces: int, text: int,
     """In a fresh process: seconds per update of the tiny joint model (see the module doc)."""
     from memotrain.model import MemoBert
     from memotrain.tasks import Pretrainer
-    from memotrain.train import build_optimizers
+    from memotrain.recipes.pretrain import build_optimizers
     from memotrain.trainconfig import load_train_config
 
     torch.set_num_threads(threads)

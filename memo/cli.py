@@ -420,7 +420,7 @@ def pretrain_cmd(ctx, config, resume, print_config):
     if print_config:
         from memotrain.trainconfig import load_train_config
         return _print_config(load_train_config(config, ctx.args))
-    from memotrain.train import pretrain
+    from memotrain.recipes.pretrain import pretrain
 
     s = pretrain(config, resume=resume, overrides=ctx.args)
     if s["world_size"] == 1 or int(os.environ.get("RANK", "0")) == 0:
@@ -458,7 +458,7 @@ def face_cnn_cmd(src, out, ferplus, classes, image_size, blocks, epochs, batch_s
                  weight_decay, warmup_epochs, patience, no_augment, seed, device, force):
     """Train the DenseNet-BC face CNN on labelled face crops (a FER2013 CSV, or
     train/ val/ [test/] folders of <class>/ images); OUT: the best-validation checkpoint."""
-    from memotrain.facetrain import train_face_cnn
+    from memotrain.recipes.face_cnn import train_face_cnn
 
     try:
         layers = [int(b) for b in blocks.split(",")]
@@ -505,7 +505,7 @@ def finetune_cmd(ctx, config, folds, seeds, print_config):
     evaluate the selected model on test, print and save the results table
     (output_dir/results.json, results.tsv). Extra --key value pairs override the config.
     Finished runs are reused when the command is run again."""
-    from memotrain.finetune import finetune
+    from memotrain.recipes.finetune import finetune
 
     overrides = [(k, v) for k, v in (("folds", _id_list(folds, "--folds")),
                                      ("seeds", _id_list(seeds, "--seeds"))) if v is not None]
@@ -565,7 +565,7 @@ def extract_cmd(checkpoint, txt_db, img_db, speech_db, out, layer, fmt, dtype, b
                 max_tokens, device, max_text_len, max_faces, max_speech):
     """Run a checkpoint over a corpus and save, per segment id, the pooled [CLS] vector and the
     text / face / speech states (sliced by real lengths), with the labels."""
-    from memotrain.extract import extract
+    from memotrain.recipes.extract import extract
 
     r = extract(checkpoint, txt_db, out, img_db=img_db, speech_db=speech_db, layer=layer,
                 fmt=fmt, dtype=dtype, batch_size=batch_size, max_tokens=max_tokens,
@@ -594,7 +594,7 @@ def extract_faces_cmd(checkpoint, rawimg_db, out_dir, feature, normalization, ba
                       device):
     """Run a face CNN checkpoint (memo train face-cnn) over a raw-crop database
     (memo db rawimg-db) and build a face feature database like create-imgdb's."""
-    from memotrain.extract_faces import extract_face_features
+    from memotrain.recipes.extract_faces import extract_face_features
 
     r = extract_face_features(checkpoint, rawimg_db, out_dir, feature=feature,
                               normalization=normalization, batch_size=batch_size,

@@ -68,7 +68,7 @@ class QuickstartResult:
     report: CheckReport | None = None
     stats: dict | None = None
     pretrain: dict | None = None
-    finetune: dict | None = None  # memotrain.finetune.finetune's summary
+    finetune: dict | None = None  # memotrain.recipes.finetune.finetune's summary
 
 
 def generate_corpus(corpus: Path) -> None:
@@ -137,7 +137,7 @@ def pretrain_tiny(dataset: Path, face: str, out: Path, step, log) -> dict:
     """Pre-train the tiny model from scratch on the dataset (mlm 2 : mrfr 1 : itm 1) and show
     each task's mean loss over the first and the last 40 updates. A finished run is reused; an
     interrupted one resumes."""
-    from memotrain.train import pretrain
+    from memotrain.recipes.pretrain import pretrain
 
     cfg = {**PRETRAIN, "output_dir": str(out),
            "data": {**PRETRAIN["data"], "corpora": [{
@@ -167,7 +167,7 @@ def pretrain_tiny(dataset: Path, face: str, out: Path, step, log) -> dict:
 def finetune_tiny(emotion: Path, workdir: Path, step) -> dict:
     """Fine-tune the pre-trained tiny model on both folds of the emotion corpus (selection on
     val UA, test once per fold) and print the results table. Finished runs are reused."""
-    from memotrain.finetune import finetune
+    from memotrain.recipes.finetune import finetune
 
     face = next((emotion / "face").glob("feat_*"))
     txt = emotion / "txt"
@@ -187,7 +187,7 @@ def finetune_tiny(emotion: Path, workdir: Path, step) -> dict:
 def extract_features(emotion: Path, workdir: Path, step) -> None:
     """Per-segment features of fold 1's test texts from its selected model (``best.pt``):
     pooled [CLS], text and face states, as feature databases."""
-    from memotrain.extract import extract
+    from memotrain.recipes.extract import extract
 
     out = workdir / "features"
     if (out / "extract.json").exists():

@@ -69,15 +69,18 @@ def to_json(cfg) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two JSON configs (lists compared whole)."""
+def changes(saved: dict, current: dict, ignore=(), prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configs (lists compared whole, tuples
+    equal to lists), leaving out keys that start with one of ``ignore``."""
     out = []
     for key in sorted(set(saved) | set(current), key=str):
         a, b = saved.get(key), current.get(key)
         name = f"{prefix}{key}"
+        if name.startswith(tuple(ignore)):
+            continue
         if isinstance(a, dict) and isinstance(b, dict):
-            out += changes(a, b, name + ".")
-        elif json.dumps(a) != json.dumps(b):
+            out += changes(a, b, ignore, name + ".")
+        elif json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
             out.append(name)
     return out
 

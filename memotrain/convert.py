@@ -1,27 +1,21 @@
-"""Hugging Face BERT checkpoint -> memo checkpoint, and memo checkpoints back to a model.
+"""Hugging Face BERT checkpoint -> memo checkpoint (``memo train convert-ckpt``).
 
-A memo checkpoint is one torch file that rebuilds the model on its own::
-
-    {"model": state_dict, "config": ModelConfig.to_dict(), "memo_version": "0.1.0",
-     "source": {"path", "sha256", "format", "seed", "fresh", "unexpected"}}
-
-Conversion loads the embeddings, the encoder and the pooler; the MLM head when the source has
+The memo checkpoint written (:mod:`memotrain.checkpoint`) records its ``source``: ``{"path",
+"sha256", "format", "seed", "fresh", "unexpected"}``. Conversion loads the embeddings, the encoder and the pooler; the MLM head when the source has
 ``cls.predictions.*`` (else it starts fresh, tied to the word embeddings); face and speech
 embeddings start random (seeded). Source keys may be ``bert.``-prefixed or bare.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from memodb.errors import MemoError, OutputExistsError
+from memodb.errors import OutputExistsError
+from memotrain.checkpoint import CheckpointError, save_checkpoint, sha256
 from memotrain.config import ConfigError, ModelConfig, load_config
 from memotrain.model import MemoBert
 
@@ -30,10 +24,6 @@ REQUIRED = ("embeddings.", "encoder.")  # a source without all of these does not
 OPTIONAL = ("pooler.", "mlm.")  # loaded when present (whole groups), else fresh
 FIX_CONFIG = ("pass a --config that matches the checkpoint, or none to use the source's "
               "config.json")
-
-
-class CheckpointError(MemoError):
-    """A checkpoint cannot be read, converted or loaded into the model."""
 
 
 @dataclass
@@ -217,103 +207,3 @@ def _layers(sd: dict) -> int:
 def _groups(keys: list) -> list:
     """Top-level module names of ``keys`` (``face_embeddings``, ``mlm`` ...), in order."""
     return list(dict.fromkeys(k.split(".")[0] for k in keys))
-
-
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-# ----------------------------------------------------------------------------- memo checkpoints
-
-def memo_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("memo-emotion")
-    except PackageNotFoundError:  # not installed: the source tree
-        import memodb
-        return memodb.__version__
-
-
-def save_checkpoint(path, model: MemoBert, **extra) -> Path:
-    """Write ``{"model", "config", "memo_version", **extra}`` to ``path`` atomically (a temp
-    file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save({"model": model.state_dict(), "config": model.config.to_dict(),
-                 "memo_version": memo_version(), **extra}, path)
-    return path
-
-
-def atomic_save(obj, path: Path) -> None:
-    """``torch.save`` through a temporary file in the same folder and ``os.replace``: the file
-    at ``path`` is always whole (the old one or the new one)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def verify_torch_file(path) -> None:
-    """Raise CheckpointError when a torch file (a zip archive) fails its CRC-32 checks.
-
-    ``torch.load`` does not verify them: a flipped bit in the weights would load silently as a
-    wrong weight. Reading the file once more costs far less than loading it. Files in torch's
-    older, non-zip format are left to ``torch.load``."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        if f.read(4) != b"PK\x03\x04":
-            return
-    try:
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
-    except Exception as exc:  # noqa: BLE001 (a damaged archive raises many kinds of errors)
-        raise CheckpointError(f"{path}: damaged torch file ({type(exc).__name__}: {exc}); "
-                              "copy it again or use another checkpoint") from None
-    if bad is not None:
-        raise CheckpointError(f"{path}: damaged torch file: {bad} fails its CRC-32 check (the "
-                              "file changed after it was written); copy it again or use "
-                              "another checkpoint")
-
-
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """The dict of a memo checkpoint (tensors only are unpickled: ``weights_only``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 (as above)
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({exc})") from None
-    verify_torch_file(path)  # what torch.load read whole may still hold flipped bits
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise CheckpointError(f"{path}: not a memo checkpoint (no 'model' and 'config') (fix: "
-                              "convert a Hugging Face BERT with `memo train convert-ckpt`)")
-    return ckpt
-
-
-def load_model(path_or_ckpt, device="cpu") -> MemoBert:
-    """Rebuild the model from a memo checkpoint alone (a file or a ``load_checkpoint`` dict),
-    on ``device``. The model is in training mode, like any new module."""
-    ckpt = path_or_ckpt if isinstance(path_or_ckpt, dict) else load_checkpoint(path_or_ckpt)
-    where = "checkpoint" if isinstance(path_or_ckpt, dict) else str(path_or_ckpt)
-    try:
-        cfg = ModelConfig.from_dict(ckpt["config"])
-    except ConfigError as exc:
-        raise CheckpointError(f"{where}: {exc}") from None
-    model = MemoBert(cfg)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{where}: the weights do not fit the checkpoint's own config "
-                              f"({exc})") from None
-    return model.to(device)

@@ -1,66 +1,9 @@
 """Datasets over memo databases and the batch they collate into.
 
-One :class:`MemoDataset` is one corpus: a text database (``txt_db``) plus, optionally, a face
-feature database (``img_db``) or a raw face-crop database (``rawimg_db``, for a model whose
-face CNN trains with it) and a speech feature database (``speech_db``), all keyed by the
-text's ``img_fname`` (FORMATS.md 3, 4 and 5). :class:`ConcatDataset` puts several corpora
-behind one index (:class:`ConcatIndex`); a task mix draws from one such concatenation per task.
-
-Raw crops (``rawimg_db``, built by ``memo db rawimg-db``): the faces of an example are its
-``(n, S, S)`` gray crops as stored, normalised with the corpus mean / std of the database's
-manifest, and they stay float16 through ``collate`` (half the bytes of float32 to copy, pin
-and move to the GPU); the model converts the real crops to the CNN's dtype. A database that is
-not a merged raw-crop database (a feature db, an unmerged shard) is refused with the fix, and
-so is a raw-crop database given as ``img_db``.
-
-Index: built once, in the process that creates the dataset, and held in a few numpy arrays
-(ids as one utf-8 blob plus offsets, lengths as int32), so forked DataLoader workers share it
-copy-on-write without touching per-item Python objects, and a pickle of the dataset costs a few
-bytes per example. The LMDB environments are opened lazily in each process that reads
-(``FeatureDB`` / ``TextDB`` reopen after a fork).
-
-Filtering happens at construction, counted in ``dataset.counts`` and logged, never silently:
-texts longer than ``max_text_len`` word pieces are dropped (never truncated), texts whose
-segment is missing from a feature database are dropped, texts with fewer than ``min_faces``
-faces are dropped. Faces are truncated to ``max_faces`` (default: the feature database's
-``max_bb``), speech frames to ``max_speech`` (default: the speech database's ``max_bb``).
-
-Item (``dataset[i]``), numpy:
-
-- ``id`` str; ``input_ids`` (T,) int64 = ``[CLS] pieces [SEP]`` (ids from ``meta.json``),
-  ``T = text length + 2``; ``word_ids`` (T,) int64, the piece's word index, -1 at [CLS]/[SEP];
-  ``emo_type_ids`` (T,) int64 (0 = not an emotion word, 0 at [CLS]/[SEP]) when the database
-  has them; ``target`` int when the text has a label.
-- with ``img_db``: ``faces`` (n, D) float32 (the database's frames ``[:n]``), ``soft_labels``
-  (n, 8) float32 (when stored).
-- with ``rawimg_db``: ``faces`` (n, S, S) float16 crops (no soft labels).
-- with ``speech_db``: ``speech`` (s, Ds) float32.
-
-Batch (:func:`collate`), the contract ``memotrain.model`` and the tasks consume; B examples,
-every length is the REAL length of that example, padding sits at the end of each modality:
-
-============== ================ ======= ==================================================
-name           shape            dtype   content
-============== ================ ======= ==================================================
-input_ids      (B, T)           int64   [CLS] text [SEP], padded with 0 ([PAD])
-text_lens      (B,)             int64   tokens per text, [CLS] and [SEP] included (>= 2)
-word_ids       (B, T)           int64   word index per piece, -1 at [CLS]/[SEP]/padding
-emo_type_ids   (B, T)           int64   only when some item has them; 0 elsewhere
-faces          (B, F, D)        float32 only with faces; zero-padded, F = max face_lens
-               (B, F, S, S)     float16 raw crops instead, from a ``rawimg_db``
-face_lens      (B,)             int64   real face count (may be 0)
-soft_labels    (B, F, 8)        float32 only when stored; zero-padded
-speech         (B, S, Ds)       float32 only with speech; zero-padded
-speech_lens    (B,)             int64   real speech frame count
-targets        (B,) or None     int64   class labels; -100 (CE ignore_index) for an item
-                                        without one; None when no item has one
-ids            list[str]                the text ids, batch order
-============== ================ ======= ==================================================
-
-Absent modalities are absent keys (``faces`` and ``face_lens`` together), never empty tensors;
-``targets`` is always present (maybe None). Tokens of an example in the model's sequence:
-``text_lens + face_lens + speech_lens`` (:attr:`MemoDataset.lengths`, what the token budget of
-:class:`memotrain.sampler.BucketBatchSampler` is measured in).
+:class:`MemoDataset` is one corpus (a text database plus face / raw-crop / speech databases),
+:class:`ConcatDataset` several behind one index, :func:`collate` the batch contract the model
+and the tasks consume. Items, the batch table and the filtering rules: docs/TRAINER.md "Data
+and batches".
 """
 from __future__ import annotations
 
@@ -230,7 +173,8 @@ def _feature_dim(db: FeatureDB, keys, counts) -> int | None:
 
 
 class MemoDataset(torch.utils.data.Dataset):
-    """Text db (+ face feature db) (+ speech feature db) of one corpus; see the module doc.
+    """Text db (+ face feature db) (+ speech feature db) of one corpus; see docs/TRAINER.md
+    "Data and batches".
 
     - ``max_text_len``: word pieces as stored (without [CLS]/[SEP]); longer texts are dropped.
       The model needs ``max_text_positions >= max_text_len + 2``.
@@ -522,7 +466,7 @@ def _frames(items, name, lens_name, batch):
 
 
 def collate(items: list[dict]) -> dict:
-    """Items -> one padded batch (the contract in the module doc)."""
+    """Items -> one padded batch (the contract: docs/TRAINER.md "Data and batches")."""
     if not items:
         raise DataError("collate got no item (an empty batch): the sampler must never emit one")
     text_lens = [len(it["input_ids"]) for it in items]

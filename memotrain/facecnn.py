@@ -1,68 +1,29 @@
-"""The DenseNet-BC face CNN ("Denseface"), its frozen blocks and its checkpoints.
+"""The DenseNet-BC face CNN ("Denseface"), with frozen blocks and activation checkpointing.
 
-Architecture (TRAINER.md "Joint face backbone"), defaults in brackets. Module names follow the
-original ``code/denseface/model/dense_net.py`` (itself torchvision's DenseNet), so a state dict
-of the original face model loads unchanged::
-
-    features.conv0         3x3 conv, stride 2, 1 -> 24 channels     64x64 gray -> 32x32
-                           (no norm0 / pool0: the crops are small)
-    features.denseblock1   16 bottleneck layers, each BN-ReLU-1x1 conv (to 4 x 12 channels)
-                           -BN-ReLU-3x3 conv (12 new channels), concatenated:  24 -> 216
-    features.transition1   BN-ReLU-1x1 conv (x 0.5: 216 -> 108), 2x2 average pool   -> 16x16
-    features.denseblock2   108 -> 300
-    features.transition2   300 -> 150                                               -> 8x8
-    features.denseblock3   150 -> 342
-    features.norm3, relu3  final BN-ReLU
-    classifier             Linear(342, 8): FER+ classes neu hap sur sad ang dis fea con
-
-Pooled features (global average over the map), what feature databases store: for block ``i``
-before the last, the output of transition ``i``'s BN-ReLU (216 after block 1, 300 after
-block 2: the Denseface h5's ``trans1`` / ``trans2``, which the original extractor took from
-``features.transition{i}.relu``); for the last block, the output of ``norm3`` / ``relu3`` (342,
-``feat``, the classifier's input). :meth:`DenseNetBC.encode` gives the last one per frame.
-
-Freezing (``frozen_blocks=k``): the stem and the first ``k`` *stages* are frozen, where stage
-``i`` is dense block ``i`` plus what follows it up to the next block (transition ``i``, or the
-final norm for the last block) -- the BN of transition ``i`` normalises block ``i``'s output,
-and the original froze block and transition together. Frozen modules have
-``requires_grad=False``, are left out of :meth:`DenseNetBC.trainable_parameters`, stay in eval
-mode when the model is put in train mode (so batch-norm statistics never move) and run under
-``torch.no_grad`` (no activations kept for them). ``k`` = number of blocks freezes the whole
-feature extractor.
-
-Activation checkpointing (``checkpoint_activations=True``): in training with gradients on,
-every dense layer of the unfrozen blocks is recomputed in the backward pass instead of keeping
-its activations; only the 12-channel outputs of the layers are stored, instead of one growing
-concatenation per layer (memory linear instead of quadratic in the block depth). The
-recomputation normalises with the batch statistics like the first pass but does not update the
-running statistics a second time, so losses, gradients and batch-norm buffers equal those of a
-run without it.
-
-Checkpoints: :func:`save_face_cnn` writes ``{"kind": "face-cnn", "model": state_dict, "config":
-architecture, "normalization": {"mean", "std"} | None, "classes": [...] | None,
-"memo_version", **extra}`` atomically; :func:`load_face_cnn` rebuilds the model from it alone.
-:func:`load_face_features` takes only the ``features.*`` weights of any state dict (a memo
-face checkpoint, the original face model's, a ``{"state_dict"}`` / ``{"model"}`` wrapper,
-``module.``-prefixed keys), drops the classifier and refuses missing keys and shape mismatches.
+Module names follow the original Denseface model, so its state dicts load unchanged; its
+checkpoints are written and read by :mod:`memotrain.checkpoint`. Architecture, pooled features,
+freezing and checkpointing: docs/TRAINER.md "The face CNN".
 """
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from memodb.errors import MemoError
 from memotrain.config import ConfigError
-from memotrain.convert import CheckpointError, atomic_save, memo_version
-from memotrain.model import InputError
 
-FACE_KIND = "face-cnn"
+FACE_KIND = "face-cnn"  # the "kind" of a face CNN checkpoint (memotrain.checkpoint)
 FERPLUS_CLASSES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
                    "contempt")  # the order of the Denseface `pred` / soft_labels
+
+
+class InputError(MemoError, ValueError):
+    """A batch does not fit the model (the face CNN or :class:`memotrain.model.MemoBert`):
+    shapes, lengths or token ids."""
 
 
 def feature_block(name: str, n_blocks: int = 3) -> int:
@@ -144,8 +105,8 @@ class _Transition(nn.Sequential):
 
 
 class DenseNetBC(nn.Module):
-    """DenseNet-BC for ``image_size`` x ``image_size`` gray face crops; see the module
-    docstring. Inputs are normalised crops, ``(N, S, S)`` or ``(N, 1, S, S)``.
+    """DenseNet-BC for ``image_size`` x ``image_size`` gray face crops; see
+    docs/TRAINER.md "The face CNN". Inputs are normalised crops, ``(N, S, S)`` or ``(N, 1, S, S)``.
 
     ``normalization`` ({"mean", "std"} of the training pixels on the 0..255 scale, or None)
     and ``classes`` (class names, or None) are plain attributes that travel with the
@@ -306,124 +267,3 @@ class DenseNetBC(nn.Module):
         if self.classifier is None:
             raise InputError("this face CNN has no classifier (n_classes 0); use encode()")
         return self.classifier(self.features_of(x))
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def save_face_cnn(path, model: DenseNetBC, **extra) -> Path:
-    """Write a face CNN checkpoint (see the module docstring) atomically; returns its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save({"kind": FACE_KIND, "model": model.state_dict(), "config": dict(model.config),
-                 "normalization": model.normalization, "classes": model.classes,
-                 "memo_version": memo_version(), **extra}, path)
-    return path
-
-
-def _torch_load(path: Path):
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 (corrupt files raise many kinds of errors)
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({exc})") from None
-
-
-def read_face_checkpoint(path) -> dict:
-    """The dict of a memo face CNN checkpoint (tensors only are unpickled)."""
-    path = Path(path)
-    ckpt = _torch_load(path)
-    if not (isinstance(ckpt, dict) and ckpt.get("kind") == FACE_KIND
-            and isinstance(ckpt.get("model"), dict) and isinstance(ckpt.get("config"), dict)):
-        raise CheckpointError(
-            f"{path}: not a memo face CNN checkpoint (fix: train one with `memo train face-cnn`; "
-            "weights of another DenseNet face model load with memotrain.facecnn."
-            "load_face_features)")
-    return ckpt
-
-
-def load_face_cnn(path, *, frozen_blocks: int = 0, checkpoint_activations: bool = False,
-                  device="cpu") -> DenseNetBC:
-    """Rebuild a face CNN from its checkpoint alone, on ``device`` (in training mode, like any
-    new module), with its ``normalization`` and ``classes``."""
-    ckpt = read_face_checkpoint(path)
-    try:
-        model = DenseNetBC(**ckpt["config"], frozen_blocks=frozen_blocks,
-                           checkpoint_activations=checkpoint_activations)
-    except (TypeError, ConfigError) as exc:
-        raise CheckpointError(f"{path}: its config does not describe a face CNN ({exc})") from None
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: the weights do not fit the checkpoint's own config "
-                              f"({exc})") from None
-    model.normalization = ckpt.get("normalization")
-    model.classes = ckpt.get("classes")
-    return model.to(device)
-
-
-@dataclass
-class FeatureLoad:
-    """What :func:`load_face_features` did."""
-
-    source: str
-    loaded: list = field(default_factory=list)  # model keys filled (features.*)
-    dropped: list = field(default_factory=list)  # source keys not used (classifier, ...)
-
-
-def _unwrap(obj, where: str) -> dict:
-    """The state dict inside a checkpoint: the object itself, or its "model" / "state_dict"."""
-    for _ in range(2):
-        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor)
-                                                 for v in obj.values()):
-            return obj
-        inner = [obj.get(k) for k in ("model", "state_dict")] if isinstance(obj, dict) else []
-        inner = [v for v in inner if isinstance(v, dict)]
-        if not inner:
-            break
-        obj = inner[0]
-    raise CheckpointError(f"{where}: not a state dict (a mapping of names to tensors, maybe "
-                          "under 'model' or 'state_dict')")
-
-
-def load_face_features(model: DenseNetBC, src, *, prefix: str = "") -> FeatureLoad:
-    """Fill ``model``'s feature extractor (``features.*``) from ``src`` (a checkpoint file or an
-    already loaded dict); everything else of ``src`` (the classifier above all) is dropped and
-    reported. ``prefix``: where the face CNN sits in ``src`` (e.g. ``"face_cnn."`` in a joint
-    model); a ``module.`` prefix (DataParallel) is removed first.
-
-    Raises CheckpointError naming the file and the key when a feature key of the model is
-    missing, a source feature key has no place in the model, or shapes disagree. BN
-    ``num_batches_tracked`` counters may be missing (old checkpoints)."""
-    where = str(src) if isinstance(src, (str, Path)) else "checkpoint"
-    sd = _unwrap(_torch_load(Path(src)) if isinstance(src, (str, Path)) else src, where)
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    head = prefix + "features."
-    take = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(head)}
-    dropped = [k for k in sd if not k.startswith(head)]
-    if not take:
-        shown = ", ".join(list(sd)[:4]) + (" ..." if len(sd) > 4 else "")
-        raise CheckpointError(f"{where}: no '{head}*' key, so no face CNN features to load (it "
-                              f"holds {shown}) (fix: pass the face CNN checkpoint, or the "
-                              "prefix under which the CNN sits)")
-    ours = {k: v for k, v in model.state_dict().items() if k.startswith("features.")}
-    homeless = [k for k in take if k not in ours]
-    if homeless:
-        raise CheckpointError(f"{where}: {prefix}{homeless[0]} {tuple(take[homeless[0]].shape)} "
-                              f"has no place in the face CNN ({len(homeless)} such key(s); "
-                              f"model: {model.describe()}) (fix: build the DenseNetBC with the "
-                              "checkpoint's architecture)")
-    missing = [k for k in ours if k not in take and not k.endswith("num_batches_tracked")]
-    if missing:
-        raise CheckpointError(f"{where}: {len(missing)} face CNN key(s) missing: "
-                              f"{', '.join(prefix + k for k in missing[:4])}"
-                              f"{' ...' if len(missing) > 4 else ''} (model: "
-                              f"{model.describe()})")
-    for k, v in take.items():
-        if tuple(v.shape) != tuple(ours[k].shape):
-            raise CheckpointError(f"{where}: {prefix}{k} has shape {tuple(v.shape)} in the "
-                                  f"checkpoint but {tuple(ours[k].shape)} in the face CNN "
-                                  f"(model: {model.describe()}) (fix: build the DenseNetBC with "
-                                  "the checkpoint's architecture)")
-    model.load_state_dict(take, strict=False)
-    return FeatureLoad(where, loaded=sorted(take), dropped=dropped)

@@ -1,13 +1,6 @@
-"""Input corruption of the pre-training tasks (TRAINER.md, "Pre-training tasks").
-
-Every function takes an explicit ``torch.Generator`` (so a run is reproducible and resumable)
-and guarantees a non-empty target set: at least one position is chosen in every example that
-has a candidate position, so no batch yields an empty loss (the original's NaN losses).
-
-Text tensors are aligned with ``input_ids`` (B, T) as the model receives them ([CLS] text [SEP]
-pad): ``candidates`` (B, T) bool marks the positions that may be masked (the real text tokens,
-not [CLS] / [SEP] / pad); ``groups`` (B, T) long gives, for whole-word masking, the word index
-of each position (-1 elsewhere). Face tensors are (B, F) with real lengths ``face_lens``.
+"""Input corruption of the pre-training tasks (docs/TRAINER.md "Pre-training tasks"): token,
+whole-word, frame and span masks and ITM pairs, each drawn from an explicit
+``torch.Generator`` and never empty where the example has a candidate.
 """
 from __future__ import annotations
 

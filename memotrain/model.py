@@ -1,41 +1,7 @@
-"""The cross-modal BERT of MEmoBERT: text, faces and (optionally) speech through one encoder.
-
-Sequence per example: ``[CLS] text [SEP] faces [speech]``. Each modality arrives padded on its
-own; the model gathers them into a compact per-example order (text | faces | speech | pad) with
-an attention mask, so that no padding sits between modalities. ``Layout`` records where each
-example's modalities landed and slices the encoder output back by the real lengths.
-
-Inputs of ``MemoBert.forward`` (B examples):
-
-- ``input_ids`` (B, Lt) long: the text WITH ``[CLS]`` first and ``[SEP]`` last; the caller adds
-  them (text databases store ids without them). ``text_lens`` (B,) counts them too (>= 1).
-- ``faces`` (B, F, face_dim) float and ``face_lens`` (B,); ``face_mask`` (B, F) bool marks the
-  frames to mask (the model zeroes them and adds the learned mask vector).
-- ``speech`` / ``speech_lens`` / ``speech_mask``: the same for speech frames.
-
-Face backbone (``config.face_backbone``, TRAINER.md "Joint face backbone"): the model holds a
-DenseNet-BC (``face_cnn``, :class:`memotrain.facecnn.DenseNetBC` without classifier) and
-``faces`` are raw gray crops ``(B, F, S, S)`` (any float dtype; the raw-crop database stores
-float16) instead of feature vectors. The model gathers the REAL crops of the batch (the first
-``face_lens[b]`` of each example) into one ``(N, S, S)`` batch, runs the CNN once on them,
-and scatters the ``(N, face_dim)`` encodings into a zero-padded ``(B, F, face_dim)`` tensor
-that takes the usual face embedding path (mask vector, projection, positions). Padding never
-reaches the CNN: it would cost compute and shift the batch-norm statistics. Masked frames are
-encoded too (their encodings are the visual NCE task's targets) and replaced by the mask
-vector afterwards. ``MemoOutput.face_feats`` holds what entered the face embedding path: the
-CNN encodings, or the given feature vectors without a backbone. The CNN's frozen blocks and
-activation checkpointing are training settings (``face_cnn.set_frozen_blocks``,
-``face_cnn.checkpoint_activations``), not part of the config; its weights are ``face_cnn.*``
-in the state dict, so one checkpoint holds both networks.
-
-Each modality has its own position table: text length (with [CLS]/[SEP]) <= max_text_positions,
-faces <= max_face_positions, speech <= max_speech_positions; longer inputs raise InputError
-(a clear message, never a device assert). Token types: text 0, faces 1, speech its own learned
-type vector when the model has faces (``face_dim`` > 0), else type 1.
-
-Parameter names mirror Hugging Face BERT (``embeddings.word_embeddings``,
-``encoder.layer.N.attention.self.query``, ``pooler.dense``, MLM head ``mlm.*`` for
-``cls.predictions.*``), so checkpoint conversion is a key map (``memotrain.convert``).
+"""The cross-modal BERT of MEmoBERT (:class:`MemoBert`): text, faces and (optionally) speech
+through one encoder, in a compact per-example order ``[CLS] text [SEP] faces [speech]``; with a
+``face_backbone`` it holds the face CNN and takes raw crops. Inputs, layout, positions and the
+Hugging Face parameter names: docs/TRAINER.md "The model".
 """
 from __future__ import annotations
 
@@ -47,14 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memodb.errors import MemoError
-from memotrain.config import ModelConfig
+from memotrain.config import ConfigError, ModelConfig
+from memotrain.facecnn import DenseNetBC, InputError
 
 MODALITIES = ("text", "faces", "speech")
-
-
-class InputError(MemoError, ValueError):
-    """A batch does not fit the model: shapes, lengths or token ids."""
 
 
 def activation(name: str):
@@ -340,8 +302,6 @@ class MemoBert(nn.Module):
         self.face_cnn = None
         if cfg.face_backbone is not None:
             # built last: the transformer's initial weights do not depend on the backbone
-            from memotrain.config import ConfigError
-            from memotrain.facecnn import DenseNetBC
             arch = dict(cfg.face_backbone)
             if "blocks" in arch:
                 arch["blocks"] = tuple(arch["blocks"])
@@ -366,12 +326,9 @@ class MemoBert(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def encode_faces(self, crops, face_lens) -> torch.Tensor:
         """(B, F, face_dim): the face CNN on the real crops of ``crops`` (B, F, S, S) only,
-        in one call, scattered back into a zero-padded tensor (see the module doc)."""
+        in one call, scattered back into a zero-padded tensor (docs/TRAINER.md "The model")."""
         B, W = crops.shape[:2]
         real = torch.arange(W, device=crops.device)[None] < face_lens[:, None]
         out = crops.new_zeros((B, W, self.config.face_dim),

@@ -1,43 +1,6 @@
-"""Length-bucketing batch sampler with two named limits, distributed and resumable.
-
-:class:`BucketBatchSampler` yields lists of example indices (a DataLoader ``batch_sampler``).
-
-Limits, both checked at construction with a :class:`BatchLimitError` naming the limit:
-
-- ``batch_size``: at most this many examples per batch (None: no such limit);
-- ``max_tokens``: the token budget, ``rows x longest example`` per batch, lengths counted as
-  the model sees them (text + 2 + faces + speech: the compact layout pads every example to the
-  longest one, so this is the attention sequence size of the batch) (None: no such limit).
-
-An example longer than ``max_tokens`` on its own is an error at construction, not a skipped
-example nor an empty batch; every batch holds at least one example.
-
-Epoch plan (a pure function of ``seed``, ``epoch``, the lengths and the limits): a seeded
-permutation of all examples is cut into pools of ``pool_size`` examples; each pool is sorted
-by length (longest first; stable) and cut greedily into batches under both limits; then the
-order of all batches is shuffled. With ``shuffle=False`` there is no permutation and no batch
-shuffle (evaluation: same batches every time).
-
-Distributed (``rank`` / ``world_size``): every rank computes the same global batch list and
-takes every ``world_size``-th batch (rank r: batches r, r + W, ...), so shares are disjoint and
-nothing is communicated. All ranks get the SAME number of batches, ``ceil(N_b / W)`` or
-``floor(N_b / W)``:
-
-- ``drop_last=False`` (default): the batch list is padded to a multiple of W by repeating its
-  first batches (so a few examples are seen twice in that epoch, like torch's
-  DistributedSampler);
-- ``drop_last=True``: the last ``N_b mod W`` batches of the shuffled list are left out of that
-  epoch (different ones each epoch); fewer batches than ranks is an error.
-
-With one rank neither pads nor drops anything: every example exactly once per epoch.
-
-Resume: ``position`` is the number of batches this rank already consumed in the current
-epoch; iteration restarts from it, so the remaining order equals the tail of an uninterrupted
-epoch. ``state_dict(position)`` / ``load_state_dict(state)`` carry seed, epoch and position
-(plus the settings and a fingerprint of the lengths, checked on load). The loop must pass the
-number of batches it really consumed: a DataLoader with workers draws batches ahead of the loop.
-A run resumed with another world size continues exactly when the global position
-(``position x world_size``) divides by the new size.
+"""Length-bucketing batch sampler with two named limits (``batch_size``, ``max_tokens``),
+distributed and resumable: :class:`BucketBatchSampler`. The epoch plan, the rank shares and the
+resume position: docs/TRAINER.md "Batches by length".
 """
 from __future__ import annotations
 
@@ -60,7 +23,7 @@ class SamplerStateError(MemoError):
 
 
 class BucketBatchSampler:
-    """See the module doc. ``lengths``: tokens per example (numpy int array);
+    """See docs/TRAINER.md "Batches by length". ``lengths``: tokens per example (numpy int array);
     ``ids``: optional sequence / callable naming example ``i`` in error messages."""
 
     def __init__(self, lengths, *, batch_size: int | None, max_tokens: int | None,

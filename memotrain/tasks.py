@@ -1,64 +1,12 @@
-"""The pre-training tasks (TRAINER.md, "Pre-training tasks"): input corruption, heads, losses.
+"""The pre-training tasks: input corruption, heads, losses.
 
 :class:`Pretrainer` wraps a :class:`memotrain.model.MemoBert` with the heads its tasks need and
-turns one collated batch (the contract of :mod:`memotrain.data`) into one task's loss::
+turns one collated batch into one task's loss::
 
     pre = Pretrainer(model, ["mlm_wwm", "mspanrfr", "mspanrckl"], ds.mask_id, ds.v_range)
     out = pre("mlm_wwm", batch, generator)   # TaskOutput(loss, n_targets, metrics)
-    out.loss.backward()
 
-Corruption is drawn from the given ``torch.Generator``, which must be a CPU generator: the
-masks are drawn on the CPU (from the small index tensors of the batch) and moved to the batch's
-device, so a seed gives the same masks on any device. The batch is never modified in place.
-
-Tasks (``TASKS``):
-
-- ``mlm``: real text tokens (not [CLS] / [SEP] / padding) chosen with p 0.15, BERT's 80/10/10
-  (``masking.corrupt_tokens``); CE of the tied MLM head on the chosen tokens. The head runs
-  only on the chosen positions (gathered first), never on the whole sequence.
-- ``mlm_wwm``: the same, choosing whole words (``word_ids`` groups all pieces of a word).
-- ``melm``: emotion-lexicon tokens (``emo_type_ids > 0``) chosen with p 0.5 (80/10/10).
-  Fallback, PER EXAMPLE: an example without any emotion token (or every example, when the
-  batch has no ``emo_type_ids``) is masked as in ``mlm`` (p 0.15), so every example with text
-  contributes targets; ``metrics["fallback"]`` is the fraction of examples that fell back.
-- ``itm``: ``masking.itm_pairs`` swaps the faces (and speech) of about half the examples for
-  another example's (label 0; kept: label 1); CE of ``Linear(hidden, 2)`` on the pooled [CLS].
-  An example with no frame at all that also receives none is no target (nothing to match).
-- ``mrfr`` / ``mspanrfr``: faces masked by ``choose_frames`` (p 0.15) / ``choose_spans``
-  (ratio 0.2, spans of 3); the model zeroes them and adds its mask vector; MSE (mean over the
-  masked frames and the feature dimensions) between the regression head at the masked frames
-  and the ORIGINAL features. Both tasks share one head.
-- ``mrckl`` / ``mspanrckl``: the same masks; ``KL(soft_labels || softmax(head))`` =
-  ``F.kl_div(log_softmax(pred), soft_labels, reduction="batchmean")`` over the masked frames
-  that have a soft label (a zero row, the padding ``collate`` gives an item stored without
-  soft labels, is no target). Both tasks share one head.
-- ``msrfr``: speech frames masked with p 0.15; MSE with a head tied to the speech projection.
-- ``vnce`` (visual NCE): faces masked as in ``mrfr`` (p 0.15, at least one per example with
-  faces); the output at each masked frame goes through a query head (Linear, GELU, LayerNorm,
-  Linear(hidden -> hidden)), the face encodings of every REAL frame of the batch (the CNN's
-  outputs on the true crops, computed in the same forward before masking; the stored
-  features without a face CNN) through a key head (Linear(face_dim -> hidden)); both are
-  L2-normalised and ``logits = query . key / temperature`` (``vnce_temperature``, default
-  0.07); InfoNCE = cross-entropy against the masked frame's own encoding, every other frame of
-  the batch being a negative (other segments' and the same segment's other frames alike).
-  The targets are DETACHED (stop-gradient at the encodings; the key head still learns): the
-  CNN learns through the input path, from how useful its encodings of the unmasked frames are
-  to the transformer, never by moving the targets. Without the stop-gradient, while the
-  queries are still uninformative the cheapest way down for the loss is to make the encodings
-  indistinguishable (every logit equal: loss log N); on the planted corpus of
-  ``tests/test_joint.py`` a trainable CNN without it sat at log 36 for 60 updates, with it the
-  loss fell below chance within 30. ``metrics["acc"]``: the fraction of masked frames whose own
-  encoding scores highest. A batch with fewer than two real frames has nothing to contrast
-  (TaskError).
-
-With a face CNN trained jointly (``model.face_cnn``, ``config.face_backbone``) the face tasks
-``mrfr`` / ``mrckl`` (and their span variants) are refused: their targets, the stored features
-and soft labels, no longer describe what the moving CNN produces (TRAINER.md); ``vnce`` takes
-their place. ``mlm`` / ``mlm_wwm`` / ``melm`` / ``itm`` work as before (``itm`` swaps crops).
-
-Every task guarantees a non-empty target set: a batch without any candidate (no text token for
-the MLM tasks, no face in any example for a face task, ...) raises :class:`TaskError` naming
-the task and the reason, never a NaN loss; the data pipeline should filter such examples.
+What each task masks and scores: docs/TRAINER.md "Pre-training tasks".
 """
 from __future__ import annotations
 
@@ -400,7 +348,7 @@ class Pretrainer(nn.Module):
         mask, real = mask.to(device), real.to(device)
         out = self._run(batch, face_mask=mask)
         q = self.vnce_head.queries(self._frame_targets(out, "faces", mask))  # (M, hidden)
-        # (N, hidden): every real frame, stop-gradient at the encodings (module doc)
+        # (N, hidden): every real frame, stop-gradient at the encodings (docs/TRAINER.md)
         k = self.vnce_head.keys(out.face_feats[real].detach())
         with torch.autocast(device.type, enabled=False):  # similarities in fp32
             logits = q @ k.t() / self.vnce_temperature

@@ -172,7 +172,8 @@ class TrainConfig:
     def face_arch(self) -> tuple[dict, int]:
         """(architecture, feature width) of the face CNN: the face checkpoint's, or
         ``face_backbone.arch`` over the Denseface defaults."""
-        from memotrain.facecnn import DenseNetBC, read_face_checkpoint
+        from memotrain.checkpoint import read_face_checkpoint
+        from memotrain.facecnn import DenseNetBC
 
         fb = self.face_backbone
         if fb.checkpoint is not None:
@@ -203,7 +204,7 @@ def base_model_config(model, init_checkpoint) -> ModelConfig:
     """The config of ``init_checkpoint`` (a memo checkpoint) or of ``model`` (a preset name, a
     config dict / file, or ``{"preset": name, <changes>}``)."""
     if init_checkpoint is not None:
-        from memotrain.convert import load_checkpoint
+        from memotrain.checkpoint import load_checkpoint
         return ModelConfig.from_dict(load_checkpoint(init_checkpoint)["config"])
     try:
         if isinstance(model, dict) and "preset" in model:

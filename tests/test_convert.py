@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from memo.cli import main
 from memotrain.config import preset
-from memotrain.convert import CheckpointError, convert_bert, load_checkpoint, load_model
+from memotrain.checkpoint import CheckpointError, load_checkpoint, load_model
+from memotrain.convert import convert_bert
 
 SENTENCES = ["i am so happy today .", "no",
              "what a terrible , terrible idea that was , honestly , i can not believe it !",

@@ -23,11 +23,11 @@ from memodb.ids import id_to_key
 from memodb.reader import FeatureDB
 from memodb.synth import WORDS, make_captions, make_h5_corpus
 from memodb.txtdb import TextDB, create_txtdb
-from memotrain import extract as extract_mod
+from memotrain.recipes import extract as extract_mod
 from memotrain.config import preset
-from memotrain.convert import CheckpointError, load_model, save_checkpoint
+from memotrain.checkpoint import CheckpointError, load_model, save_checkpoint
 from memotrain.data import MemoDataset, collate
-from memotrain.extract import ExtractError, extract
+from memotrain.recipes.extract import ExtractError, extract
 from memotrain.model import MemoBert
 from memotrain.sampler import BatchLimitError
 

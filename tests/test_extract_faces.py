@@ -13,9 +13,9 @@ from memodb.rawimg import rawimg_db
 from memodb.reader import FeatureDB
 from memodb.synth import make_openface
 from memotrain.config import ConfigError
-from memotrain.convert import CheckpointError
-from memotrain.extract_faces import extract_face_features
-from memotrain.facecnn import DenseNetBC, load_face_cnn, save_face_cnn
+from memotrain.checkpoint import CheckpointError, load_face_cnn, save_face_cnn
+from memotrain.recipes.extract_faces import extract_face_features
+from memotrain.facecnn import DenseNetBC
 
 TINY = {"growth": 4, "blocks": [2, 2, 2], "init_features": 8}
 EMPTY_CLIP = "No0000.Movie_0_9"

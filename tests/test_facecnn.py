@@ -1,5 +1,5 @@
 """The DenseNet-BC face CNN: architecture, freezing, activation checkpointing, checkpoints,
-and its FER-style training entry point (memotrain.facecnn, memotrain.facetrain)."""
+and its FER-style training entry point (memotrain.facecnn, memotrain.recipes.face_cnn)."""
 import numpy as np
 import pytest
 import torch
@@ -10,22 +10,15 @@ from PIL import Image
 from memo.cli import main
 from memodb.errors import BadInputError, OutputExistsError
 from memotrain.config import ConfigError
-from memotrain.convert import CheckpointError
-from memotrain.facecnn import (
-    FERPLUS_CLASSES,
-    DenseNetBC,
+from memotrain.checkpoint import (
+    CheckpointError,
     load_face_cnn,
     load_face_features,
     save_face_cnn,
 )
-from memotrain.facetrain import (
-    FaceTrainError,
-    augment,
-    ferplus_labels,
-    read_face_data,
-    read_fer_csv,
-    train_face_cnn,
-)
+from memotrain.facecnn import FERPLUS_CLASSES, DenseNetBC
+from memotrain.facedata import augment, ferplus_labels, read_face_data, read_fer_csv
+from memotrain.recipes.face_cnn import FaceTrainError, train_face_cnn
 from memotrain.model import InputError
 
 TINY = {"growth": 4, "blocks": [2, 2, 2], "init_features": 8}

@@ -50,9 +50,10 @@ from memodb.imgdb import create_imgdb
 from memodb.reader import FeatureDB, close_all
 from memodb.synth import make_captions, make_h5_corpus, make_lexicon
 from memodb.txtdb import TextDB
-from memotrain.convert import CheckpointError, load_model
+from memotrain.checkpoint import CheckpointError, load_model
 from memotrain.data import MemoDataset
-from memotrain.train import TrainError, pretrain
+from memotrain.engine import TrainError
+from memotrain.recipes.pretrain import pretrain
 
 FACE = "face/feat_th0.5_max36_min0"
 NBB = "face/nbb_th0.5_max36_min0.json"
@@ -555,7 +556,7 @@ def train_child(cfg: dict, resume: bool, tear: str | None, marker: str) -> None:
     replaced), after touching ``marker``."""
     torch.set_num_threads(1)
     if tear is not None:
-        import memotrain.train as train
+        import memotrain.recipes.pretrain as train
 
         def stop():
             Path(marker).touch()

@@ -14,10 +14,11 @@ from click.testing import CliRunner
 from memo.cli import main
 from memodb.dataset import build_dataset
 from memodb.synth import make_emotion_corpus
-from memotrain import finetune as ft
+from memotrain.recipes import finetune as ft
 from memotrain.config import preset
 from memotrain.data import MemoDataset, collate
-from memotrain.finetune import Batcher, Classifier, FinetuneError, Prompt, finetune
+from memotrain.classifier import Batcher, Classifier, FinetuneError, Prompt
+from memotrain.recipes.finetune import finetune
 from memotrain.finetuneconfig import load_finetune_config
 from memotrain.model import MemoBert
 from memotrain.results import Console

@@ -18,18 +18,19 @@ from memodb.shard import Shard
 from memodb.synth import make_captions, make_openface
 from memodb.txtdb import create_txtdb
 from memotrain.config import ConfigError, preset
-from memotrain.convert import CheckpointError, load_model, save_checkpoint
+from memotrain.checkpoint import (
+    CheckpointError,
+    load_face_features,
+    load_model,
+    save_checkpoint,
+    save_face_cnn,
+)
 from memotrain.data import DataError, MemoDataset, collate
-from memotrain.facecnn import DenseNetBC, load_face_features, save_face_cnn
+from memotrain.facecnn import DenseNetBC
 from memotrain.model import InputError, MemoBert
 from memotrain.tasks import Pretrainer, TaskError
-from memotrain.train import (
-    Optim,
-    TrainError,
-    build_optimizers,
-    check_optimizer_split,
-    pretrain,
-)
+from memotrain.engine import Optim, TrainError
+from memotrain.recipes.pretrain import build_optimizers, check_optimizer_split, pretrain
 from memotrain.trainconfig import TrainConfigError, check_model, load_train_config
 
 TINY_CNN = {"growth": 4, "blocks": [2, 2, 2], "init_features": 8}
@@ -342,7 +343,7 @@ def test_bf16_autocast_covers_both_networks(corpus, tmp_path):
 def test_fp16_one_scaler_steps_both_optimizers(corpus, tmp_path, monkeypatch):
     # fp16 autocast + GradScaler run on CPU too; the trainer allows them on CUDA only, so the
     # precision check is bypassed to exercise the loop's scaler path here
-    monkeypatch.setattr("memotrain.train.resolve_precision", lambda p, d: p)
+    monkeypatch.setattr("memotrain.recipes.pretrain.resolve_precision", lambda p, d: p)
     s = pretrain(config(corpus, tmp_path / "fp16", steps=12, precision="fp16", save_every=12,
                         tasks={"vnce": 1}))
     saved = torch.load(tmp_path / "fp16" / "ckpt" / "state_step_12.pt", weights_only=False)

@@ -17,11 +17,12 @@ from click.testing import CliRunner
 
 from memo.cli import main
 from memotrain.config import preset
-from memotrain.convert import load_model
+from memotrain.checkpoint import load_model
 from memotrain.model import MemoBert
 from memotrain.sampler import BatchLimitError
 from memotrain.tasks import Pretrainer
-from memotrain.train import NonFiniteError, TrainError, lr_at, param_groups, pretrain
+from memotrain.engine import NonFiniteError, TrainError, lr_at, param_groups
+from memotrain.recipes.pretrain import pretrain
 from memotrain.trainconfig import (
     TrainConfigError,
     check_model,

@@ -2,30 +2,8 @@
 
     r = extract_face_features("face_cnn.pt", "raw/feat_th0.5_max36_min0", "faces")
 
-Reads every segment of a raw-crop database (``memo db rawimg-db``: gray ``S x S`` crops,
-normalised with the corpus's own mean / std recorded in its manifest), runs the CNN in eval
-mode on all its frames and writes a feature database exactly like create-imgdb's (FORMATS.md
-section 3; docs/FORMAT.md section 3): ``OUT_DIR/feat_th{conf_th}_max{max_bb}_min{min_bb}``
-(the raw database's frame selection, which it inherits) with its nbb json, ``__keys__`` and
-manifest. Per segment: ``features`` (n, D) float16, the pooled output of ``feature``
-(``feat`` 342 after the last block, ``trans1`` 216, ``trans2`` 300); with ``feat`` and a
-classifier also ``soft_labels`` (n, classes) float16, the softmax; and the raw database's
-other arrays (``confidence``, ``frame_idxs``) unchanged. Segments without frames are kept with
-arrays of length 0 and nbb 0, as create-imgdb does.
-
-Input normalisation (``normalization``):
-
-- ``corpus`` (default, what the original Denseface extractor did): the crops as stored,
-  ``(gray - corpus mean) / corpus std``, whatever statistics the CNN was trained with;
-- ``cnn``: re-normalised to the CNN's training statistics (from its checkpoint):
-  ``gray = x * std_db + mean_db``, then ``(gray - mean_cnn) / std_cnn``.
-
-Frames of consecutive segments are batched together (``batch_size`` frames per forward); in
-eval mode the CNN treats every crop on its own, so the result does not depend on the batching
-(tested). Keys are written in byte order; the build is staged and published whole (memodb's
-StagedDatabase). The manifest records the CNN (path, sha256, architecture, training
-normalisation) and the raw database (path, checksum, normalisation); a re-run with the same raw
-database, checkpoint and options finds the build up to date.
+Normalisation modes, batching and the manifest: docs/TRAINER.md "memo extract-faces"; the
+output format: docs/FORMAT.md sections 3 and 10.
 """
 from __future__ import annotations
 
@@ -44,9 +22,9 @@ from memodb.naming import db_name, nbb_name
 from memodb.progress import progress_bar
 from memodb.reader import FeatureDB
 from memodb.writer import StagedDatabase, existing_build
-from memotrain.convert import sha256
-from memotrain.facecnn import feature_block, load_face_cnn
-from memotrain.facetrain import resolve_device
+from memotrain.checkpoint import load_face_cnn, sha256
+from memotrain.facecnn import feature_block
+from memotrain.engine import resolve_device
 
 NORMALIZATIONS = ("corpus", "cnn")
 
@@ -77,7 +55,8 @@ def extract_face_features(cnn_checkpoint, rawimg_db, out_dir, *, feature: str = 
                           normalization: str = "corpus", batch_size: int = 256, device="auto",
                           progress: bool = False, replace: bool = False) -> BuildResult:
     """Build the face feature database of ``rawimg_db`` with the CNN of ``cnn_checkpoint``
-    (a ``memo train face-cnn`` checkpoint) in ``out_dir``; see the module docstring."""
+    (a ``memo train face-cnn`` checkpoint) in ``out_dir``; docs/TRAINER.md
+    "memo extract-faces"."""
     if normalization not in NORMALIZATIONS:
         raise BadInputError(f"unknown normalization {normalization!r}",
                             fix=f"use one of {', '.join(NORMALIZATIONS)}")
@@ -122,7 +101,7 @@ def extract_face_features(cnn_checkpoint, rawimg_db, out_dir, *, feature: str = 
     if done is not None:
         return BuildResult(out_dir / name, out_dir / nbb_file, done, skipped=True)
 
-    device = resolve_device(device)
+    device = resolve_device(device, error=BadInputError)
     model.to(device).eval()
     soft = feature == "feat" and model.classifier is not None
     dim = model.block_channels[block - 1]

@@ -2,59 +2,8 @@
 
     r = extract("run/ckpt/model_step_N.pt", "txt_db", "feats", img_db="img_db", layer=-1)
 
-The checkpoint alone rebuilds the model (``memotrain.convert.load_model``): any memo checkpoint,
-converted, pre-trained or fine-tuned. The model runs in eval mode (no dropout) under
-``torch.inference_mode``, in fp32 on every device (no autocast: with bf16 / fp16 the features
-of one example would differ between batchings by far more than float16 storage rounding), on
-CUDA when available (``device="auto"``).
-
-What is saved per text (keyed by its segment id), as ``(rows, H)`` arrays:
-
-- ``pooled`` (1, H): the model's pooler, tanh(dense), on the FINAL layer's [CLS] state, whatever
-  ``layer`` is (the vector an utterance-level emotion classifier reads);
-- ``text`` (text_len + 2, H): the chosen layer's states of ``[CLS] pieces [SEP]`` (the rows the
-  model saw, [CLS] first, [SEP] last);
-- ``faces`` (n, H) / ``speech`` (s, H): the chosen layer's states of the example's real face /
-  speech frames (only with ``img_db`` / ``speech_db``; a segment without a face gets 0 rows).
-
-``layer``: 0 = the embeddings (the encoder's input), 1..L = the output of layer 1..L, negative
-values count from the end (-1 = L, the default); anything else is an :class:`ExtractError`.
-
-Slicing is by each example's REAL lengths in the model's compact order (text | faces | speech,
-no padding between modalities: ``Layout.split``). The original sliced at the padded widths, so
-in a batch of mixed lengths the face states of every text shorter than the longest one were
-read from the wrong positions.
-
-Batch invariance: padding is masked out of attention and each modality's positions count from
-its own start, so an example's states do not depend on its batch companions or the batch size
-(up to float rounding of the matrix kernels, ~2e-6 on CPU; tests compare batch sizes 1 and
-5, a token budget and each example run alone). Batching: the dataset in key order is cut into
-pools of :data:`CHUNK` examples; each pool is batched by length (``BucketBatchSampler(shuffle=
-False)``, ``batch_size`` / ``max_tokens``), run, and written in key order before the next
-pool, so memory holds one pool's states at most. Texts the model or the databases cannot
-take are dropped and counted (``MemoDataset``), never silently: ``ExtractResult.report``,
-``extract.json``.
-
-Output, ``fmt="lmdb"`` (OUT a folder; docs/FORMAT.md "Extracted features")::
-
-    OUT/pooled/ OUT/text/ [OUT/faces/] [OUT/speech/]   feature databases: key = id + ".npz",
-                                                       value {"features": (rows, H) dtype}
-    OUT/nbb_pooled.json OUT/nbb_text.json ...          rows per key
-    OUT/labels.json      {id: label} (labelled texts only)
-    OUT/extract.json     what was run: checkpoint + sha256, layer, dbs, limits, counts
-
-Each database is written like ``create-imgdb`` writes one (StagedDatabase: key order,
-``__keys__``, nbb json, manifest with ``options.max_bb``), so ``FeatureDB`` reads it,
-``memo db check`` passes, and ``OUT/faces`` can be the img_db of another training
-(``face_dim`` = H). ``fmt="parquet"``: OUT is one Parquet file, one row per text in key order:
-``id``, ``label`` (nullable), ``pooled`` list<float>, ``text`` / ``faces`` / ``speech``
-list<list<float>> (the modalities present), ``n_text`` / ``n_faces`` / ``n_speech``; the
-content of extract.json is the schema's ``memo.extract`` metadata.
-
-Atomicity: OUT is built as ``.<name>.partial`` beside it (a lock ``.<name>.lock`` keeps a
-second run out) and renamed to OUT as the very last step, extract.json written just before;
-an existing OUT is refused; a failed run removes its partial, a killed one leaves it for the
-next run to remove.
+What is saved, batch invariance and the atomic output: docs/TRAINER.md "memo extract"; the
+output format: docs/FORMAT.md section 9.
 """
 from __future__ import annotations
 
@@ -76,8 +25,9 @@ from memodb.manifest import write_json_atomic
 from memodb.progress import progress_bar
 from memodb.txtdb import TextDB
 from memodb.writer import StagedDatabase
-from memotrain.convert import load_model, memo_version, sha256
+from memotrain.checkpoint import load_model, memo_version, sha256
 from memotrain.data import MemoDataset, collate, default_frame_limit
+from memotrain.engine import resolve_device
 from memotrain.sampler import BucketBatchSampler
 
 CHUNK = 2048  # examples per pool: batched by length inside, written in key order
@@ -127,18 +77,6 @@ def resolve_layer(layer, layers: int) -> int:
                            f"layer must be in {-(layers + 1)}..{layers} (0 = the embeddings, "
                            f"1..{layers} the layer outputs, -1 = the last)")
     return int(layer) if layer >= 0 else layers + 1 + int(layer)
-
-
-def resolve_device(device) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ExtractError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ExtractError(f"device {device}: CUDA is not available here (use cpu or auto)")
-    return dev
 
 
 def _check_modalities(cfg, checkpoint, img_db, speech_db) -> None:
@@ -426,7 +364,7 @@ def extract(checkpoint, txt_db, out, *, img_db=None, speech_db=None, layer=None,
             max_faces: int | None = None, max_speech: int | None = None,
             progress: bool = False) -> ExtractResult:
     """Run the model of ``checkpoint`` over ``txt_db`` (+ ``img_db`` faces, + ``speech_db``)
-    and save pooled and per-modality states per segment to ``out`` (see the module doc).
+    and save pooled and per-modality states per segment to ``out`` (docs/TRAINER.md "memo extract").
 
     - ``layer``: hidden state of the per-modality states (0 = embeddings, 1..L, negatives
       from the end; default: the last); the pooled vector always comes from the final layer.
@@ -446,7 +384,7 @@ def extract(checkpoint, txt_db, out, *, img_db=None, speech_db=None, layer=None,
     if out.exists() or out.is_symlink():
         raise OutputExistsError(f"{out} already exists; delete it or choose another output "
                                 "path (memo extract never writes over a previous result)")
-    dev = resolve_device(device)
+    dev = resolve_device(device, error=ExtractError)
     model = load_model(checkpoint, device=dev).eval()
     cfg = model.config
     at = resolve_layer(layer, cfg.layers)

@@ -2,33 +2,8 @@
 
     summary = finetune("ft.json", overrides=["--folds", "[1,2,3]", "--seeds", "[0,1]"])
 
-For every (fold, seed) of the config (:mod:`memotrain.finetuneconfig`), one run:
-
-1. the model from ``init_checkpoint`` (or a preset) and a :class:`Classifier` head: ``emocls``
-   or ``vqa`` on the pooled [CLS], or ``prompt`` (the tied MLM head at the [MASK] of
-   ``"{text} i am [MASK] ."``, scored over the label words only, in training and evaluation);
-2. train on the fold's train text db (+ face / speech feature dbs) for ``epochs``, every layer
-   trained, AdamW with the pre-training's no-decay groups, warmup then linear decay;
-3. evaluate on the fold's VALIDATION db each epoch (or every ``select.every`` updates); the best
-   ``select.metric`` (UA by default, WF1 for MELD) is kept as ``best.pt`` with its metrics;
-   after ``select.patience`` evaluations without improvement the run stops early;
-4. only then is the TEST db opened: the selected model is evaluated on val and test (and on
-   each ``eval_modalities`` subset: e.g. faces removed), predictions are written, and
-   ``result.json`` marks the run as finished.
-
-The test split is never read before step 4 and never used to choose anything; a config whose
-validation db is the test db (same path or same content checksum) is refused. Validation and
-test examples are never dropped: an example that does not fit (too long, features missing) is
-an error naming it, since a dropped test example silently changes the reported figures.
-
-Folders: ``output_dir/config.json`` (the resolved config), per run ``fold<f>/seed<s>/`` with
-``metrics.jsonl``, ``best.pt`` (a memo checkpoint: ``memotrain.convert.load_model`` rebuilds
-the encoder from it; :func:`load_classifier` the whole classifier), ``predictions_<split>.tsv``
-and ``result.json``; then ``results.json`` / ``results.tsv`` over every run
-(:mod:`memotrain.results`). A re-run with the same config skips the finished runs and restarts
-unfinished ones from scratch (a fine-tuning run is minutes; no mid-run resume).
-
-Single process (fine-tuning corpora are small); CUDA and bf16 / fp16 autocast when present.
+One run per (fold, seed) of the config, model selection on validation only, the test split
+read last; the folders and the rules: docs/TRAINER.md "Fine-tuning".
 """
 from __future__ import annotations
 
@@ -41,14 +16,28 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from memodb.config import changes
 from memodb.manifest import write_json_atomic
 from memodb.txtdb import TextDB
 from memotrain import metrics as M
 from memotrain import results as R
-from memotrain.convert import load_checkpoint, load_model, save_checkpoint
-from memotrain.data import IGNORE_TARGET, MemoDataset, collate, default_frame_limit
+from memotrain.checkpoint import load_model, save_checkpoint
+from memotrain.classifier import Batcher, Classifier, FinetuneError, Prompt, load_classifier
+from memotrain.data import IGNORE_TARGET, MemoDataset, default_frame_limit
+from memotrain.engine import (
+    NonFiniteError,
+    Optim,
+    Stepper,
+    append_jsonl,
+    autocast,
+    grad_scaler,
+    param_groups,
+    resolve_device,
+    resolve_precision,
+    seed_for,
+    to_device,
+)
 from memotrain.finetuneconfig import (
     MODALITIES,
     FinetuneConfig,
@@ -58,15 +47,6 @@ from memotrain.finetuneconfig import (
 )
 from memotrain.model import MemoBert
 from memotrain.sampler import BucketBatchSampler
-from memotrain.train import (
-    NonFiniteError,
-    TrainError,
-    lr_at,
-    param_groups,
-    resolve_precision,
-    seed_for,
-    to_device,
-)
 from memotrain.trainconfig import TrainConfigError
 
 log = logging.getLogger(__name__)
@@ -76,183 +56,6 @@ BEST_FILE = "best.pt"
 # config keys a re-run may change in an output_dir that already holds runs
 RERUN_CHANGES = ("folds", "seeds", "eval_modalities", "device", "log_every", "data.num_workers",
                  "output_dir")
-
-
-class FinetuneError(TrainError):
-    """Fine-tuning cannot run on these databases (labels missing, an evaluation example that
-    does not fit, an output folder of another config)."""
-
-
-# ----------------------------------------------------------------------------- the classifier
-
-class Classifier(nn.Module):
-    """A :class:`MemoBert` with a classification head; ``forward(batch) -> (B, C)`` logits.
-
-    ``emocls``: Dropout(0.1), Linear(h, C); ``vqa``: Linear(h, 2h), GELU, LayerNorm,
-    Linear(2h, C), both on the pooled [CLS]. ``prompt``: the model's MLM head at each example's
-    ``prompt_pos`` (the [MASK]), restricted to the ``label_ids`` (one token per class)."""
-
-    def __init__(self, model: MemoBert, head: str, n_classes: int, label_ids=None,
-                 dropout: float = 0.1):
-        super().__init__()
-        self.model, self.kind, self.n_classes = model, head, int(n_classes)
-        H, eps = model.config.hidden, model.config.layer_norm_eps
-        if head == "emocls":
-            self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(H, n_classes))
-        elif head == "vqa":
-            self.head = nn.Sequential(nn.Linear(H, 2 * H), nn.GELU(),
-                                      nn.LayerNorm(2 * H, eps=eps), nn.Linear(2 * H, n_classes))
-        elif head == "prompt":
-            if label_ids is None or len(label_ids) != n_classes:
-                raise FinetuneError(f"the prompt head needs one label word per class "
-                                    f"({n_classes}), got {label_ids}")
-            self.head = None
-        else:
-            raise FinetuneError(f"unknown head {head!r}")
-        self.register_buffer("label_ids", torch.tensor(label_ids or [], dtype=torch.long),
-                             persistent=True)
-        if self.head is not None:
-            for m in self.head.modules():
-                if isinstance(m, nn.Linear):
-                    nn.init.normal_(m.weight, std=model.config.initializer_range)
-                    nn.init.zeros_(m.bias)
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        out = self.model(batch["input_ids"], batch["text_lens"], batch.get("faces"),
-                         batch.get("face_lens"), None, batch.get("speech"),
-                         batch.get("speech_lens"))
-        if self.head is not None:
-            return self.head(out.pooled)
-        rows = torch.arange(len(batch["prompt_pos"]), device=out.hidden.device)
-        h = self.model.mlm.transform(out.hidden[rows, batch["prompt_pos"]])  # text comes first
-        w = self.model.mlm.decoder.weight[self.label_ids]  # the label words' rows only
-        return h @ w.t() + self.model.mlm.bias[self.label_ids]
-
-
-def load_classifier(path, device="cpu") -> tuple[Classifier, dict]:
-    """The classifier of a fine-tuning checkpoint (``best.pt``) and its ``finetune`` record
-    (labels, head, label words, prompt ids, step, validation metrics)."""
-    ckpt = load_checkpoint(path)
-    info = ckpt.get("finetune")
-    if not isinstance(info, dict):
-        raise FinetuneError(f"{path}: not a fine-tuning checkpoint (no 'finetune' record); "
-                            "use memotrain.convert.load_model for an encoder")
-    clf = Classifier(load_model(ckpt), info["head"], len(info["labels"]),
-                     info.get("label_ids") or None)
-    if clf.head is not None:
-        clf.head.load_state_dict(info["head_state"])
-    return clf.to(device), info
-
-
-# ----------------------------------------------------------------------------- batches
-
-class Prompt:
-    """``"{text} i am [MASK] ."`` as token ids around the text, and the label words' ids."""
-
-    def __init__(self, template: str, label_words, txt_db, vocab=None):
-        from memodb.wordpiece import WordPieceTokenizer, bundled_vocab_dir, load_vocab
-
-        db = TextDB(txt_db)
-        meta, manifest = db.meta, db.manifest or {}
-        candidates = [vocab] if vocab else [(manifest.get("vocab") or {}).get("file"),
-                                            bundled_vocab_dir()]
-        want = meta.get("vocab_sha256")
-        voc = None
-        for c in candidates:
-            if c and Path(c).exists():
-                v = load_vocab(c)
-                if want is None or v.sha256 == want:
-                    voc = v
-                    break
-        if voc is None:
-            raise FinetuneError(f"{txt_db}: cannot find the vocabulary its texts were "
-                                f"tokenised with (vocab_sha256 {want}); give prompt.vocab (the "
-                                "folder of that vocab.txt)")
-        tok = WordPieceTokenizer(voc)
-        before, _, after = template.partition("{text}") if "{text}" in template else \
-            ("", "", template)
-
-        def encode(part):
-            ids = []
-            for word in part.split():
-                ids.extend([voc.ids["MASK"]] if word == "[MASK]" else tok.encode(word).ids)
-            return ids
-
-        self.before, self.after = encode(before), encode(after)
-        self.mask_id = voc.ids["MASK"]
-        ids = self.before + self.after
-        self.mask_offset = ids.index(self.mask_id)  # in before + after
-        self.label_ids = []
-        for w in label_words:
-            pieces = tok.encode(w)
-            if len(pieces.ids) != 1:
-                raise FinetuneError(f"prompt label word {w!r} is {len(pieces.ids)} word pieces "
-                                    f"({' '.join(pieces.pieces)}) in {voc.name}; each label "
-                                    "word must be one token: choose another word "
-                                    "(prompt.label_words)")
-            self.label_ids.append(pieces.ids[0])
-        if len(set(self.label_ids)) != len(self.label_ids):
-            raise FinetuneError(f"prompt label words {list(label_words)} repeat a token")
-
-    def __len__(self) -> int:
-        return len(self.before) + len(self.after)
-
-
-class Batcher:
-    """``collate`` for fine-tuning: the modalities kept (text removed = ``[CLS] [SEP]``, faces
-    or speech removed = absent), the prompt inserted around the text, ``prompt_pos``."""
-
-    def __init__(self, modalities, prompt: Prompt | None = None):
-        self.modalities = tuple(modalities)
-        self.prompt = prompt
-
-    def item(self, it: dict) -> dict:
-        it = dict(it)
-        if "faces" not in self.modalities:
-            it.pop("faces", None)
-            it.pop("soft_labels", None)
-        if "speech" not in self.modalities:
-            it.pop("speech", None)
-        ids, words = it["input_ids"], it["word_ids"]
-        emo = it.get("emo_type_ids")
-        if "text" not in self.modalities:
-            ids, words = ids[[0, -1]], words[[0, -1]]
-            emo = None if emo is None else emo[[0, -1]]
-        p = self.prompt
-        if p is not None:
-            n_words = int(words.max()) + 1 if len(words) > 2 else 0
-            b, a = np.asarray(p.before, np.int64), np.asarray(p.after, np.int64)
-            ids = np.concatenate([ids[:1], b, ids[1:-1], a, ids[-1:]])
-            words = np.concatenate([words[:1], n_words + np.arange(len(b)), words[1:-1],
-                                    n_words + len(b) + np.arange(len(a)), words[-1:]])
-            if emo is not None:
-                emo = np.concatenate([emo[:1], np.zeros(len(b), np.int64), emo[1:-1],
-                                      np.zeros(len(a), np.int64), emo[-1:]])
-            m = p.mask_offset
-            it["prompt_pos"] = 1 + m if m < len(b) else len(ids) - 1 - len(a) + (m - len(b))
-        it["input_ids"], it["word_ids"] = ids, words
-        if emo is None:
-            it.pop("emo_type_ids", None)
-        else:
-            it["emo_type_ids"] = emo
-        return it
-
-    def __call__(self, items: list[dict]) -> dict:
-        items = [self.item(it) for it in items]
-        batch = collate(items)
-        if self.prompt is not None:
-            batch["prompt_pos"] = torch.tensor([it["prompt_pos"] for it in items])
-        return batch
-
-    def lengths(self, ds: MemoDataset) -> np.ndarray:
-        """Tokens per example of ``ds`` as this batcher shapes it (for the token budget)."""
-        n = (ds.text_lens + 2 if "text" in self.modalities else np.full(len(ds), 2)) \
-            + (len(self.prompt) if self.prompt is not None else 0)
-        if "faces" in self.modalities and ds.face_lens is not None:
-            n = n + ds.face_lens
-        if "speech" in self.modalities and ds.speech_lens is not None:
-            n = n + ds.speech_lens
-        return np.asarray(n, dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------- the runs
@@ -265,7 +68,7 @@ def finetune(config, overrides=(), console=None) -> dict:
     out = Path(cfg.output_dir)
     _claim(out, cfg)
     show = console or R.Console()
-    device = _device(cfg)
+    device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     runs = []
     for fold in cfg.fold_names():
@@ -285,21 +88,12 @@ def finetune(config, overrides=(), console=None) -> dict:
     return {"runs": runs, "summary": summary, "output_dir": str(out)}
 
 
-def _device(cfg: FinetuneConfig) -> torch.device:
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def _claim(out: Path, cfg: FinetuneConfig) -> None:
     """Write ``config.json``; an output folder of another config is refused."""
-    from memotrain.train import _flat
     path = out / "config.json"
     if path.exists():
-        saved = _flat(json.loads(path.read_text(encoding="utf-8")))
-        now = _flat(json.loads(json.dumps(cfg.to_dict())))  # tuples as lists
-        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k)
-                         and not k.startswith(RERUN_CHANGES))
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        changed = changes(saved, cfg.to_dict(), ignore=RERUN_CHANGES)
         if changed:
             raise FinetuneError(f"{out} holds fine-tuning runs of another config (differs in "
                                 f"{', '.join(changed)}); choose another output_dir or delete "
@@ -404,11 +198,10 @@ def run_one(cfg: FinetuneConfig, fold, seed: int, run_dir: Path, device, precisi
     total = cfg.epochs * per_epoch
     warmup = o.warmup_steps if o.warmup_steps is not None else round(o.warmup_ratio * total)
     every = cfg.select.every or per_epoch
-    optimizer = torch.optim.AdamW(param_groups(clf, o.weight_decay), lr=o.lr, betas=o.betas,
-                                  fused=device.type == "cuda" or None)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
+    optim = Optim("classifier", torch.optim.AdamW(
+        param_groups(clf, o.weight_decay), lr=o.lr, betas=o.betas,
+        fused=device.type == "cuda" or None), o.lr, warmup, o.grad_clip).start(total)
+    stepper = Stepper([optim], grad_scaler(device, precision), o.grad_accum)
     metric = cfg.select.metric
     show.start_run(fold, seed, len(train), len(val), total, mods, cfg.head, device, precision)
 
@@ -421,50 +214,39 @@ def run_one(cfg: FinetuneConfig, fold, seed: int, run_dir: Path, device, precisi
         sampler.set_epoch(epoch)
         batches = iter(loader)
         for _ in range(per_epoch):
-            lr = lr_at(step, o.lr, warmup, total)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            loss_sum, finite = 0.0, True
             for _micro in range(o.grad_accum):
                 batch = next(batches, None)
                 if batch is None:
                     break
                 batch = to_device(batch, device)
-                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                with autocast(device, precision):
                     logits = clf(batch)
-                loss = F.cross_entropy(logits.float(), batch["targets"], weight=weights,
-                                       ignore_index=IGNORE_TARGET) / o.grad_accum
-                finite &= bool(torch.isfinite(loss))
-                scaler.scale(loss).backward()
-                loss_sum += float(loss.detach())
-            scaler.unscale_(optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip if o.grad_clip > 0
-                                                  else float("inf"))
-            if finite and torch.isfinite(norm):
-                scaler.step(optimizer)
+                stepper.backward(F.cross_entropy(logits.float(), batch["targets"],
+                                                 weight=weights, ignore_index=IGNORE_TARGET))
+            update = stepper.step()
+            if update.finite:
                 nonfinite = 0
             else:
                 skipped += 1
                 nonfinite += 1
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
             step += 1
-            window.append(loss_sum)
+            window.append(update.loss)
             if nonfinite >= cfg.max_nonfinite:
                 raise NonFiniteError(f"{run_dir}: {nonfinite} updates in a row had a "
                                      f"non-finite loss or gradients at update {step}; lower "
                                      "optim.lr or use precision fp32/bf16")
             if cfg.log_every and step % cfg.log_every == 0:
-                rec = {"step": step, "epoch": epoch, "lr": lr, "loss": float(np.mean(window)),
-                       "skipped": skipped, "seconds": time.perf_counter() - t0}
+                rec = {"step": step, "epoch": epoch, "lr": update.lrs["classifier"],
+                       "loss": float(np.mean(window)), "skipped": skipped,
+                       "seconds": time.perf_counter() - t0}
                 window = []
-                _append(metrics_file, rec)
+                append_jsonl(metrics_file, rec)
                 show.log(rec, total)
             if step % every == 0 or step == total:
-                res = evaluate(clf, val, Batcher(mods, prompt), cfg, device, amp, C)
+                res = evaluate(clf, val, Batcher(mods, prompt), cfg, device, precision, C)
                 improved = res[metric] > best
-                _append(metrics_file, {"step": step, "epoch": epoch, "val": _brief(res),
-                                       "best": improved})
+                append_jsonl(metrics_file, {"step": step, "epoch": epoch, "val": _brief(res),
+                                            "best": improved})
                 show.val(step, res, metric, improved)
                 if improved:
                     best, best_step, since_best = res[metric], step, 0
@@ -486,15 +268,15 @@ def run_one(cfg: FinetuneConfig, fold, seed: int, run_dir: Path, device, precisi
     if paths["test"]:
         evals["test"], _ = _dataset(cfg, paths, "test", every_mod, mc, plen, True, C)
     for split, ds in evals.items():
-        res = evaluate(clf, ds, Batcher(mods, prompt), cfg, device, amp, C, keep=True)
+        res = evaluate(clf, ds, Batcher(mods, prompt), cfg, device, precision, C, keep=True)
         _predictions(run_dir / f"predictions_{split}.tsv", res, names)
         result["splits"][split] = _brief(res)
         for sub in cfg.eval_modalities:
             key = "+".join(sub)
-            r = evaluate(clf, ds, Batcher(sub, prompt), cfg, device, amp, C)
+            r = evaluate(clf, ds, Batcher(sub, prompt), cfg, device, precision, C)
             result["ablations"].setdefault(key, {})[split] = _brief(r)
     result["report"] = "test" if "test" in evals else "val"
-    _append(metrics_file, {"step": best_step, "selected": result["splits"]})
+    append_jsonl(metrics_file, {"step": best_step, "selected": result["splits"]})
     write_json_atomic(run_dir / RESULT_FILE, result, indent=1)  # last: the run is finished
     show.done_run(result)
     return result
@@ -527,7 +309,7 @@ def _class_weights(spec, targets, C, device):
 
 
 @torch.no_grad()
-def evaluate(clf: Classifier, ds: MemoDataset, batcher: Batcher, cfg, device, amp, C,
+def evaluate(clf: Classifier, ds: MemoDataset, batcher: Batcher, cfg, device, precision, C,
              keep: bool = False) -> dict:
     """WA, UA, F1, WF1, per-class scores and the confusion matrix of ``clf`` on ``ds`` (every
     example, fixed batches); with ``keep``, also ids, labels and predictions."""
@@ -538,7 +320,7 @@ def evaluate(clf: Classifier, ds: MemoDataset, batcher: Batcher, cfg, device, am
     ids, labels, preds = [], [], []
     for idx in sampler:
         batch = to_device(batcher([ds[i] for i in idx]), device)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        with autocast(device, precision):
             logits = clf(batch)
         preds.append(logits.float().argmax(-1).cpu())
         labels.append(batch["targets"].cpu())
@@ -569,9 +351,3 @@ def _predictions(path: Path, res: dict, names) -> None:
     lines = ["id\tlabel\tprediction\n"] + [f"{i}\t{names[a]}\t{names[b]}\n" for i, a, b in
                                            zip(res["ids"], res["labels"], res["preds"])]
     write_json_atomic(path, "".join(lines))
-
-
-def _append(path: Path, rec: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(rec) + "\n")
-
