@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from memodb.ids import id_to_key
+from memodb.store.ids import id_to_key
 from memotrain.config import preset
 from memotrain.convert import save_checkpoint
 from memotrain.data import MemoDataset, collate

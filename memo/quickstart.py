@@ -14,9 +14,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memodb.check import CheckReport
-from memodb.dataset import build_dataset
-from memodb.stats import feature_stats
+from memodb.checks.report import CheckReport
+from memodb.dataset.build import build_dataset
+from memodb.describe import feature_stats
 from memodb.synth import (
     make_captions,
     make_emotion_corpus,
@@ -24,7 +24,7 @@ from memodb.synth import (
     make_lexicon,
     make_openface,
 )
-from memodb.trans2npz import trans2npz
+from memodb.feature.trans2npz import trans2npz
 
 MOVIES, SEGMENTS, CLIPS = 4, 25, 6
 CONFIG = {

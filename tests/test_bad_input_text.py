@@ -18,10 +18,11 @@ import pytest
 
 from conftest import run_and_kill
 from memodb.errors import BadInputError, BadInputsError, OutputExistsError
-from memodb.manifest import read_manifest
+from memodb.store.manifest import read_manifest
+from memodb.store.textdb import TextDB
 from memodb.synth import WORDS, make_captions
-from memodb.txtdb import TextDB, create_txtdb
-from memodb.wordpiece import bundled_vocab_dir
+from memodb.text.txtdb import create_txtdb
+from memodb.text.wordpiece import bundled_vocab_dir
 
 
 
@@ -448,7 +449,7 @@ def test_split_id_list_errors(work, caps120, tmp_path):
 # 8. a killed build, run again
 
 
-KILL_CODE = ("import sys; from memodb.txtdb import create_txtdb; "
+KILL_CODE = ("import sys; from memodb.text.txtdb import create_txtdb; "
              "create_txtdb(sys.argv[1], sys.argv[2], splits=sys.argv[3:], seed=1)")
 BIG_SPLITS = ["val=12000"]
 

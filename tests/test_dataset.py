@@ -15,7 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from memo.cli import main
-from memodb.dataset import build_dataset, load_config
+from memodb.dataset.build import build_dataset
+from memodb.dataset.config import load_config
 from memodb.errors import BadInputError
 from memodb.synth import make_captions, make_h5_corpus, make_lexicon
 

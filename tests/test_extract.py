@@ -16,13 +16,14 @@ from click.testing import CliRunner
 from conftest import write_npz
 
 from memo.cli import main
-from memodb.check import check
+from memodb.checks.run import check
 from memodb.errors import OutputExistsError
-from memodb.imgdb import create_imgdb
-from memodb.ids import id_to_key
-from memodb.reader import FeatureDB
+from memodb.feature.imgdb import create_imgdb
+from memodb.store.ids import id_to_key
+from memodb.store.reader import FeatureDB
+from memodb.store.textdb import TextDB
 from memodb.synth import WORDS, make_captions, make_h5_corpus
-from memodb.txtdb import TextDB, create_txtdb
+from memodb.text.txtdb import create_txtdb
 from memotrain import extract as extract_mod
 from memotrain.config import preset
 from memotrain.convert import CheckpointError, load_model, save_checkpoint

@@ -7,10 +7,10 @@ import torch
 from click.testing import CliRunner
 
 from memo.cli import main
-from memodb.check import check
+from memodb.checks.run import check
 from memodb.errors import BadInputError, OutputExistsError
-from memodb.rawimg import rawimg_db
-from memodb.reader import FeatureDB
+from memodb.feature.rawimg import rawimg_db
+from memodb.store.reader import FeatureDB
 from memodb.synth import make_openface
 from memotrain.config import ConfigError
 from memotrain.convert import CheckpointError

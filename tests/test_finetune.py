@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from memo.cli import main
-from memodb.dataset import build_dataset
+from memodb.dataset.build import build_dataset
 from memodb.synth import make_emotion_corpus
 from memotrain import finetune as ft
 from memotrain.config import preset
@@ -275,7 +275,7 @@ def test_config_errors(emo, tmp_path, change, match):
 
 def test_unlabelled_text_db_is_refused(tmp_path, emo):
     from memodb.synth import make_captions
-    from memodb.txtdb import create_txtdb
+    from memodb.text.txtdb import create_txtdb
     caps = tmp_path / "caps.json"
     make_captions([f"Ses01_{i}" for i in range(1, 30)], caps)
     create_txtdb(caps, tmp_path / "txt", img_db=emo["face"], splits=["val=5", "test=5"],

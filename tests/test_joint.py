@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from memodb.dataset.shard import Shard
 from memodb.errors import DatabaseError
-from memodb.rawimg import rawimg_db
-from memodb.shard import Shard
+from memodb.feature.rawimg import rawimg_db
 from memodb.synth import make_captions, make_openface
-from memodb.txtdb import create_txtdb
+from memodb.text.txtdb import create_txtdb
 from memotrain.config import ConfigError, preset
 from memotrain.convert import CheckpointError, load_model, save_checkpoint
 from memotrain.data import DataError, MemoDataset, collate

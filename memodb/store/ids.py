@@ -1,7 +1,7 @@
-"""Segment ids and the keys / file names made from them (FORMATS.md section 1)."""
+"""Segment ids and the keys / file names made from them (docs/FORMAT.md section 1)."""
 from __future__ import annotations
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 KEY_SUFFIX = ".npz"
 MAX_KEY_BYTES = 511  # LMDB's default maximum key size
