@@ -78,7 +78,8 @@ def make_lexicon(path) -> dict:
 
 
 def make_openface(root, clips: int = 4, frames: int = 12, size: int = 112, seed: int = 0) -> list:
-    """OpenFace-style output (docs/DATABASES.md, "Inputs"): ``<clip>.csv`` and ``<clip>_aligned/*.bmp``."""
+    """OpenFace-style output (docs/DATABASES.md, "Inputs"): ``<clip>.csv`` and
+    ``<clip>_aligned/*.bmp``."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)

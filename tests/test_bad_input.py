@@ -1,4 +1,4 @@
-"""Bad input (PIPELINE.md, "Bad input the product meets in real life").
+"""Bad input the product meets in real life (inputs: docs/DATABASES.md, "Inputs").
 
 Every case asserts three things: the named error (or the CLI's ``Error: ...`` and exit code 1),
 a message naming the file and / or the segment, and that nothing was published or changed: no
@@ -413,7 +413,7 @@ def test_odd_ids_build_and_read_back(tmp_path):
     for i, arrays in written.items():
         np.testing.assert_array_equal(db[i]["features"], arrays["features"])
         np.testing.assert_array_equal(db[f"{i}.npz"]["features"], arrays["features"])
-    # MELD's "val/dia0_utt0" is stored as val-dia0_utt0.npz (FORMATS.md 1)
+    # MELD's "val/dia0_utt0" is stored as val-dia0_utt0.npz (docs/FORMAT.md section 1)
     assert "val/dia0_utt0" in db
     np.testing.assert_array_equal(db["val/dia0_utt0"]["features"],
                                   written["val-dia0_utt0"]["features"])
@@ -701,7 +701,8 @@ def test_check_damaged_database(tmp_path, good_db, damage, code, segment):
 
 
 CHECK_CODE = "import sys; from memo.cli import main; main(['db', 'check', '--json', sys.argv[1]])"
-READ_CODE = "import sys; from memodb.store.reader import FeatureDB; FeatureDB(sys.argv[1])['movieA_1']"
+READ_CODE = ("import sys; from memodb.store.reader import FeatureDB; "
+             "FeatureDB(sys.argv[1])['movieA_1']")
 
 
 def test_truncated_data_mdb(tmp_path, good_db):

@@ -1,4 +1,4 @@
-"""Bad input for create-txtdb (PIPELINE.md, "Bad input the product meets in real life").
+"""Bad input for create-txtdb, as the product meets it in real life (docs/DATABASES.md, "Inputs").
 
 Each error case asserts the named error, a message naming the file and / or the segment (and a
 fix), and that nothing was published or changed: no text database, no ``.partial`` directory or

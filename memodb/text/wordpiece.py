@@ -100,8 +100,8 @@ class WordPieceTokenizer:
     """Tokenise many texts fast and exactly; see the module docstring.
 
     ``lexicon`` (a :class:`~memodb.text.lexicon.Lexicon`) marks the pieces of emotion words: a
-    word here is what BERT's basic tokenizer yields (``happy,`` gives ``happy`` and ``,``), looked up
-    after the same normalisation (lower case, no accents).
+    word here is what BERT's basic tokenizer yields (``happy,`` gives ``happy`` and ``,``),
+    looked up after the same normalisation (lower case, no accents).
     """
 
     def __init__(self, vocab: Vocab, lexicon=None):
