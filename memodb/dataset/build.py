@@ -60,8 +60,8 @@ def build_dataset(config, out_dir, *, workers: int | None = None, progress: bool
     """Build (or bring up to date) every database of a dataset config in ``out_dir``, then
     check the folder. ``config`` is a path or a dict from :func:`load_config`.
 
-    ``shard`` (``"I/N"`` or a :class:`~memodb.dataset.shard.Shard`): build only shard I of N of the
-    feature databases, and ``shard.json`` instead of text databases and ``dataset.json``.
+    ``shard`` (``"I/N"`` or a :class:`~memodb.dataset.shard.Shard`): build only shard I of N of
+    the feature databases, and ``shard.json`` instead of text databases and ``dataset.json``.
     """
     cfg = load_config(config) if not isinstance(config, dict) else config
     shard = parse_shard(shard) if shard is not None else None

@@ -178,8 +178,8 @@ def rawimg_db(src, out_dir, *, size: int = 64, mean: float | None = None,
     """Build ``OUT_DIR/feat_th{conf_th}_max{max_bb}_min{min_bb}`` of normalised gray crops.
 
     The mean / std used (given or computed) are in the manifest under ``normalization``. With
-    ``shard`` (:class:`~memodb.dataset.shard.Shard`) only that shard's segments are built, as 8-bit
-    gray crops with the pixel sums in the manifest's ``sums`` (see the module docstring).
+    ``shard`` (:class:`~memodb.dataset.shard.Shard`) only that shard's segments are built, as
+    8-bit gray crops with the pixel sums in the manifest's ``sums`` (the merge normalises).
     """
     if (mean is None) != (std is None):
         raise BadInputError("give both --mean and --std, or neither (then they are computed "
