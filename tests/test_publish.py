@@ -1,4 +1,4 @@
-"""Publishing a database (memodb/writer.py): the paths a kill at each step cannot show.
+"""Publishing a database (memodb/store/writer.py): the paths a kill at each step cannot show.
 
 tests/test_faults.py kills a replacement at each step of its publishing (with the atomic
 exchange and without it). Here, in-process and deterministic: which of the two replacement

@@ -8,8 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..dataset.shard import KIND as SHARD_KIND
-from ..dataset.shard import SHARD_FILE, read_shard_file, shard_label
+from ..dataset.shard import KIND as SHARD_KIND, SHARD_FILE, read_shard_file, shard_label
 from ..errors import MemoError
 from ..store.manifest import DATASET_FILE, read_manifest
 from ..text.splits import SPLITS_FILE
