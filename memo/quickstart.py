@@ -14,8 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memodb.checks.report import CheckReport
-from memodb.dataset.build import build_dataset
+from memodb import CheckReport, build_dataset, trans2npz
 from memodb.describe import feature_stats
 from memodb.synth import (
     make_captions,
@@ -24,7 +23,6 @@ from memodb.synth import (
     make_lexicon,
     make_openface,
 )
-from memodb.feature.trans2npz import trans2npz
 
 MOVIES, SEGMENTS, CLIPS = 4, 25, 6
 CONFIG = {
