@@ -31,7 +31,7 @@ import time
 import traceback
 from pathlib import Path
 
-from memodb.manifest import write_json_atomic
+from memodb.store.manifest import write_json_atomic
 
 from . import common
 

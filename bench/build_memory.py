@@ -11,15 +11,14 @@ import os
 import subprocess
 import sys
 
-from .common import (MIB, make_npz, met, parser, ratio, report, scratch, timed, warm,
-                     watch_tree)
+from .common import MIB, make_npz, met, parser, ratio, report, scratch, timed, warm, watch_tree
 
 GOAL_MIB = 1024
 
 # Runs in the child: the build, then its own and its (waited-for) children's peak RSS.
 CHILD = """
 import json, resource, sys, time
-from memodb.imgdb import create_imgdb
+from memodb.feature.imgdb import create_imgdb
 t = time.perf_counter()
 r = create_imgdb(sys.argv[1], sys.argv[2], conf_th=0.5, max_bb=36, workers=int(sys.argv[3]))
 print(json.dumps({"seconds": time.perf_counter() - t, "path": str(r.path),

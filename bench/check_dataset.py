@@ -18,12 +18,29 @@ from pathlib import Path
 
 import lmdb
 
-from memodb.check import check
-from memodb.dataset import build_dataset
+from memodb.checks.run import check
+from memodb.dataset.build import build_dataset
 
-from .common import (MIB, OUT, cores, cprofile, in_child, make_captions, make_lexicon, make_npz,
-                     met, npz_ids, parser, ratio, report, scratch, summarize, timed, warm,
-                     watch_anon)
+from .common import (
+    MIB,
+    OUT,
+    cores,
+    cprofile,
+    in_child,
+    make_captions,
+    make_lexicon,
+    make_npz,
+    met,
+    npz_ids,
+    parser,
+    ratio,
+    report,
+    scratch,
+    summarize,
+    timed,
+    warm,
+    watch_anon,
+)
 
 GOAL_S = 60  # `memo db check` on a 200k-segment dataset folder, 2 cores
 GOAL_SEGMENTS = 200_000
@@ -172,7 +189,7 @@ def main(argv=None) -> str:
                 if goal else ""]
 
     rows = [row("raw read floor: cursor + sha256, one process per db (baseline)", "base"),
-            row("memo db check (memodb.check.check)", "memo", f"< {GOAL_S} s at 200k")]
+            row("memo db check (memodb.check)", "memo", f"< {GOAL_S} s at 200k")]
     b = built["result"]
     # the text dbs of one source are one step: each records the time of all of them
     step_s = {}
@@ -190,7 +207,7 @@ def main(argv=None) -> str:
                       + (f", {nw} warning(s)" if nw else "") + ")"
                       for p, kind, s, np_, nw, first, _ in checked["dbs"])
     notes = [
-        f"dataset folder built by memo db build (memodb.dataset.build_dataset, "
+        f"dataset folder built by memo db build (memodb.build_dataset, "
         f"{args.workers} workers, in a child process) in {built['seconds']:.1f} s "
         f"(information; steps: {steps}; dataset.json + the build's own check "
         f"{built['seconds'] - sum(step_s.values()):.1f} s), peak RSS "

@@ -25,9 +25,9 @@ import lmdb
 import numpy as np
 
 from memodb import synth
-from memodb.ids import KEYS_KEY
-from memodb.manifest import Checksum, write_json_atomic
 from memodb.parallel import chunked, ordered_map
+from memodb.store.ids import KEYS_KEY
+from memodb.store.manifest import Checksum, write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: children run from here
 OUT = ROOT / "bench" / "out"  # where report() writes (set_out moves it)
@@ -504,8 +504,8 @@ def make_train_dbs(root, segments: int, movies: int, seed: int = 0, faces: int =
     text db over the same segment ids (:func:`make_captions` -> ``create_txtdb`` with that
     img_db, min_faces 0, max_len 100) under ``root``, for the trainer benchmarks. Returns
     (txt_db, img_db)."""
-    from memodb.imgdb import create_imgdb
-    from memodb.txtdb import create_txtdb
+    from memodb.feature.imgdb import create_imgdb
+    from memodb.text.txtdb import create_txtdb
 
     root = Path(root)
     make_npz(root / "npz", segments, movies, seed, faces, workers=workers)

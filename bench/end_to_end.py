@@ -15,8 +15,8 @@ Each stage runs in a fresh Python process (imports not timed) with its inputs re
 before (page cache warm, dirty pages synced), polled every 50 ms for the memory of its whole
 process tree (``bench.common.watch_tree``); one run each (a full-scale stage takes minutes).
 
-- memo: ``memodb.dataset.build_dataset`` (the face db, the text dbs, dataset.json, then the
-  folder's check: ``memodb.check.check``, what `memo db check` runs). Wall time per step (the
+- memo: ``memodb.build_dataset`` (the face db, the text dbs, dataset.json, then the
+  folder's check: ``memodb.check``, what `memo db check` runs). Wall time per step (the
   build's own step timings) and in all; CPU seconds; peak summed RSS and RssAnon of the tree.
 - Baseline for the build: the original two-pass pipeline over the same inputs, each stage in
   its own process, summed: trans2npz (h5 -> npz files), the UNITER-style feature builder
@@ -39,8 +39,22 @@ import shutil
 import time
 from pathlib import Path
 
-from .common import (MIB, busy_seconds, cores, cpu_seconds, in_child, make_captions,
-                     make_h5_parallel, make_lexicon, parser, ratio, report, scratch, timed, warm)
+from .common import (
+    MIB,
+    busy_seconds,
+    cores,
+    cpu_seconds,
+    in_child,
+    make_captions,
+    make_h5_parallel,
+    make_lexicon,
+    parser,
+    ratio,
+    report,
+    scratch,
+    timed,
+    warm,
+)
 
 FACE_DB = "face"  # the feature's name in the config: the folder's face/ sub-folder
 SPLIT = 3000  # texts in val and in trn3k (a tenth of the corpus when that is fewer)
@@ -65,7 +79,7 @@ def write_config(d: Path, segments: int) -> Path:
 # --- the stages, each called in a child process (bench.common.in_child) -------------------
 def memo_build(config, out, workers) -> dict:
     """What `memo db build CONFIG OUT --workers N` runs (the summary table not printed)."""
-    from memodb.dataset import build_dataset
+    from memodb.dataset.build import build_dataset
 
     res = build_dataset(config, out, workers=workers)
     return {"steps": [[s.stage, s.name, s.seconds, s.summary] for s in res.steps],
@@ -76,7 +90,7 @@ def memo_build(config, out, workers) -> dict:
 
 
 def base_trans2npz(h5, npz, workers) -> int:
-    from memodb.trans2npz import trans2npz
+    from memodb.feature.trans2npz import trans2npz
 
     return trans2npz(h5, npz, workers=workers).written
 
@@ -89,7 +103,7 @@ def base_features(npz, out, workers) -> int:
 
 
 def base_text(captions, out) -> int:
-    from memodb.wordpiece import bundled_vocab_dir, load_vocab
+    from memodb.text.wordpiece import bundled_vocab_dir, load_vocab
 
     from .txtdb_build import baseline_build
 
@@ -260,9 +274,9 @@ def main(argv=None) -> str:
         + f"; text dbs {text_s:.1f} s (" + ", ".join(f"{s[1]}: {s[3]}" for s in texts) + ")"
         + f"; {len(memo['result']['warnings'])} build warning(s); check: ok — "
         + "; ".join(memo["result"]["checked"]),
-        "memo db build = memodb.dataset.build_dataset in one process with "
+        "memo db build = memodb.build_dataset in one process with "
         f"{w} workers ({cores()} cores): the face db from the h5 files in one pass, the text "
-        "dbs, dataset.json, then memodb.check.check of the whole folder (memo db check's "
+        "dbs, dataset.json, then memodb.check of the whole folder (memo db check's "
         "work, every value decoded); its rows are the build's own step timings, the last the "
         "remainder; the bold row is the whole command",
         f"baseline = the original pipeline on the same inputs, three processes one after the "

@@ -26,12 +26,12 @@ import time
 import numpy as np
 import torch
 
-from memodb.ids import id_to_key
-from memotrain.config import preset
+from memodb.store.ids import id_to_key
 from memotrain.checkpoint import save_checkpoint
+from memotrain.config import preset
 from memotrain.data import MemoDataset, collate
-from memotrain.recipes.extract import CHUNK, extract
 from memotrain.model import MemoBert
+from memotrain.recipes.extract import CHUNK, extract
 from memotrain.sampler import BucketBatchSampler
 
 from .common import make_train_dbs, parser, ratio, report, scratch

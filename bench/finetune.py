@@ -25,13 +25,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from memotrain.classifier import Batcher, Classifier, Prompt
 from memotrain.config import preset
 from memotrain.data import MemoDataset
-from memotrain.classifier import Batcher, Classifier, Prompt
+from memotrain.engine import param_groups
 from memotrain.model import MemoBert
 from memotrain.sampler import BucketBatchSampler
 from memotrain.tasks import Pretrainer
-from memotrain.engine import param_groups
 
 from .common import make_train_dbs, parser, ratio, report, scratch
 

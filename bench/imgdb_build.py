@@ -19,14 +19,28 @@ import msgpack
 import msgpack_numpy
 import numpy as np
 
-from memodb.codec import encode_value
-from memodb.frames import select_frames
-from memodb.imgdb import create_imgdb
-from memodb.sources import empty_arrays, open_source, probe_dims
-from memodb.trans2npz import trans2npz
+from memodb.feature.frames import select_frames
+from memodb.feature.imgdb import create_imgdb
+from memodb.feature.sources import empty_arrays, open_source, probe_dims
+from memodb.feature.trans2npz import trans2npz
+from memodb.store.codec import encode_value
 
-from .common import (MB, OUT, cores, cprofile, cpu_seconds, db_stats, make_h5, met, parser,
-                     ratio, report, scratch, timed, warm)
+from .common import (
+    MB,
+    OUT,
+    cores,
+    cprofile,
+    cpu_seconds,
+    db_stats,
+    make_h5,
+    met,
+    parser,
+    ratio,
+    report,
+    scratch,
+    timed,
+    warm,
+)
 
 CONF_TH, MAX_BB = 0.5, 36
 

@@ -33,8 +33,8 @@ def measure(frozen: int, checkpointing: bool, batch: int, faces: int, text: int,
             steps: int, threads: int, seed: int) -> dict:
     """In a fresh process: seconds per update of the tiny joint model (see the module doc)."""
     from memotrain.model import MemoBert
-    from memotrain.tasks import Pretrainer
     from memotrain.recipes.pretrain import build_optimizers
+    from memotrain.tasks import Pretrainer
     from memotrain.trainconfig import load_train_config
 
     torch.set_num_threads(threads)

@@ -11,8 +11,8 @@ import msgpack
 import msgpack_numpy
 import numpy as np
 
-from memodb.imgdb import create_imgdb
-from memodb.reader import FeatureDB, open_env
+from memodb.feature.imgdb import create_imgdb
+from memodb.store.reader import FeatureDB, open_env
 
 from .common import OUT, cprofile, make_h5, met, parser, ratio, report, scratch, timed, warm
 

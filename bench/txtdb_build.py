@@ -19,12 +19,28 @@ import lz4.frame
 import msgpack
 from tokenizers.implementations import BertWordPieceTokenizer
 
-from memodb.txtcodec import decode_example
-from memodb.txtdb import create_txtdb
-from memodb.wordpiece import WordPieceTokenizer, bundled_vocab_dir, load_vocab
+from memodb.store.textcodec import decode_example
+from memodb.text.txtdb import create_txtdb
+from memodb.text.wordpiece import WordPieceTokenizer, bundled_vocab_dir, load_vocab
 
-from .common import (MIB, OUT, cores, cprofile, db_stats, in_child, make_captions, make_lexicon,
-                     met, parser, ratio, report, scratch, summarize, timed, warm)
+from .common import (
+    MIB,
+    OUT,
+    cores,
+    cprofile,
+    db_stats,
+    in_child,
+    make_captions,
+    make_lexicon,
+    met,
+    parser,
+    ratio,
+    report,
+    scratch,
+    summarize,
+    timed,
+    warm,
+)
 
 MAX_LEN = 100_000  # memo's max_len: far above any generated text, so nothing is truncated
 GOAL = 3
@@ -130,8 +146,8 @@ def _stages_baseline(captions: Path, gc_state: str) -> str:
 
 
 def _stages_memo(captions: Path, lexicon: Path | None, gc_state: str) -> str:
-    from memodb.lexicon import read_lexicon
-    from memodb.transcripts import read_transcripts
+    from memodb.text.lexicon import read_lexicon
+    from memodb.text.transcripts import read_transcripts
 
     tok = WordPieceTokenizer(load_vocab(bundled_vocab_dir()))
     if lexicon is not None:

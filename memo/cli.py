@@ -52,7 +52,7 @@ def db():
 @_errors
 def trans2npz_cmd(h5_root, out_dir, feature, meta_dir, workers):
     """Convert Denseface h5 files to one npz per segment (skips those already converted)."""
-    from memodb.trans2npz import trans2npz
+    from memodb import trans2npz
 
     r = trans2npz(h5_root, out_dir, feature=feature, meta_dir=meta_dir, workers=workers,
                   progress=_progress())
@@ -81,7 +81,7 @@ def trans2npz_cmd(h5_root, out_dir, feature, meta_dir, workers):
 @_errors
 def create_imgdb_cmd(src, out_dir, conf_th, max_bb, min_bb, modality, feature, workers):
     """Build a feature database from an npz folder or a Denseface h5 root."""
-    from memodb.imgdb import create_imgdb
+    from memodb import create_imgdb
 
     r = create_imgdb(src, out_dir, conf_th=conf_th, max_bb=max_bb, min_bb=min_bb,
                      modality=modality, feature=feature, workers=workers, progress=_progress())
@@ -102,7 +102,7 @@ def create_imgdb_cmd(src, out_dir, conf_th, max_bb, min_bb, modality, feature, w
 @_errors
 def rawimg_db_cmd(src, out_dir, size, mean, std, conf_th, max_bb, min_bb, workers):
     """Build a raw face-crop database from OpenFace output."""
-    from memodb.rawimg import rawimg_db
+    from memodb import rawimg_db
 
     r = rawimg_db(src, out_dir, size=size, mean=mean, std=std, conf_th=conf_th, max_bb=max_bb,
                   min_bb=min_bb, workers=workers, progress=_progress())
@@ -157,7 +157,7 @@ def create_txtdb_cmd(src, out_dir, vocab, img_db, min_faces, max_len, long_polic
     JSON lines {"id", "text", "label"?}. Without --split OUT_DIR is the database; with splits
     OUT_DIR/<split>/ per split and OUT_DIR/splits.json.
     """
-    from memodb.txtdb import create_txtdb
+    from memodb import create_txtdb
 
     r = create_txtdb(src, out_dir, vocab=vocab, img_db=img_db, min_faces=min_faces,
                      max_len=max_len, long=long_policy, lexicon=lexicon,
@@ -191,7 +191,7 @@ def build_cmd(config, out_dir, shard, workers):
     Re-running rebuilds only what changed; after a kill it resumes. Exit code 1 when the
     check finds problems (report in OUT_DIR/check.json).
     """
-    from memodb.dataset import build_dataset
+    from memodb import build_dataset
 
     progress = _progress()
     res = build_dataset(config, out_dir, workers=workers, progress=progress, shard=shard,
@@ -212,7 +212,7 @@ def merge_cmd(shard_dirs, out_dir, workers):
     (the text databases are built here, from the merged features). Shards that do not belong
     together are refused.
     """
-    from memodb.merge import merge_shards
+    from memodb import merge_shards
 
     progress = _progress()
     res = merge_shards(shard_dirs, out_dir, workers=workers, progress=progress,
@@ -254,7 +254,7 @@ def _report_dataset(res, title: str) -> None:
 @_errors
 def check_cmd(dbs, as_json, workers):
     """Verify databases; exit code 0 when clean, 1 with every problem listed."""
-    from memodb.check import check
+    from memodb import check
 
     report = check(dbs, workers=workers, progress=_progress() and not as_json)
     if as_json:
@@ -281,7 +281,7 @@ def check_cmd(dbs, as_json, workers):
 def stats_cmd(db_path, parquet, as_json):
     """Describe a database: feature dbs (segments, faces per segment, array dims) or text dbs
     and split folders (length histogram, labels, lexicon coverage, faces per text)."""
-    from memodb.stats import stats
+    from memodb import stats
 
     s = stats(db_path, parquet=parquet)
     if as_json:

@@ -14,9 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memodb.check import CheckReport
-from memodb.dataset import build_dataset
-from memodb.stats import feature_stats
+from memodb import CheckReport, build_dataset, trans2npz
+from memodb.describe import feature_stats
 from memodb.synth import (
     make_captions,
     make_emotion_corpus,
@@ -24,7 +23,6 @@ from memodb.synth import (
     make_lexicon,
     make_openface,
 )
-from memodb.trans2npz import trans2npz
 
 MOVIES, SEGMENTS, CLIPS = 4, 25, 6
 CONFIG = {

@@ -146,12 +146,21 @@ def describe(cls, prefix: str = "") -> list[tuple[str, str, str]]:
         info = f.default
         desc = getattr(info, "description", None) or ""
         default = _default(f)
+        values = typing.get_args(tp)[1:] if typing.get_origin(tp) is dict else ()
+        members = [a for v in values for a in (typing.get_args(v) or (v,))
+                   if dataclasses.is_dataclass(a)]
+        if members:  # name -> one of several kinds: each kind's keys
+            rows.append((prefix + name, json.dumps(default), desc))
+            for m in members:
+                rows.append((f"{prefix}{name}.NAME", "", _doc(m)))
+                rows += describe(m, f"{prefix}{name}.NAME.")
+            continue
         sub, item = _dataclass_in(tp), None
         if sub is None and typing.get_origin(tp) is list:
             sub, item = _dataclass_in(typing.get_args(tp)[0]), "N."
         if sub is not None:
             rows.append((prefix + name, "null" if default is None else
-                         "[]" if item else "{...}", desc))
+                         "[]" if item else "{...}", desc or _doc(sub)))
             rows += describe(sub, f"{prefix}{name}.{item or ''}")
             continue
         shown = "(required)" if default is dataclasses.MISSING else json.dumps(
@@ -181,6 +190,10 @@ def _default(f):
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
     return info
+
+
+def _doc(cls) -> str:
+    return (cls.__doc__ or "").strip().split("\n")[0].replace("``", "`")
 
 
 def _dataclass_in(tp):

@@ -1,10 +1,7 @@
-"""A small synthetic corpus in the upstream formats, generated in code (fixed seed).
-
-Used by ``memo quickstart``, the tests and the benchmarks: Denseface-shaped h5 files per movie
-(FORMATS.md 2.1) with ``has_active_spk.txt`` lists, captions, OpenFace-style face crops, and a
-labelled emotion corpus with folds (:func:`make_emotion_corpus`) whose labels can be recovered
-from the faces and from the text, for fine-tuning.
-"""
+"""A small synthetic corpus in the upstream formats (docs/DATABASES.md, "Inputs"),
+generated in code with a fixed seed, for ``memo quickstart``, the tests and the benchmarks:
+Denseface h5 movies with ``has_active_spk.txt`` lists, captions, a lexicon, OpenFace crops and
+a labelled emotion corpus with folds whose labels the faces and the text give away."""
 from __future__ import annotations
 
 import json
@@ -12,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .sources import MOVIE_H5
+from .feature.sources import MOVIE_H5
 
 WORDS = ("i never thought we would see the sea again . you are late , and i am so angry "
          "with you . what a wonderful day ! please do not leave me here alone . "
@@ -81,7 +78,8 @@ def make_lexicon(path) -> dict:
 
 
 def make_openface(root, clips: int = 4, frames: int = 12, size: int = 112, seed: int = 0) -> list:
-    """OpenFace-style output (FORMATS.md 2.3): ``<clip>.csv`` and ``<clip>_aligned/*.bmp``."""
+    """OpenFace-style output (docs/DATABASES.md, "Inputs"): ``<clip>.csv`` and
+    ``<clip>_aligned/*.bmp``."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)

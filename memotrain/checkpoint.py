@@ -10,7 +10,6 @@ takes the ``features.*`` weights of any DenseNet state dict). Training states go
 from __future__ import annotations
 
 import hashlib
-import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 
 from memodb.errors import MemoError
+from memodb.store.files import atomic_write
 from memotrain.config import ConfigError, ModelConfig
 from memotrain.facecnn import FACE_KIND, DenseNetBC
 from memotrain.model import MemoBert
@@ -55,18 +55,10 @@ def save_checkpoint(path, model: MemoBert, **extra) -> Path:
 
 
 def atomic_save(obj, path: Path) -> None:
-    """``torch.save`` through a temporary file in the same folder and ``os.replace``: the file
-    at ``path`` is always whole (the old one or the new one)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """``torch.save`` through memodb's atomic writer (a temporary file in the same folder,
+    fsync, rename): the file at ``path`` is always whole (the old one or the new one)."""
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def verify_torch_file(path) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from memodb.txtdb import TextDB
+from memodb.store.textdb import TextDB
 from memotrain.checkpoint import load_checkpoint, load_model
 from memotrain.data import MemoDataset, collate
 from memotrain.engine import TrainError
@@ -90,7 +90,7 @@ class Prompt:
     """``"{text} i am [MASK] ."`` as token ids around the text, and the label words' ids."""
 
     def __init__(self, template: str, label_words, txt_db, vocab=None):
-        from memodb.wordpiece import WordPieceTokenizer, bundled_vocab_dir, load_vocab
+        from memodb.text.wordpiece import WordPieceTokenizer, bundled_vocab_dir, load_vocab
 
         db = TextDB(txt_db)
         meta, manifest = db.meta, db.manifest or {}

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from memodb.errors import DatabaseError, MemoError
-from memodb.ids import id_to_key
-from memodb.reader import FeatureDB
-from memodb.txtdb import TextDB
+from memodb.store.ids import id_to_key
+from memodb.store.reader import FeatureDB
+from memodb.store.textdb import TextDB
 
 log = logging.getLogger(__name__)
 

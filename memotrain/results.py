@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memodb.manifest import write_json_atomic
+from memodb.store.manifest import write_json_atomic
 
 METRICS = ("WA", "UA", "WF1", "F1")
 
@@ -91,6 +91,7 @@ class Console:
             import sys
 
             from rich.console import Console as RichConsole
+
             # a log file gets the whole table, not one cut to 80 columns
             self.c = RichConsole(stderr=True, highlight=False,
                                  width=None if sys.stderr.isatty() else 160)

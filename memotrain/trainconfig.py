@@ -14,7 +14,7 @@ from pydantic.dataclasses import dataclass
 
 from memodb.config import STRICT, parse_overrides, read_config, to_json
 from memodb.errors import MemoError
-from memodb.manifest import write_json_atomic
+from memodb.store.manifest import write_json_atomic
 from memotrain.config import FACE_BACKBONE_KEYS, ConfigError, ModelConfig, load_config, preset
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

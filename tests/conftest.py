@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memodb.reader import close_all
+from memodb.store.reader import close_all
 
 SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 from memodb.synth import make_h5_corpus, make_openface
@@ -40,9 +40,9 @@ def one_thread():
 def pretrain_corpus(tmp_path_factory):
     """24 segments x 10 faces: a face database and text databases train (20) / val (4), for
     the pre-training tests."""
-    from memodb.imgdb import create_imgdb
+    from memodb.feature.imgdb import create_imgdb
     from memodb.synth import make_captions
-    from memodb.txtdb import create_txtdb
+    from memodb.text.txtdb import create_txtdb
 
     root = tmp_path_factory.mktemp("pretrain")
     ids = make_h5_corpus(root / "h5", movies=2, segments=12, faces=10, seed=3)
@@ -103,7 +103,7 @@ def openface_dir(tmp_path):
 def feature_db(tmp_path, h5_root):
     """The feature database of ``h5_root`` (conf_th 0.5, max_bb 36, min_bb 0): its 20
     segments, the two 9th segments without a face."""
-    from memodb.imgdb import create_imgdb
+    from memodb.feature.imgdb import create_imgdb
 
     return create_imgdb(h5_root, tmp_path / "img", workers=1).path
 

@@ -1,4 +1,4 @@
-"""Bad input (PIPELINE.md, "Bad input the product meets in real life").
+"""Bad input the product meets in real life (inputs: docs/DATABASES.md, "Inputs").
 
 Every case asserts three things: the named error (or the CLI's ``Error: ...`` and exit code 1),
 a message naming the file and / or the segment, and that nothing was published or changed: no
@@ -27,13 +27,13 @@ from click.testing import CliRunner
 
 from conftest import SUBPROCESS_ENV, run_and_kill, write_npz
 from memo.cli import main
-from memodb.check import check
+from memodb.checks.run import check
 from memodb.errors import BadInputError, BadInputsError, DatabaseError, OutputExistsError
-from memodb.imgdb import create_imgdb
-from memodb.rawimg import rawimg_db
-from memodb.reader import FeatureDB, close_all
+from memodb.feature.imgdb import create_imgdb
+from memodb.feature.rawimg import rawimg_db
+from memodb.feature.trans2npz import trans2npz
+from memodb.store.reader import FeatureDB, close_all
 from memodb.synth import make_h5_corpus, segment_arrays
-from memodb.trans2npz import trans2npz
 
 DB = "feat_th0.5_max36_min0"
 NBB = "nbb_th0.5_max36_min0.json"
@@ -413,7 +413,7 @@ def test_odd_ids_build_and_read_back(tmp_path):
     for i, arrays in written.items():
         np.testing.assert_array_equal(db[i]["features"], arrays["features"])
         np.testing.assert_array_equal(db[f"{i}.npz"]["features"], arrays["features"])
-    # MELD's "val/dia0_utt0" is stored as val-dia0_utt0.npz (FORMATS.md 1)
+    # MELD's "val/dia0_utt0" is stored as val-dia0_utt0.npz (docs/FORMAT.md section 1)
     assert "val/dia0_utt0" in db
     np.testing.assert_array_equal(db["val/dia0_utt0"]["features"],
                                   written["val-dia0_utt0"]["features"])
@@ -529,9 +529,9 @@ def big_h5(tmp_path_factory):
     return base
 
 
-IMGDB_CODE = ("import sys; from memodb.imgdb import create_imgdb; "
+IMGDB_CODE = ("import sys; from memodb.feature.imgdb import create_imgdb; "
               "create_imgdb(sys.argv[1], sys.argv[2], workers=2)")
-TRANS_CODE = ("import sys; from memodb.trans2npz import trans2npz; "
+TRANS_CODE = ("import sys; from memodb.feature.trans2npz import trans2npz; "
               "trans2npz(sys.argv[1], sys.argv[2], workers=2)")
 
 
@@ -701,7 +701,8 @@ def test_check_damaged_database(tmp_path, good_db, damage, code, segment):
 
 
 CHECK_CODE = "import sys; from memo.cli import main; main(['db', 'check', '--json', sys.argv[1]])"
-READ_CODE = "import sys; from memodb.reader import FeatureDB; FeatureDB(sys.argv[1])['movieA_1']"
+READ_CODE = ("import sys; from memodb.store.reader import FeatureDB; "
+             "FeatureDB(sys.argv[1])['movieA_1']")
 
 
 def test_truncated_data_mdb(tmp_path, good_db):

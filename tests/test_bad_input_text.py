@@ -1,4 +1,4 @@
-"""Bad input for create-txtdb (PIPELINE.md, "Bad input the product meets in real life").
+"""Bad input for create-txtdb, as the product meets it in real life (docs/DATABASES.md, "Inputs").
 
 Each error case asserts the named error, a message naming the file and / or the segment (and a
 fix), and that nothing was published or changed: no text database, no ``.partial`` directory or
@@ -18,12 +18,11 @@ import pytest
 
 from conftest import run_and_kill
 from memodb.errors import BadInputError, BadInputsError, OutputExistsError
-from memodb.manifest import read_manifest
+from memodb.store.manifest import read_manifest
+from memodb.store.textdb import TextDB
 from memodb.synth import WORDS, make_captions
-from memodb.txtdb import TextDB, create_txtdb
-from memodb.wordpiece import bundled_vocab_dir
-
-
+from memodb.text.txtdb import create_txtdb
+from memodb.text.wordpiece import bundled_vocab_dir
 
 # --------------------------------------------------------------------------------------------
 # helpers
@@ -448,7 +447,7 @@ def test_split_id_list_errors(work, caps120, tmp_path):
 # 8. a killed build, run again
 
 
-KILL_CODE = ("import sys; from memodb.txtdb import create_txtdb; "
+KILL_CODE = ("import sys; from memodb.text.txtdb import create_txtdb; "
              "create_txtdb(sys.argv[1], sys.argv[2], splits=sys.argv[3:], seed=1)")
 BIG_SPLITS = ["val=12000"]
 

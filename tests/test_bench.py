@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SUBPROCESS_ENV
-
 from bench import common
 from bench.__main__ import NAMES, SCALES, main
+from conftest import SUBPROCESS_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 RATIO = re.compile(r"\d+\.\d\dx")  # bench.common.ratio's format

@@ -4,11 +4,11 @@ import lmdb
 import numpy as np
 import pyarrow.parquet as pq
 
-from memodb.check import check
-from memodb.codec import encode_value
-from memodb.imgdb import create_imgdb
-from memodb.reader import close_all
-from memodb.stats import feature_stats
+from memodb.checks.run import check
+from memodb.describe import feature_stats
+from memodb.feature.imgdb import create_imgdb
+from memodb.store.codec import encode_value
+from memodb.store.reader import close_all
 
 
 def test_clean_database_passes(h5_root, tmp_path):

@@ -13,12 +13,13 @@ import pytest
 from click.testing import CliRunner
 
 from memo.cli import main
-from memodb.check import check, find_databases
-from memodb.imgdb import create_imgdb
-from memodb.reader import close_all
+from memodb.checks.folders import find_databases
+from memodb.checks.run import check
+from memodb.feature.imgdb import create_imgdb
+from memodb.store.reader import close_all
+from memodb.store.textcodec import decode_example
 from memodb.synth import make_captions, make_h5_corpus
-from memodb.txtcodec import decode_example
-from memodb.txtdb import create_txtdb
+from memodb.text.txtdb import create_txtdb
 
 FEAT = "face/feat_th0.5_max36_min0"
 LEXICON = "angry\tanger\nwonderful\tjoy\nlaughed\tjoy\ncried\tsadness\nalone\tsadness\n"

@@ -5,8 +5,8 @@ import msgpack_numpy
 import numpy as np
 import pytest
 
-from memodb.codec import canonical_arrays, decode_value, encode_value
 from memodb.errors import DatabaseError
+from memodb.store.codec import canonical_arrays, decode_value, encode_value
 
 DTYPES = [np.float16, np.float32, np.int32, np.int64, np.uint8, np.bool_]
 SHAPES = [(0,), (3,), (0, 342), (4, 342), (2, 8, 8)]
@@ -58,7 +58,7 @@ def test_garbage_raises_named_error(junk):
 
 
 def test_fast_decoder_equals_full_decoder_and_never_trusts_a_wrong_header():
-    from memodb.codec import FastDecoder
+    from memodb.store.codec import FastDecoder
 
     fast = FastDecoder()
     rng = np.random.default_rng(0)

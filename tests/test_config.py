@@ -91,7 +91,8 @@ def render_reference() -> str:
                        ("Fine-tuning config (`memo train finetune --config`)", FinetuneConfig),
                        ("Model config (`model` in both, checkpoints' `config`)", ModelConfig)):
         parts += [f"\n## {title}\n", "\n| key | default | meaning |\n|---|---|---|\n"]
-        parts += [f"| `{k}` | `{d}` | {m.replace('|', '/')} |\n" for k, d, m in describe(cls)]
+        parts += [f"| `{k}` | {f'`{d}`' if d else ''} | {m.replace('|', '/')} |\n"
+                  for k, d, m in describe(cls)]
     return "".join(parts)
 
 

@@ -9,8 +9,8 @@ import transformers  # the oracle (a dev dependency)
 from click.testing import CliRunner
 
 from memo.cli import main
-from memotrain.config import preset
 from memotrain.checkpoint import CheckpointError, load_checkpoint, load_model
+from memotrain.config import preset
 from memotrain.convert import convert_bert
 
 SENTENCES = ["i am so happy today .", "no",

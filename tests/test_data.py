@@ -9,13 +9,14 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import write_npz
 
+from conftest import write_npz
 from memodb.errors import MemoError
-from memodb.imgdb import create_imgdb
-from memodb.reader import FeatureDB
+from memodb.feature.imgdb import create_imgdb
+from memodb.store.reader import FeatureDB
+from memodb.store.textdb import TextDB
 from memodb.synth import WORDS, make_h5_corpus, make_lexicon
-from memodb.txtdb import TextDB, create_txtdb
+from memodb.text.txtdb import create_txtdb
 from memotrain.data import (
     ConcatDataset,
     ConcatIndex,

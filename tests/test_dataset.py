@@ -15,7 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from memo.cli import main
-from memodb.dataset import build_dataset, load_config
+from memodb.dataset.build import build_dataset
+from memodb.dataset.config import load_config
 from memodb.errors import BadInputError
 from memodb.synth import make_captions, make_h5_corpus, make_lexicon
 
@@ -199,3 +200,20 @@ def test_killed_build_resumes_to_the_same_bytes(corpus, tmp_path):
         if name.endswith(("data.mdb", ".json")) and "manifest" not in name and \
                 name not in ("dataset.json", "check.json"):
             assert want[name] == got[name], name
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"features": {"face": {"source": "h5", "conf_th": "0.5"}}},
+     "config key features.face.conf_th: expected float or null, got '0.5'"),
+    ({"features": {"face": {"source": "h5", "max_bb": 36.7}}},
+     "config key features.face.max_bb: expected int or null, got 36.7"),
+    ({"features": {"crops": {"source": "of", "type": "rawimg", "size": True}}},
+     "config key features.crops.size: expected int, got True"),
+    ({"text": {"source": "c.json", "min_faces": "1"}}, "config key text.min_faces: expected int"),
+    ({"name": 3, "text": {"source": "c.json"}}, "config key name: expected str or null, got 3"),
+])
+def test_config_values_are_type_checked(tmp_path, cfg, message):
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BadInputError) as err:
+        load_config(tmp_path / "config.json")
+    assert message in str(err.value) and "config.json" in str(err.value)

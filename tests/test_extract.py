@@ -13,22 +13,23 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import write_npz
 
+from conftest import write_npz
 from memo.cli import main
-from memodb.check import check
+from memodb.checks.run import check
 from memodb.errors import OutputExistsError
-from memodb.imgdb import create_imgdb
-from memodb.ids import id_to_key
-from memodb.reader import FeatureDB
+from memodb.feature.imgdb import create_imgdb
+from memodb.store.ids import id_to_key
+from memodb.store.reader import FeatureDB
+from memodb.store.textdb import TextDB
 from memodb.synth import WORDS, make_captions, make_h5_corpus
-from memodb.txtdb import TextDB, create_txtdb
-from memotrain.recipes import extract as extract_mod
-from memotrain.config import preset
+from memodb.text.txtdb import create_txtdb
 from memotrain.checkpoint import CheckpointError, load_model, save_checkpoint
+from memotrain.config import preset
 from memotrain.data import MemoDataset, collate
-from memotrain.recipes.extract import ExtractError, extract
 from memotrain.model import MemoBert
+from memotrain.recipes import extract as extract_mod
+from memotrain.recipes.extract import ExtractError, extract
 from memotrain.sampler import BatchLimitError
 
 SPEECH_DIM = 16

@@ -7,15 +7,15 @@ import torch
 from click.testing import CliRunner
 
 from memo.cli import main
-from memodb.check import check
+from memodb.checks.run import check
 from memodb.errors import BadInputError, OutputExistsError
-from memodb.rawimg import rawimg_db
-from memodb.reader import FeatureDB
+from memodb.feature.rawimg import rawimg_db
+from memodb.store.reader import FeatureDB
 from memodb.synth import make_openface
-from memotrain.config import ConfigError
 from memotrain.checkpoint import CheckpointError, load_face_cnn, save_face_cnn
-from memotrain.recipes.extract_faces import extract_face_features
+from memotrain.config import ConfigError
 from memotrain.facecnn import DenseNetBC
+from memotrain.recipes.extract_faces import extract_face_features
 
 TINY = {"growth": 4, "blocks": [2, 2, 2], "init_features": 8}
 EMPTY_CLIP = "No0000.Movie_0_9"

@@ -45,11 +45,11 @@ from click.testing import CliRunner
 
 from conftest import SUBPROCESS_ENV
 from memo.cli import main
-from memodb.check import check
-from memodb.imgdb import create_imgdb
-from memodb.reader import FeatureDB, close_all
+from memodb.checks.run import check
+from memodb.feature.imgdb import create_imgdb
+from memodb.store.reader import FeatureDB, close_all
+from memodb.store.textdb import TextDB
 from memodb.synth import make_captions, make_h5_corpus, make_lexicon
-from memodb.txtdb import TextDB
 from memotrain.checkpoint import CheckpointError, load_model
 from memotrain.data import MemoDataset
 from memotrain.engine import TrainError
@@ -244,7 +244,7 @@ def _die_at(step: str):
     """Patch this (forked) process to SIGKILL itself at ``step`` of StagedDatabase.finish.
     ``exchanged``: just after the atomic exchange; ``swap`` and ``cleanup``: the exchange
     unavailable, after the old database was renamed away / the new one renamed in."""
-    import memodb.writer as writer
+    import memodb.store.writer as writer
 
     def die():
         os.kill(os.getpid(), signal.SIGKILL)

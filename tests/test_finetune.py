@@ -12,15 +12,15 @@ import torch
 from click.testing import CliRunner
 
 from memo.cli import main
-from memodb.dataset import build_dataset
+from memodb.dataset.build import build_dataset
 from memodb.synth import make_emotion_corpus
-from memotrain.recipes import finetune as ft
+from memotrain.classifier import Batcher, Classifier, FinetuneError, Prompt
 from memotrain.config import preset
 from memotrain.data import MemoDataset, collate
-from memotrain.classifier import Batcher, Classifier, FinetuneError, Prompt
-from memotrain.recipes.finetune import finetune
 from memotrain.finetuneconfig import load_finetune_config
 from memotrain.model import MemoBert
+from memotrain.recipes import finetune as ft
+from memotrain.recipes.finetune import finetune
 from memotrain.results import Console
 from memotrain.trainconfig import TrainConfigError
 
@@ -276,7 +276,7 @@ def test_config_errors(emo, tmp_path, change, match):
 
 def test_unlabelled_text_db_is_refused(tmp_path, emo):
     from memodb.synth import make_captions
-    from memodb.txtdb import create_txtdb
+    from memodb.text.txtdb import create_txtdb
     caps = tmp_path / "caps.json"
     make_captions([f"Ses01_{i}" for i in range(1, 30)], caps)
     create_txtdb(caps, tmp_path / "txt", img_db=emo["face"], splits=["val=5", "test=5"],

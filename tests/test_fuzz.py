@@ -31,14 +31,14 @@ from hypothesis import strategies as st
 
 from conftest import SUBPROCESS_ENV
 from memo.cli import main
-from memodb.check import check
-from memodb.codec import FastDecoder, decode_value
-from memodb.dataset import build_dataset
+from memodb.checks.run import check
+from memodb.dataset.build import build_dataset
 from memodb.errors import DatabaseError, MemoError
-from memodb.reader import FeatureDB, close_all, open_env
+from memodb.store.codec import FastDecoder, decode_value
+from memodb.store.reader import FeatureDB, close_all, open_env
+from memodb.store.textcodec import decode_example
+from memodb.store.textdb import TextDB
 from memodb.synth import make_captions, make_h5_corpus, make_lexicon
-from memodb.txtcodec import decode_example
-from memodb.txtdb import TextDB
 
 FACE = "face/feat_th0.5_max36_min0"
 NBB = "face/nbb_th0.5_max36_min0.json"
@@ -344,10 +344,10 @@ def test_random_text_value_is_a_named_error_and_a_check_problem(scratch, data):
 CUT_CODE = r"""
 import json, shutil, sys
 from pathlib import Path
-from memodb.check import check
+from memodb.checks.run import check
 from memodb.errors import DatabaseError
-from memodb.reader import FeatureDB, close_all, open_env
-from memodb.txtdb import TextDB
+from memodb.store.reader import FeatureDB, close_all, open_env
+from memodb.store.textdb import TextDB
 
 src, work, kind = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 for n in map(int, sys.argv[4:]):

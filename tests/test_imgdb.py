@@ -5,11 +5,11 @@ import msgpack
 import msgpack_numpy
 import numpy as np
 
-from memodb.imgdb import create_imgdb
-from memodb.manifest import read_manifest
-from memodb.reader import FeatureDB, close_all
-from memodb.sources import open_source
 from conftest import write_npz
+from memodb.feature.imgdb import create_imgdb
+from memodb.feature.sources import open_source
+from memodb.store.manifest import read_manifest
+from memodb.store.reader import FeatureDB, close_all
 
 
 def read_like_original(db_dir, key):
@@ -67,7 +67,7 @@ def test_min_bb_really_filters(npz_dir, tmp_path):
 
 
 def test_deterministic_whatever_the_workers_and_h5_equals_npz(h5_root, tmp_path):
-    from memodb.trans2npz import trans2npz
+    from memodb.feature.trans2npz import trans2npz
 
     a = create_imgdb(h5_root, tmp_path / "a", workers=1)
     b = create_imgdb(h5_root, tmp_path / "b", workers=2)
@@ -107,7 +107,7 @@ def test_segment_layout_h5(tmp_path):
 
 
 def test_map_grows_from_small_start(tmp_path, monkeypatch):
-    import memodb.writer as w
+    import memodb.store.writer as w
 
     monkeypatch.setattr(w, "INITIAL_MAP", 64 << 10)
     monkeypatch.setattr(w, "TXN_BYTES", 16 << 10)
@@ -117,6 +117,6 @@ def test_map_grows_from_small_start(tmp_path, monkeypatch):
     assert len(FeatureDB(r.path)) == 30
     close_all()
     assert (r.path / "data.mdb").stat().st_size < 4 << 20  # no huge sparse file
-    from memodb.check import check
+    from memodb.checks.run import check
 
     assert check([r.path]).ok

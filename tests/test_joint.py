@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from memodb.dataset.shard import Shard
 from memodb.errors import DatabaseError
-from memodb.rawimg import rawimg_db
-from memodb.shard import Shard
+from memodb.feature.rawimg import rawimg_db
 from memodb.synth import make_captions, make_openface
-from memodb.txtdb import create_txtdb
-from memotrain.config import ConfigError, preset
+from memodb.text.txtdb import create_txtdb
 from memotrain.checkpoint import (
     CheckpointError,
     load_face_features,
@@ -25,12 +24,13 @@ from memotrain.checkpoint import (
     save_checkpoint,
     save_face_cnn,
 )
+from memotrain.config import ConfigError, preset
 from memotrain.data import DataError, MemoDataset, collate
+from memotrain.engine import Optim, TrainError
 from memotrain.facecnn import DenseNetBC
 from memotrain.model import InputError, MemoBert
-from memotrain.tasks import Pretrainer, TaskError
-from memotrain.engine import Optim, TrainError
 from memotrain.recipes.pretrain import build_optimizers, check_optimizer_split, pretrain
+from memotrain.tasks import Pretrainer, TaskError
 from memotrain.trainconfig import TrainConfigError, check_model, load_train_config
 
 TINY_CNN = {"growth": 4, "blocks": [2, 2, 2], "init_features": 8}

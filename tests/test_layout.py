@@ -121,7 +121,8 @@ def test_code_and_docs_point_only_at_files_in_the_repo():
 def test_importing_memodb_and_the_cli_loads_no_torch():
     import subprocess
     import sys
-    code = ("import sys, memodb, memodb.imgdb, memodb.rawimg, memodb.trans2npz, memodb.reader, "
-            "memodb.check, memodb.stats, memodb.synth, memo.cli; "
+    code = ("import sys, memodb, memodb.feature.imgdb, memodb.feature.rawimg, "
+            "memodb.feature.trans2npz, memodb.store.reader, memodb.checks.run, memodb.describe, "
+            "memodb.synth, memodb.dataset.build, memo.cli; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

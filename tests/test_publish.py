@@ -1,4 +1,4 @@
-"""Publishing a database (memodb/writer.py): the paths a kill at each step cannot show.
+"""Publishing a database (memodb/store/writer.py): the paths a kill at each step cannot show.
 
 tests/test_faults.py kills a replacement at each step of its publishing (with the atomic
 exchange and without it). Here, in-process and deterministic: which of the two replacement
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-import memodb.writer as writer
-from memodb.check import check
-from memodb.dataset import build_dataset
+import memodb.store.writer as writer
+from memodb.checks.run import check
+from memodb.dataset.build import build_dataset
 from memodb.errors import BadInputError
-from memodb.imgdb import create_imgdb
+from memodb.feature.imgdb import create_imgdb
 from memodb.synth import make_captions, make_h5_corpus, make_lexicon
 
 DB = "feat_th0.5_max36_min0"

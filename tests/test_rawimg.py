@@ -1,9 +1,9 @@
 import numpy as np
 from PIL import Image
 
-from memodb.check import check
-from memodb.rawimg import rawimg_db, read_openface_csv
-from memodb.reader import FeatureDB
+from memodb.checks.run import check
+from memodb.feature.rawimg import rawimg_db, read_openface_csv
+from memodb.store.reader import FeatureDB
 
 
 def test_crops_gray_resized_normalised_and_recorded(openface_dir, tmp_path):

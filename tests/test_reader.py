@@ -8,9 +8,9 @@ import msgpack_numpy
 import numpy as np
 import pytest
 
-from memodb.check import check
-from memodb.imgdb import create_imgdb
-from memodb.reader import FeatureDB
+from memodb.checks.run import check
+from memodb.feature.imgdb import create_imgdb
+from memodb.store.reader import FeatureDB
 
 
 def make_foreign_db(root, segments: dict, nbb: dict | None = None, compressed=False):

@@ -12,12 +12,13 @@ import pytest
 from click.testing import CliRunner
 
 from memo.cli import main
-from memodb.check import check
-from memodb.dataset import build_dataset
+from memodb.checks.folders import check_shard_folder
+from memodb.checks.run import check
+from memodb.dataset.build import build_dataset
+from memodb.dataset.merge import merge_shards
+from memodb.dataset.shard import SHARD_FILE, Shard, parse_shard
 from memodb.errors import BadInputError, DatabaseError, OutputExistsError
-from memodb.merge import merge_shards
-from memodb.reader import FeatureDB, close_all
-from memodb.shard import SHARD_FILE, Shard, check_shard_folder, parse_shard
+from memodb.store.reader import FeatureDB, close_all
 from memodb.synth import make_captions, make_h5_corpus, make_lexicon, make_openface
 
 FACE_DB = "face/feat_th0.5_max36_min1"
@@ -147,7 +148,7 @@ def test_shard_rerun_is_skipped_and_an_interrupted_shard_resumes(corpus, tmp_pat
     assert {s.status for s in again.steps} == {"up to date"} and _files(d) == before
 
     # the same shard, interrupted after its first database (options changed: rebuilt)
-    import memodb.dataset
+    import memodb.dataset.build
 
     cfg = json.loads((corpus / "config.json").read_text())
     cfg["features"]["face"]["max_bb"] = 4
@@ -161,7 +162,7 @@ def test_shard_rerun_is_skipped_and_an_interrupted_shard_resumes(corpus, tmp_pat
 
     other = build_dataset(corpus / "config.json", tmp_path / "shard0", workers=1, shard="0/2")
     assert other.report.ok
-    monkeypatch.setattr(memodb.dataset, "rawimg_db", killed)
+    monkeypatch.setattr(memodb.dataset.build, "rawimg_db", killed)
     with pytest.raises(Killed):
         build_dataset(corpus / "config.json", d, workers=1, shard="1/2")
     assert not (d / SHARD_FILE).exists()  # unfinished: shard.json is written last

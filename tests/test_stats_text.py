@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from memo.cli import main
-from memodb.imgdb import create_imgdb
-from memodb.stats import stats, text_stats
-from memodb.txtdb import create_txtdb
+from memodb.describe import stats, text_stats
+from memodb.feature.imgdb import create_imgdb
+from memodb.text.txtdb import create_txtdb
 
 LABELS = ["anger", "happy", "neutral", "sad"]
 # id -> (text, label); the npz_dir fixture gives movieA_1..6 4, 5, 6, 0, 8, 9 faces

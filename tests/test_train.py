@@ -16,13 +16,13 @@ import torch
 from click.testing import CliRunner
 
 from memo.cli import main
-from memotrain.config import preset
 from memotrain.checkpoint import load_model
+from memotrain.config import preset
+from memotrain.engine import NonFiniteError, TrainError, lr_at, param_groups
 from memotrain.model import MemoBert
+from memotrain.recipes.pretrain import pretrain
 from memotrain.sampler import BatchLimitError
 from memotrain.tasks import Pretrainer
-from memotrain.engine import NonFiniteError, TrainError, lr_at, param_groups
-from memotrain.recipes.pretrain import pretrain
 from memotrain.trainconfig import (
     TrainConfigError,
     check_model,

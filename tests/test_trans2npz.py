@@ -1,6 +1,6 @@
 import numpy as np
 
-from memodb.trans2npz import trans2npz
+from memodb.feature.trans2npz import trans2npz
 
 
 def test_converts_every_segment_with_memo_dtypes(h5_root, h5_ids, tmp_path):

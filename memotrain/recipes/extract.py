@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memodb.codec import encode_value
 from memodb.errors import MemoError, OutputExistsError
-from memodb.ids import id_to_key
-from memodb.manifest import write_json_atomic
 from memodb.progress import progress_bar
-from memodb.txtdb import TextDB
-from memodb.writer import StagedDatabase
+from memodb.store.build import Build, Written
+from memodb.store.codec import encode_value
+from memodb.store.ids import id_to_key
+from memodb.store.manifest import write_json_atomic
+from memodb.store.textdb import TextDB
 from memotrain.checkpoint import load_model, memo_version, sha256
 from memotrain.data import MemoDataset, collate, default_frame_limit
 from memotrain.engine import resolve_device
@@ -253,8 +253,12 @@ class _LmdbSink:
         self.hidden = hidden
         final = info["model"]["layers"]  # the pooled vector always comes from the last layer
         self.layers = {m: final if m == "pooled" else info["layer"] for m in modalities}
+        source = {"checkpoint": info["checkpoint"], **info["dbs"]}
+        self.builds = {m: Build(folder / m, "feature", {
+            "modality": m, "layer": self.layers[m], "dtype": self.dtype.name,
+            "max_bb": self.max_rows[m]}, source, nbb_file=f"nbb_{m}.json") for m in modalities}
         self.stack = ExitStack()
-        self.dbs = {m: self.stack.enter_context(StagedDatabase(folder, m)) for m in modalities}
+        self.dbs = {m: self.stack.enter_context(b.stage()) for m, b in self.builds.items()}
         self.nbb = {m: {} for m in modalities}
         self.labels = {}
 
@@ -281,21 +285,14 @@ class _LmdbSink:
                 self.labels[text_id] = int(label)
 
     def finish(self) -> None:
-        source = {"checkpoint": self.info["checkpoint"], **self.info["dbs"]}
         for m, db in self.dbs.items():
             rows = list(self.nbb[m].values())
             nbb_file = f"nbb_{m}.json"
-            manifest = {
-                "kind": "feature", "memo_version": self.info["memo_version"],
-                "options": {"modality": m, "layer": self.layers[m], "dtype": self.dtype.name,
-                            "max_bb": self.max_rows[m]},
-                "source": source,
+            self.builds[m].publish(db, Written({
                 "arrays": {"features": {"dtype": self.dtype.str, "shape": [None, self.hidden]}},
                 "counts": {"segments": len(rows), "empty": sum(n == 0 for n in rows),
                            "frames_kept": sum(rows)},
-                "nbb_file": nbb_file, "extract": EXTRACT_FILE,
-            }
-            db.finish(manifest, {nbb_file: self.nbb[m]})
+                "nbb_file": nbb_file, "extract": EXTRACT_FILE}, {nbb_file: self.nbb[m]}))
         if self.labels:
             write_json_atomic(self.folder / LABELS_FILE, self.labels)
         write_json_atomic(self.folder / EXTRACT_FILE, self.info, indent=1)  # the last file

@@ -14,17 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memodb import __version__
-from memodb.codec import canonical_arrays, encode_value
 from memodb.errors import BadInputError, DatabaseError
-from memodb.imgdb import BuildResult
-from memodb.naming import db_name, nbb_name
 from memodb.progress import progress_bar
-from memodb.reader import FeatureDB
-from memodb.writer import StagedDatabase, existing_build
+from memodb.store.build import Build, BuildResult, Written
+from memodb.store.codec import canonical_arrays, encode_value
+from memodb.store.naming import db_name, nbb_name
+from memodb.store.reader import FeatureDB
 from memotrain.checkpoint import load_face_cnn, sha256
-from memotrain.facecnn import feature_block
 from memotrain.engine import resolve_device
+from memotrain.facecnn import feature_block
 
 NORMALIZATIONS = ("corpus", "cnn")
 
@@ -97,9 +95,10 @@ def extract_face_features(cnn_checkpoint, rawimg_db, out_dir, *, feature: str = 
     fp = hashlib.sha256(f"{raw_manifest['checksum']}\0{ckpt_sha}".encode()).hexdigest()
     source = {"path": str(raw_path), "type": "rawimg-db", "fingerprint": "sha256:" + fp,
               "rawimg_checksum": raw_manifest["checksum"]}
-    done = existing_build(out_dir / name, "feature", options, source, replace)
+    build = Build(out_dir / name, "feature", options, source, replace=replace, nbb_file=nbb_file)
+    done = build.up_to_date()
     if done is not None:
-        return BuildResult(out_dir / name, out_dir / nbb_file, done, skipped=True)
+        return done
 
     device = resolve_device(device, error=BadInputError)
     model.to(device).eval()
@@ -124,8 +123,7 @@ def extract_face_features(cnn_checkpoint, rawimg_db, out_dir, *, feature: str = 
         return (np.concatenate(feats) if feats else np.zeros((0, dim), np.float32),
                 np.concatenate(probs) if probs else None)
 
-    with StagedDatabase(out_dir, name, replace=replace) as staged, \
-            progress_bar(progress, len(keys), name) as bar:
+    with build.stage() as staged, progress_bar(progress, len(keys), name) as bar:
         pending, n_pending = [], 0  # segments whose frames go into the next forward passes
 
         def flush():
@@ -172,13 +170,11 @@ def extract_face_features(cnn_checkpoint, rawimg_db, out_dir, *, feature: str = 
                "config": model.config, "classes": model.classes,
                "normalization": model.normalization}
         manifest = {
-            "kind": "feature", "memo_version": __version__, "options": options,
-            "source": source, "arrays": layout, "counts": counts,
+            "arrays": layout, "counts": counts,
             "nbb_file": nbb_file, "cnn": json.loads(json.dumps(cnn)),
             "input_normalization": {
                 "mode": normalization, "rawimg": {k: db_norm[k] for k in ("mean", "std")},
                 "formula": "crop as stored" if normalization == "corpus" else
                 "(crop * std_db + mean_db - mean_cnn) / std_cnn"},
         }
-        path, manifest = staged.finish(manifest, {nbb_file: nbb})
-    return BuildResult(path, out_dir / nbb_file, manifest)
+        return build.publish(staged, Written(manifest, {nbb_file: nbb}))

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from memodb.config import changes
-from memodb.manifest import write_json_atomic
-from memodb.txtdb import TextDB
+from memodb.store.manifest import write_json_atomic
+from memodb.store.textdb import TextDB
 from memotrain import metrics as M
 from memotrain import results as R
 from memotrain.checkpoint import load_model, save_checkpoint

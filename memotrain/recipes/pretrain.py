@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from memodb.config import changes
-from memodb.manifest import write_json_atomic
+from memodb.store.manifest import write_json_atomic
 from memotrain.checkpoint import (
     CheckpointError,
     atomic_save,

@@ -13,8 +13,8 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
+from ..errors import DatabaseError
 from .codec import FastDecoder
-from .errors import DatabaseError
 from .ids import KEYS_KEY, id_to_key
 from .manifest import read_manifest
 from .naming import nbb_path_for

@@ -1,37 +1,7 @@
-"""Building one dataset on several machines: shards of ``memo db build`` and their folders.
-
-``memo db build CONFIG OUT --shard I/N`` builds shard I (counted from 0) of N into a shard
-folder; ``memo db merge SHARD_DIR... OUT`` (:mod:`memodb.merge`) joins the N shard folders into
-the dataset folder a single ``memo db build CONFIG OUT`` makes, byte for byte.
-
-**Membership.** Every feature source lists its segments sorted by key (every build does; it
-reads no feature) and shard I of N takes the contiguous range ``[I*M//N, (I+1)*M//N)`` of its M
-keys. The range is a pure function of the key list and N, and the key list is the same on every
-machine that sees the same source files, which the merge proves: every shard records the
-source fingerprint (file names, sizes, modification times) and the merge refuses shards whose
-fingerprints differ. Ranges rather than ``sha256(id) mod N``: a movie's segments stay together
-(one shard opens each movie's h5 file, instead of every shard opening every file), each shard's
-keys all sort after the previous shard's, so the merge is a concatenation in shard order, and
-the shards' ``start`` / ``stop`` recorded in their manifests prove them disjoint and covering
-(they must tile ``[0, M)``).
-
-**What a shard folder holds.** Only the expensive part, the share of every feature and
-raw-crop database (h5 reading, image decoding): ``<feature name>/feat_th.../`` and its nbb
-json, a database whose options carry ``shard`` (``{"index", "count"}``, so it is never taken
-for a full build) and whose manifest records ``shard`` (``{"index", "count", "start", "stop",
-"corpus_segments"}``); ``check.json``; and ``shard.json`` (:data:`SHARD_FILE`), the resolved
-config and the databases, written last: a shard folder without it is unfinished. Raw-crop
-shards store 8-bit gray crops and integer pixel sums, since the normalisation needs the mean
-over the whole corpus (see :mod:`memodb.rawimg`). ``memo db check`` checks a shard folder's
-databases and reports the folder as a shard.
-
-**Text.** Splits are drawn from the usable ids of the whole corpus, and which ids are usable
-depends on the faces every segment has in the whole feature database (``min_faces``) and on
-its text (empty texts, ``long: drop``). A shard sees neither, so shards tokenise nothing: the
-merge builds the text databases from the merged feature database with the very code of a
-single build (``create_txtdb``), which makes them identical by construction. Tokenising is
-cheap next to the features (tens of thousands of texts a second).
-"""
+"""Shards of ``memo db build`` (``--shard I/N``): which segments shard I of N takes, the shard
+folder's record ``shard.json`` and the checks that keep a dataset and a shard folder apart. Why
+ranges, what a shard folder holds and why text is left to the merge: docs/DATABASES.md,
+"Sharded builds"."""
 from __future__ import annotations
 
 import json
@@ -39,10 +9,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
-from .check import DbReport
-from .errors import BadInputError, MemoError, OutputExistsError
-from .manifest import DATASET_FILE, read_manifest, write_json_atomic
+from .. import __version__
+from ..errors import BadInputError, OutputExistsError
+from ..store.manifest import DATASET_FILE, write_json_atomic
 
 SHARD_FILE = "shard.json"
 KIND = "shard"
@@ -102,16 +71,16 @@ def prepare_folder(out_dir: Path, shard: Shard | None) -> None:
     if shard is None:
         if (out_dir / SHARD_FILE).exists():
             raise OutputExistsError(
-                f"{out_dir} is a shard folder ({SHARD_FILE}: shard {_label(body)}); build the "
-                "dataset in another OUT_DIR, or join the shards with memo db merge")
+                f"{out_dir} is a shard folder ({SHARD_FILE}: shard {shard_label(body)}); build "
+                "the dataset in another OUT_DIR, or join the shards with memo db merge")
         return
     if (out_dir / DATASET_FILE).exists():
         raise OutputExistsError(f"{out_dir} holds a dataset ({DATASET_FILE}); build shard "
                                 f"{shard} in a folder of its own (e.g. shards/{shard.index})")
     if body is not None and (body.get("index"), body.get("count")) != (shard.index,
                                                                       shard.count):
-        raise OutputExistsError(f"{out_dir} holds shard {_label(body)}, not {shard}; give each "
-                                f"shard a folder of its own (e.g. shards/{shard.index})")
+        raise OutputExistsError(f"{out_dir} holds shard {shard_label(body)}, not {shard}; give "
+                                f"each shard a folder of its own (e.g. shards/{shard.index})")
     (out_dir / SHARD_FILE).unlink(missing_ok=True)
 
 
@@ -123,7 +92,7 @@ def _read_json(path: Path):
     return body if isinstance(body, dict) else None
 
 
-def _label(body) -> str:
+def shard_label(body) -> str:
     if not body:
         return "?"
     return f"{body.get('index')}/{body.get('count')}"
@@ -163,32 +132,3 @@ def read_shard_file(folder) -> dict:
         raise BadInputError(f"{SHARD_FILE} is not a shard record", file=path,
                             fix="rebuild the shard with memo db build --shard I/N")
     return body
-
-
-def check_shard_folder(folder) -> DbReport:
-    """``memo db check`` of a shard folder's record: the listed databases are there and are
-    shard I/N's (their own checks run separately)."""
-    folder = Path(folder)
-    rep = DbReport(str(folder), kind=KIND)
-    try:
-        body = read_shard_file(folder)
-    except MemoError as exc:
-        rep.problem("shard_unreadable", str(exc))
-        return rep
-    for name, entry in sorted(body["databases"].items()):
-        path = folder / str(entry.get("path"))
-        try:
-            manifest = read_manifest(path) if (path / "data.mdb").exists() else None
-        except MemoError:
-            continue  # the database's own check reports it
-        if manifest is None:
-            rep.problem("shard_db_missing", f"database {name!r} is listed at "
-                        f"{entry.get('path')} but no finished database is there")
-            continue
-        got = manifest.get("shard") or {}
-        if (got.get("index"), got.get("count")) != (body["index"], body["count"]):
-            rep.problem("shard_mismatch", f"database {name!r} is shard {_label(got)}, the "
-                        f"folder is shard {_label(body)}; rebuild the shard")
-    rep.counts = {"index": body["index"], "count": body["count"],
-                  "databases": len(body["databases"])}
-    return rep

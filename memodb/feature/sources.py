@@ -1,6 +1,6 @@
-"""Readers of upstream inputs (FORMATS.md section 2): per-segment npz folders and the two
-Denseface h5 layouts. A source lists its segments (sorted by key, duplicates refused) and
-loads one segment's raw arrays, named as in the npz files."""
+"""Readers of the feature inputs (docs/DATABASES.md, "Inputs"): per-segment npz folders
+and the two Denseface h5 layouts. A source lists its segments (sorted by key, duplicates
+refused) and loads one segment's raw arrays, named as in the npz files."""
 from __future__ import annotations
 
 import io
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadInputError, BadInputsError
-from .ids import check_key, find_duplicates, id_to_key
-from .manifest import fingerprint_files
+from ..errors import BadInputError, BadInputsError
+from ..store.ids import check_key, find_duplicates, id_to_key
+from ..store.manifest import fingerprint_files
 from .npzfast import parse_npz
 
 MOVIE_H5 = "has_active_spk_denseface_with_trans.h5"

@@ -1,23 +1,14 @@
-"""Transcript files -> (id, text, label) records (FORMATS.md section 2.4).
-
-Accepted layouts, recognised from the content:
-
-- pretraining captions ``{"<segmentId>": ["sentence", ...]}``;
-- downstream refs ``{"<utt_id>": {"txt": ["sentence"], "label": int}}``;
-- JSON lines, one ``{"id": ..., "text": ..., "label": int (optional)}`` per line.
-
-A segment's sentences are joined with a space into one text. Ids are mapped to key form
-(``/`` -> ``-``). Every problem in the file is collected and reported at once.
-"""
+"""Transcript files -> (id, text, label) records. The three layouts (pretraining captions,
+downstream refs, JSON lines), recognised from the content: docs/DATABASES.md, "Inputs". Every
+problem in a file is collected and reported at once."""
 from __future__ import annotations
 
 import json
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
-from .errors import BadInputError, BadInputsError
-from .ids import MAX_KEY_BYTES, check_key, find_duplicates, key_to_id, normalize_id
-
+from ..errors import BadInputError, BadInputsError
+from ..store.ids import MAX_KEY_BYTES, check_key, find_duplicates, key_to_id, normalize_id
 
 JSONL_SUFFIXES = (".jsonl", ".jsonlines", ".ndjson")
 

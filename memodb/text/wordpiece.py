@@ -1,12 +1,7 @@
-"""WordPiece tokenisation with a local BERT vocabulary (FORMATS.md sections 5 and 6).
-
-The tokenizer is Hugging Face ``tokenizers``' BERT WordPiece (normalise: clean, lower-case,
-strip accents; split on punctuation; greedy longest-match pieces), built from ``vocab.txt`` with
-no network access. Texts are split on whitespace first and every word is tokenised on its own,
-as the original builders did, so a word's pieces never depend on its neighbours. That makes a
-word cache exact: each distinct word is tokenised once (in one batched call) and texts are
-assembled from the cache. Special tokens written in the text (``[MASK]``) stay single tokens.
-"""
+"""WordPiece tokenisation with a local BERT vocabulary (docs/FORMAT.md section 6): Hugging
+Face ``tokenizers``' BERT WordPiece built from ``vocab.txt``, no network. Every whitespace word
+is tokenised on its own, as the original builders did, so each distinct word is tokenised
+once and texts are assembled from a word cache; ``[MASK]`` in a text stays one token."""
 from __future__ import annotations
 
 import hashlib
@@ -14,7 +9,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BadInputError
+from ..errors import BadInputError
+from ..store.textcodec import Encoded, assemble
 
 VOCAB_FILE = "vocab.txt"
 SPECIALS = {"PAD": "[PAD]", "UNK": "[UNK]", "CLS": "[CLS]", "SEP": "[SEP]", "MASK": "[MASK]"}
@@ -100,31 +96,12 @@ def load_vocab(path) -> Vocab:
                  v_range=(index["!"], len(tokens)))
 
 
-@dataclass
-class Encoded:
-    """One tokenised text: pieces, their ids, the index of the (whitespace) word each piece
-    came from, and per piece the emotion categories of its word (empty tuple: none)."""
-
-    ids: list
-    pieces: list
-    word_ids: list
-    emotions: list | None = None
-
-    def __len__(self):
-        return len(self.ids)
-
-    def truncate(self, n: int) -> None:
-        del self.ids[n:], self.pieces[n:], self.word_ids[n:]
-        if self.emotions is not None:
-            del self.emotions[n:]
-
-
 class WordPieceTokenizer:
     """Tokenise many texts fast and exactly; see the module docstring.
 
-    ``lexicon`` (a :class:`memodb.lexicon.Lexicon`) marks the pieces of emotion words: a word
-    here is what BERT's basic tokenizer yields (``happy,`` gives ``happy`` and ``,``), looked up
-    after the same normalisation (lower case, no accents).
+    ``lexicon`` (a :class:`~memodb.text.lexicon.Lexicon`) marks the pieces of emotion words: a
+    word here is what BERT's basic tokenizer yields (``happy,`` gives ``happy`` and ``,``),
+    looked up after the same normalisation (lower case, no accents).
     """
 
     def __init__(self, vocab: Vocab, lexicon=None):
@@ -188,11 +165,3 @@ class WordPieceTokenizer:
 
     def encode(self, text: str) -> Encoded:
         return self.encode_many([text])[0]
-
-
-def assemble(words, cache: dict, emotions: bool) -> Encoded:
-    """One text's encoding from the word cache (every word already learnt)."""
-    ents = [e for e in map(cache.__getitem__, words) if e[0]]
-    return Encoded([i for e in ents for i in e[0]], [p for e in ents for p in e[1]],
-                   [k for k, e in enumerate(ents) for _ in e[0]],
-                   [c for e in ents for c in e[2]] if emotions else None)

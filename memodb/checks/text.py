@@ -1,10 +1,7 @@
-"""``memo db check`` for text databases, split groups and dataset folders.
-
-Every rule is a :class:`~memodb.check.Problem` with a code, naming the text id where there is
-one. Values are decoded and hashed in worker processes (chunks in key order, so the content
-checksum is combined in order); the cross-file rules (id2len, txt2img, img2txts, the linked
-feature database, splits) use sets and dicts on the parent side.
-"""
+"""``memo db check`` of one text database: every example decoded and checked in worker
+processes (chunks in key order, so the checksum combines in order), then the side files,
+the manifest and the linked feature database. Each rule is a problem code naming the text id;
+the rules: docs/FORMAT.md section 6."""
 from __future__ import annotations
 
 import hashlib
@@ -14,21 +11,19 @@ from collections import Counter
 from functools import partial
 from pathlib import Path
 
-from .check import DbReport, manifest_fields, utf8_keys
-from .errors import DatabaseError, MemoError
-from .ids import KEYS_KEY
-from .manifest import DATASET_FILE, Checksum, read_manifest
-from .parallel import chunked, ordered_map
-from .progress import progress_bar
-from .reader import FeatureDB, open_env
-from .splits import SPLITS_FILE
-from .txtcodec import decode_example
-from .txtdb import ID2LEN, IMG2TXTS, META, TXT2IMG
+from ..errors import DatabaseError, MemoError
+from ..parallel import chunked, ordered_map
+from ..progress import progress_bar
+from ..store.ids import KEYS_KEY
+from ..store.manifest import Checksum, read_manifest
+from ..store.reader import FeatureDB, open_env
+from ..store.textcodec import decode_example
+from ..store.textdb import ID2LEN, IMG2TXTS, META, TXT2IMG
+from .report import DbReport, manifest_fields, utf8_keys
 
 CHUNK = 512
 MAX_LISTED = 10  # ids shown in one message
 VOCAB_KEYS = ("PAD", "UNK", "CLS", "SEP", "MASK", "v_range", "vocab_sha256")
-ROLES = ("train", "heldout", "monitor")
 # The JSON type of each manifest field the checks read (None allowed: absent, or no labels...).
 TEXT_FIELDS = {"kind": str, "counts": dict, "options": dict, "vocab": dict, "labels": dict,
                "lexicon": dict, "img_db": dict, "split": dict, "source": dict}
@@ -37,16 +32,9 @@ TEXT_FIELDS = {"kind": str, "counts": dict, "options": dict, "vocab": dict, "lab
 _VOCABS: dict[str, dict] = {}
 
 
-# --------------------------------------------------------------------------- text database
-
-def check_text_db(path, *, workers: int | None = None, progress: bool = False,
-                  links: dict | None = None) -> DbReport:
-    """Check one text database (FORMATS.md section 5); see the module docstring."""
-    return _check_text_db(path, workers=workers, progress=progress, links=links)[0]
-
-
-def _check_text_db(path, *, workers=None, progress=False, links=None):
-    """(report, set of stored ids or None when unreadable)."""
+def check_text_db(path, *, workers=None, progress=False, links=None):
+    """Check one text database (docs/FORMAT.md section 6): (report, set of stored ids or None
+    when it is unreadable)."""
     path = Path(path)
     rep = DbReport(str(path), kind="text")
     try:
@@ -416,7 +404,7 @@ def _linked(path: Path, links: dict | None):
     if links is not None and real in links:
         return links[real]
     db = FeatureDB(path)
-    got = (_stored_ids(path), db.nbb(), db.manifest, db)  # stored keys, not __keys__
+    got = (stored_ids(path), db.nbb(), db.manifest, db)  # stored keys, not __keys__
     if links is not None:
         links[real] = got
     return got
@@ -470,140 +458,8 @@ def _check_img_link(rep: DbReport, path: Path, link: dict, txt2img: dict, links)
                             f"the feature database, the build required {min_faces}", t)
 
 
-# --------------------------------------------------------------------------- split groups
-
-def _stored_ids(db: Path) -> set:
+def stored_ids(db: Path) -> set:
     env = open_env(db)
     with env.begin() as txn:
         return {bytes(k).decode("utf-8", "replace")
                 for k in txn.cursor().iternext(values=False) if k != KEYS_KEY}
-
-
-def check_split_group(folder, ids_by_db: dict | None = None) -> DbReport:
-    """Check a folder holding ``splits.json``: every listed database there, train and held-out
-    sets pairwise disjoint, no two held-out sets equal, monitors inside their parent.
-    ``ids_by_db`` maps a database's real path to the ids its check found (read otherwise)."""
-    folder = Path(folder)
-    rep = DbReport(str(folder), kind="splits")
-    try:
-        body = json.loads((folder / SPLITS_FILE).read_text(encoding="utf-8"))
-        assert isinstance(body, dict) and isinstance(body.get("splits"), dict)
-        assert all(isinstance(e, dict) for e in body["splits"].values())
-    except (OSError, ValueError, AssertionError):
-        rep.problem("splits_unreadable", f"{SPLITS_FILE} is not a JSON object with a "
-                    "'splits' map; rebuild the split databases")
-        return rep
-    ids_by_db = ids_by_db if ids_by_db is not None else {}
-    ids: dict[str, set] = {}
-    roles: dict[str, str] = {}
-    listed_dbs = set()
-    for name, entry in sorted(body["splits"].items()):
-        role = entry.get("role")
-        if role not in ROLES:
-            rep.problem("split_role", f"split {name!r} has role {role!r}, not one of {ROLES}")
-            continue
-        db = folder / str(entry.get("db", name))
-        listed_dbs.add(os.path.realpath(db))
-        if not (db / "data.mdb").is_file():
-            rep.problem("split_db_missing", f"split {name!r}: no database at {db}")
-            continue
-        real = os.path.realpath(db)
-        try:
-            got = ids_by_db.get(real)
-            ids[name] = got if got is not None else _stored_ids(db)
-            manifest = read_manifest(db)
-        except MemoError as exc:
-            rep.problem("split_db_unreadable", f"split {name!r}: {exc}")
-            continue
-        roles[name] = role
-        if isinstance(entry.get("texts"), int) and entry["texts"] != len(ids[name]):
-            rep.problem("splits_count", f"{SPLITS_FILE} says split {name!r} holds "
-                        f"{entry['texts']} texts, its database {len(ids[name])}")
-        split = (manifest or {}).get("split")
-        if isinstance(split, dict) and split.get("role") not in (None, role):
-            rep.problem("split_role_mismatch", f"split {name!r} is {role} in {SPLITS_FILE} "
-                        f"but {split.get('role')} in its manifest")
-    if not any(r == "train" for r in roles.values()) and ids:
-        rep.problem("split_no_train", f"{SPLITS_FILE} lists no train split")
-    # train and held-out sets pairwise disjoint: one pass, owner of each id
-    owner: dict[str, str] = {}
-    shared: dict[tuple, list] = {}
-    disjoint = [n for n in sorted(roles) if roles[n] in ("train", "heldout")]
-    for name in disjoint:
-        for t in ids[name]:
-            first = owner.setdefault(t, name)
-            if first != name:
-                shared.setdefault((first, name), []).append(t)
-    heldout = [n for n in disjoint if roles[n] == "heldout"]
-    for i, a in enumerate(heldout):
-        for b in heldout[i + 1:]:
-            if ids[a] and ids[a] == ids[b]:
-                rep.problem("splits_identical", f"held-out splits {a!r} and {b!r} hold the "
-                            f"same {len(ids[a])} ids (validation equals test)", min(ids[a]))
-    for (a, b), ts in sorted(shared.items()):
-        rep.problem("splits_overlap", f"in both {a!r} ({roles[a]}) and {b!r} ({roles[b]}); "
-                    f"{len(ts)} id(s) shared", min(ts))
-    for name, entry in sorted(body["splits"].items()):
-        if roles.get(name) != "monitor":
-            continue
-        of = entry.get("of")
-        if of not in ids:
-            rep.problem("split_of_unknown", f"monitor split {name!r} is drawn from {of!r}, "
-                        "which is not a listed split")
-            continue
-        outside = ids[name] - ids[of]
-        if outside:
-            rep.problem("monitor_outside", f"in monitor split {name!r} but not in {of!r} "
-                        f"({len(outside)} id(s) outside)", min(outside))
-    for sub in sorted(folder.iterdir()):
-        if not sub.name.startswith(".") and (sub / "data.mdb").exists() \
-                and os.path.realpath(sub) not in listed_dbs:
-            rep.warn("split_unlisted", f"database {sub.name} is in the folder but not in "
-                     f"{SPLITS_FILE} (left from an earlier build?)")
-    rep.counts = {"splits": len(body["splits"]), "texts": sum(len(v) for v in ids.values())}
-    return rep
-
-
-# --------------------------------------------------------------------------- dataset folders
-
-def check_dataset(folder, find) -> DbReport:
-    """Check a dataset folder's ``dataset.json`` (written by ``memo db build``): every listed
-    path exists and text databases link feature databases inside the folder. ``find`` lists
-    the databases below a path (:func:`memodb.check.find_databases`)."""
-    folder = Path(folder)
-    rep = DbReport(str(folder), kind="dataset")
-    try:
-        body = json.loads((folder / DATASET_FILE).read_text(encoding="utf-8"))
-        assert isinstance(body, dict) and isinstance(body.get("databases"), dict)
-        assert all(isinstance(e, dict) and isinstance(e.get("path"), str)
-                   for e in body["databases"].values())
-    except (OSError, ValueError, AssertionError):
-        rep.problem("dataset_unreadable", f"{DATASET_FILE} is not a JSON object with a "
-                    "'databases' map of {path, kind}; rebuild with memo db build")
-        return rep
-    dbs = set(find(folder))
-    for name, entry in sorted(body["databases"].items()):
-        p = folder / entry["path"]
-        if not p.exists():
-            rep.problem("dataset_db_missing", f"database {name!r} ({entry.get('kind')}) is "
-                        f"listed at {entry['path']} but is not there")
-            continue
-        found = find(p)
-        if not found:
-            rep.problem("dataset_db_missing", f"database {name!r} ({entry.get('kind')}): "
-                        f"{entry['path']} holds no database")
-        dbs.update(found)
-    root = os.path.realpath(folder)
-    for db in sorted(dbs):
-        try:
-            manifest = read_manifest(db)
-        except MemoError:
-            continue  # the database's own check reports it
-        link = (manifest or {}).get("img_db") if (manifest or {}).get("kind") == "text" else None
-        if isinstance(link, dict) and isinstance(link.get("path"), str):
-            target = os.path.realpath(Path(db) / link["path"])
-            if os.path.commonpath([root, target]) != root:
-                rep.warn("img_db_outside", f"text database {db} links the feature database "
-                         f"{target}, outside the dataset folder: copying the folder breaks it")
-    rep.counts = {"databases": len(body["databases"])}
-    return rep

@@ -1,10 +1,12 @@
-"""Frame selection and per-segment validation (FORMATS.md section 3, "Selection of frames")."""
+"""Where ``conf_th`` / ``max_bb`` are applied: the frames of a segment that a feature
+database keeps (docs/FORMAT.md section 3, "Frame selection"), and the per-segment checks
+(equal lengths, finite values)."""
 from __future__ import annotations
 
 import numpy as np
 
-from .codec import canonical_arrays
-from .errors import BadInputError
+from ..errors import BadInputError
+from ..store.codec import canonical_arrays
 
 FLOAT_CHECKED = ("features", "soft_labels")
 

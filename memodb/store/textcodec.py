@@ -8,19 +8,47 @@ fragments. That is what makes building 200k texts fast.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import lz4.frame
 import msgpack
 
-from .errors import DatabaseError
+from ..errors import DatabaseError
 from .ids import id_to_key
-from .wordpiece import assemble
 
 FIELDS = ("id", "dataset", "file_path", "img_fname", "toked_caption", "input_ids", "word_ids")
 EMO_FIELDS = ("emo_input_ids", "emo_labels", "emo_type_ids")
 
 
+@dataclass
+class Encoded:
+    """One tokenised text: pieces, their ids, the index of the (whitespace) word each piece
+    came from, and per piece the emotion categories of its word (empty tuple: none)."""
+
+    ids: list
+    pieces: list
+    word_ids: list
+    emotions: list | None = None
+
+    def __len__(self):
+        return len(self.ids)
+
+    def truncate(self, n: int) -> None:
+        del self.ids[n:], self.pieces[n:], self.word_ids[n:]
+        if self.emotions is not None:
+            del self.emotions[n:]
+
+
+def assemble(words, cache: dict, emotions: bool) -> Encoded:
+    """One text's encoding from the word cache (every word already learnt)."""
+    ents = [e for e in map(cache.__getitem__, words) if e[0]]
+    return Encoded([i for e in ents for i in e[0]], [p for e in ents for p in e[1]],
+                   [k for k, e in enumerate(ents) for _ in e[0]],
+                   [c for e in ents for c in e[2]] if emotions else None)
+
+
 def encode_example(text_id: str, label, enc, lex, dataset: str) -> bytes:
-    """The compatible LMDB value of one text (``enc``: a :class:`~memodb.wordpiece.Encoded`)."""
+    """The compatible LMDB value of one text (``enc``: an :class:`Encoded`)."""
     img_fname = id_to_key(text_id)
     ex = {"id": text_id, "dataset": dataset, "file_path": img_fname, "img_fname": img_fname,
           "toked_caption": enc.pieces, "input_ids": enc.ids, "word_ids": enc.word_ids}

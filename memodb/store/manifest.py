@@ -1,9 +1,6 @@
-"""memo's manifest: ``manifest.json`` inside every database directory, written last.
-
-Its presence marks a finished build. It records what was built, from what and how, so a
-re-run can tell "already built" from "another database is here", and ``memo db check`` can
-verify counts and the content checksum. See docs/FORMAT.md.
-"""
+"""memo's manifest (``manifest.json`` inside every database directory, written last: its
+presence marks a finished build), the content checksum, source fingerprints and JSON files
+written atomically. Fields: docs/FORMAT.md section 5."""
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +8,8 @@ import json
 import os
 from pathlib import Path
 
-from .errors import DatabaseError
+from ..errors import DatabaseError
+from .files import atomic_write
 
 MANIFEST = "manifest.json"
 DATASET_FILE = "dataset.json"  # a dataset folder's record (memo db build)
@@ -36,18 +34,13 @@ def read_manifest(db_dir) -> dict | None:
 def write_json_atomic(path, obj, *, indent=None) -> None:
     """Write JSON to ``path`` through a temporary file and a rename (never half-written).
     ``obj`` may also be JSON text already encoded (a str)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     if isinstance(obj, str):
         text = obj
     else:  # json.dumps (one call into the C encoder) is many times faster than json.dump
         text = json.dumps(obj, indent=indent, ensure_ascii=False, sort_keys=indent is not None)
         text = text + "\n" if indent is not None else text
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Checksum:

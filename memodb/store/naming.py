@@ -1,4 +1,4 @@
-"""Names of feature databases and their nbb files (FORMATS.md section 3)."""
+"""Names of feature databases and their nbb files (docs/FORMAT.md section 3)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,51 +1,8 @@
-"""Writing a database so that it is either complete under its final name or absent.
-
-**Build.** :class:`StagedDatabase` builds into ``OUT_DIR/.<name>.partial`` under an exclusive
-lock (``flock`` on ``OUT_DIR/.<name>.lock``), writes values in sorted key order in large
-transactions and grows the LMDB map as needed (starting small: no 1 TiB sparse files).
-
-**Publish** (:meth:`StagedDatabase.finish`), in this order:
-
-1. ``__keys__``, then the inner files and a copy of each side file (the nbb json) inside the
-   build directory, then the manifest: its presence marks a finished build.
-2. Each side file beside the database, ``OUT_DIR/<side>``, becomes a relative symbolic link to
-   ``<name>/<side>`` (made under a temporary name and renamed over what is there). Until step 3
-   it resolves into the database being replaced, which holds its own copy (a regular file of an
-   older build is first copied into it), or, for a new database, nowhere.
-3. The directory goes in: one rename when nothing is there; when replacing, one atomic exchange
-   of the two directories (Linux ``renameat2(RENAME_EXCHANGE)``), so the final name never goes
-   missing and the database and its nbb json change together. The replaced database, now at
-   ``.<name>.partial``, is deleted.
-4. The lock file is removed, then the lock released.
-
-A kill at any moment leaves under the final names the old database with its nbb json, or the
-new ones. What it can leave in hidden entries (``.<name>.partial``: an unfinished build or the
-database it replaced; ``.<name>.replaced``, see below; ``.<name>.lock``) is removed by the next
-build of that name, one that finds the database up to date included (:func:`existing_build`);
-``memo db check`` warns about the hidden folders meanwhile.
-
-**Fallbacks.** Where the exchange is unavailable (another OS, a file system or kernel that
-refuses it) the old directory is renamed to ``.<name>.replaced``, the new one into place, and
-the old one deleted: the final name is missing between the two renames. Where symbolic links
-cannot be made, the side file is a regular copy written after step 3: a kill in between leaves
-the new database with the old nbb json until the next build of that name, which finds that it
-differs from the database's own copy and rewrites it. A copy of a folder that follows links
-(``shutil.copytree``, ``cp -rL``) holds regular files with the same bytes, which is as good.
-
-**First change.** Inside :func:`before_first_publish`, a callback runs once, before the first
-change under a final name (``memo db build`` removes its folder's ``check.json`` then, so that
-a report never stays beside databases it did not see).
-
-The lock file is removed while the lock is held, and a build that locked a file which was
-removed meanwhile locks the current one instead, so two builds never both hold the lock.
-
-LMDB is opened without its lock file (``lock=False``): the build is the only writer (our own
-lock file guarantees it) and nobody reads a ``.partial`` directory, and LMDB's ``lock.mdb``
-holds process-specific bytes (mutex owners, reader slots), so leaving it out is what makes
-every file of a database the same for the same content, whichever process or machine wrote it
-(``memo db merge`` relies on it). Readers open with ``lock=False`` too; a tool that opens with
-a lock creates ``lock.mdb`` itself.
-"""
+"""Writing a database so that it is either complete under its final name or absent:
+:class:`StagedDatabase` builds in a hidden ``.<name>.partial`` folder under a lock, grows the
+LMDB map as needed and publishes atomically (with its nbb json); :func:`existing_build` tells
+an identical finished build from anything else. The steps, and what a kill at each leaves:
+docs/DATABASES.md, "Publishing"."""
 from __future__ import annotations
 
 import ctypes
@@ -62,9 +19,10 @@ from pathlib import Path
 
 import lmdb
 
-from .errors import MemoError, OutputExistsError
+from ..errors import MemoError, OutputExistsError
+from .files import atomic_write, fsync_dir
 from .ids import KEYS_KEY
-from .manifest import MANIFEST, FORMAT_VERSION, Checksum, read_manifest, write_json_atomic
+from .manifest import FORMAT_VERSION, MANIFEST, Checksum, read_manifest, write_json_atomic
 
 INITIAL_MAP = 64 << 20
 TXN_BYTES = 8 << 20
@@ -77,7 +35,7 @@ _first_publish: ContextVar[list | None] = ContextVar("first_publish", default=No
 @contextmanager
 def before_first_publish(callback):
     """Inside the block, ``callback()`` runs once, just before the first change under a final
-    name: a database published, or a side file rewritten (see the module docstring)."""
+    name: a database published, or a side file rewritten (docs/DATABASES.md, "Publishing")."""
     token = _first_publish.set([callback])
     try:
         yield
@@ -157,7 +115,7 @@ def _tidy(final: Path, manifest: dict) -> None:
 
 
 class StagedDatabase:
-    """Context manager for one database build; see the module docstring.
+    """Context manager for one database build (docs/DATABASES.md, "Publishing").
 
     On an exception the partial directory is removed and nothing is published.
     """
@@ -246,7 +204,7 @@ class StagedDatabase:
                inner_files: dict | None = None) -> tuple[Path, dict]:
         """Write ``__keys__``, the files (name -> JSON object or text; ``side_files`` beside
         the database directory, ``inner_files`` inside it) and the manifest, then publish the
-        directory under its final name (steps 1 to 3 of the module docstring)."""
+        directory under its final name (steps 1 to 3 of docs/DATABASES.md, "Publishing")."""
         extra = [(KEYS_KEY, json.dumps(self.keys).encode("utf-8"))] if self.keys_entry else []
         self._flush(extra=extra)
         self.env.sync(True)
@@ -352,7 +310,7 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def _link_side_files(final: Path, names) -> list[str]:
     """Make each ``OUT_DIR/<side>`` a relative symbolic link to ``<final name>/<side>`` (step 2
-    of the module docstring); returns the names that cannot be links here."""
+    of docs/DATABASES.md, "Publishing"); returns the names that cannot be links here."""
     out_dir, unlinked, linked = final.parent, [], False
     for side in names:
         link, target = out_dir / side, f"{final.name}/{side}"
@@ -391,17 +349,5 @@ def _side_file_stale(final: Path, side: str) -> bool:
 def _copy_atomic(src: Path, dst: Path) -> None:
     """Copy a file through a temporary file and a rename (never half-written); the caller
     holds the lock."""
-    tmp = dst.with_name(f".{dst.name}.copy")
-    shutil.copyfile(src, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, dst)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make the entries of a folder (created, renamed, removed) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with atomic_write(dst, "wb", tmp_name=f".{dst.name}.copy") as f, open(src, "rb") as s:
+        shutil.copyfileobj(s, f)

@@ -1,19 +1,7 @@
-"""``rawimg-db``: OpenFace face crops -> raw-crop database (FORMATS.md sections 2.3 and 4).
-
-Per clip, ``<clip>.csv`` (columns ``frame, face_id, timestamp, confidence, success``) and
-``<clip>_aligned/frame_det_<face:02d>_<frame:06d>.bmp``. Per frame the successful face with the
-highest confidence is used; frames are then selected exactly like create-imgdb's (confidence
-``> conf_th``, time order, first ``max_bb``) before any image is decoded. Crops become gray,
-``size x size`` (bilinear), ``(x - mean) / std``, float16. Without ``mean`` / ``std`` a first
-pass computes them over every kept crop of the corpus.
-
-The pixel statistics are exact integer sums (count, sum, sum of squares of the 8-bit gray
-values), so they do not depend on the order in which segments are added up. That is what lets
-a sharded build (:mod:`memodb.shard`) give the same values as a single one: a shard cannot know
-the corpus mean, so it stores its crops as 8-bit gray (not normalised) with its integer sums in
-the manifest, and ``memo db merge`` adds the sums of all shards and normalises with
-:func:`normalized`, the same function a single build uses.
-"""
+"""``memo db rawimg-db``: OpenFace face crops -> raw-crop database (the input layout:
+docs/DATABASES.md, "Inputs"; the database: docs/FORMAT.md section 4). Frames are selected like
+create-imgdb's before any image is decoded; the pixel statistics are exact integer sums, so a
+sharded build normalises exactly like a single one (docs/DATABASES.md, "Sharded builds")."""
 from __future__ import annotations
 
 import csv
@@ -24,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadInputError
+from ..errors import BadInputError
+from ..parallel import chunked, ordered_map
+from ..progress import progress_bar
+from ..store.build import BuildResult
+from ..store.ids import id_to_key
+from ..store.manifest import fingerprint_files
 from .frames import keep_index
-from .ids import id_to_key
-from .imgdb import BuildResult, build_db
-from .manifest import fingerprint_files
-from .parallel import chunked, ordered_map
-from .progress import progress_bar
+from .imgdb import build_db
 from .sources import Segment, checked_segments
 
 STATS_CHUNK = 32
@@ -189,8 +178,8 @@ def rawimg_db(src, out_dir, *, size: int = 64, mean: float | None = None,
     """Build ``OUT_DIR/feat_th{conf_th}_max{max_bb}_min{min_bb}`` of normalised gray crops.
 
     The mean / std used (given or computed) are in the manifest under ``normalization``. With
-    ``shard`` (:class:`~memodb.shard.Shard`) only that shard's segments are built, as 8-bit
-    gray crops with the pixel sums in the manifest's ``sums`` (see the module docstring).
+    ``shard`` (:class:`~memodb.dataset.shard.Shard`) only that shard's segments are built, as
+    8-bit gray crops with the pixel sums in the manifest's ``sums`` (the merge normalises).
     """
     if (mean is None) != (std is None):
         raise BadInputError("give both --mean and --std, or neither (then they are computed "

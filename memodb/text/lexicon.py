@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 MAX_REPORTED = 20
 

@@ -1,7 +1,7 @@
-"""Segment ids and the keys / file names made from them (FORMATS.md section 1)."""
+"""Segment ids and the keys / file names made from them (docs/FORMAT.md section 1)."""
 from __future__ import annotations
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 KEY_SUFFIX = ".npz"
 MAX_KEY_BYTES = 511  # LMDB's default maximum key size
@@ -22,14 +22,6 @@ def id_to_key(segment_id: str) -> str:
 
 def key_to_id(key: str) -> str:
     return key[: -len(KEY_SUFFIX)] if key.endswith(KEY_SUFFIX) else key
-
-
-def split_id(segment_id: str) -> tuple[str, str]:
-    """Split ``<movie>_<index>`` on the LAST underscore (movie names contain ``_``)."""
-    movie, sep, index = segment_id.rpartition("_")
-    if not sep:
-        raise ValueError(f"segment id {segment_id!r} has no '_<index>' suffix")
-    return movie, index
 
 
 def check_key(key: str, *, file=None) -> bytes:

@@ -1,11 +1,7 @@
-"""Value encoding of feature databases (FORMATS.md section 3).
-
-A value is a msgpack map (``use_bin_type=True``) from array name to an array in
-msgpack-numpy's encoding: ``{b"nd": True, b"type": dtype.str, b"kind": b"", b"shape": [...],
-b"data": raw bytes}``. :func:`encode_value` writes exactly the bytes msgpack-numpy writes, without
-depending on it; :func:`decode_value` reads them (and the older ``_compressed`` npz blobs)
-without copying the array data a second time.
-"""
+"""Feature-database values (docs/FORMAT.md section 3): a msgpack map of arrays in
+msgpack-numpy's encoding. :func:`encode_value` writes exactly msgpack-numpy's bytes without
+depending on it; :func:`decode_value` is the reference decoder (also of older npz blobs) and
+:class:`FastDecoder` the same decoder with a per-length layout cache (docs/PERFORMANCE.md)."""
 from __future__ import annotations
 
 import io
@@ -13,7 +9,7 @@ import io
 import msgpack
 import numpy as np
 
-from .errors import DatabaseError
+from ..errors import DatabaseError
 
 #: Order in which arrays are written; other names follow in sorted order.
 ARRAY_ORDER = ("features", "soft_labels", "confidence", "frame_idxs")

@@ -1,10 +1,7 @@
-"""``create-txtdb``: transcripts -> tokenised text databases (FORMATS.md section 5).
-
-One text per segment (its sentences joined), keyed by the segment id. With a feature database
-the texts are aligned with the segments that really have faces; with splits the corpus becomes
-one database per split plus ``splits.json``. Each database is built with
-:class:`~memodb.writer.StagedDatabase`: complete under its final name or absent.
-"""
+"""``memo db create-txtdb``: transcripts -> tokenised text databases (docs/FORMAT.md
+section 6). One text per segment, keyed by the segment id; with a feature database only the
+segments that have faces get one; with splits, one database per split plus ``splits.json``.
+Each database goes through the build protocol (:class:`~memodb.store.build.Build`)."""
 from __future__ import annotations
 
 import functools
@@ -12,29 +9,28 @@ import gc
 import hashlib
 import itertools
 import json
-from json.encoder import encode_basestring
 import os
 import shutil
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring
 from pathlib import Path
 
-from . import __version__
-from .errors import BadInputError, DatabaseError, MemoError
-from .ids import KEY_SUFFIX, id_to_key
+from ..errors import BadInputError
+from ..parallel import ordered_map
+from ..progress import progress_bar
+from ..store.build import Build, Written
+from ..store.ids import KEY_SUFFIX, id_to_key
+from ..store.manifest import read_manifest
+from ..store.reader import FeatureDB
+from ..store.textcodec import FastEncoder
+from ..store.textdb import ID2LEN, IMG2TXTS, META, TXT2IMG
 from .lexicon import read_lexicon
-from .manifest import read_manifest
-from .parallel import ordered_map
-from .progress import progress_bar
-from .reader import FeatureDB, open_env
 from .splits import SPLITS_FILE, TRAIN, SplitSpec, assign_splits, parse_split, write_splits_file
 from .transcripts import read_transcripts
-from .txtcodec import FastEncoder, decode_example
 from .wordpiece import WordPieceTokenizer, bundled_vocab_dir, load_vocab
-from .writer import StagedDatabase, existing_build
 
 KIND = "text"
 LONG_POLICIES = ("truncate", "drop")
-META, ID2LEN, TXT2IMG, IMG2TXTS = "meta.json", "id2len.json", "txt2img.json", "img2txts.json"
 MAX_LISTED = 10  # ids shown per warning
 CHUNK = 2048  # texts per worker task
 
@@ -81,7 +77,7 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
     - ``lexicon``: emotion lexicon file; adds ``emo_input_ids`` / ``emo_labels`` /
       ``emo_type_ids`` to every example.
     - ``labels``: class names; every label must be an index into them.
-    - ``splits``: ``["val=3000", "trn3k=3000@train"]`` (see :mod:`memodb.splits`); without
+    - ``splits``: ``["val=3000", "trn3k=3000@train"]`` (see :mod:`memodb.text.splits`); without
       splits OUT_DIR itself is the database, with them OUT_DIR/<split>/ and splits.json.
     - ``replace``: rebuild a database built from other inputs instead of refusing.
     - ``workers``: processes encoding the values (default: all cores); the output does not
@@ -110,8 +106,9 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
     source = _fingerprint(src, voc, lex, img, specs)
     names = [TRAIN] + [s.name for s in specs] if specs else [""]
     targets = {n: (out_dir / n if n else out_dir) for n in names}
-    done = {n: existing_build(p, KIND, {**options, "split": n or None}, source, replace)
-            for n, p in targets.items()}
+    builds = {n: Build(p, KIND, {**options, "split": n or None}, source, replace=replace,
+                       keys_entry=False) for n, p in targets.items()}
+    done = {n: b.existing for n, b in builds.items()}
     if all(m is not None for m in done.values()) and (
             not specs or sorted(_listed_splits(out_dir)) == sorted(names)):
         counts = next(iter(done.values()))["corpus"]
@@ -167,19 +164,15 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
                                 "text)", file=src, fix="check its id list or count")
     roles = {TRAIN: "train", **{s.name: s.role for s in specs}}
     manifests = {}
-    base = {"kind": KIND, "memo_version": __version__, "source": source,
-            "vocab": {**voc.meta(), "file": str(voc.file)},
+    base = {"vocab": {**voc.meta(), "file": str(voc.file)},
             "lexicon": lex.summary() if lex else None, "layout": layout, "corpus": counts}
     for name in names:
-        if done[name] is not None:
-            manifests[name] = done[name]
-            continue
-        manifest = {**base, "options": {**options, "split": name or None},
-                    "split": {"name": name, "role": roles[name], "seed": seed} if name else None,
-                    "img_db": _img_link(img, targets[name], min_faces)}
-        manifests[name] = _write_db(targets[name], assigned[name], by_id, voc, manifest,
-                                    label_info, replace, progress, workers,
-                                    (cache, lex, dataset, max_len))
+        manifest = {**base, "split": {"name": name, "role": roles[name], "seed": seed}
+                    if name else None, "img_db": _img_link(img, targets[name], min_faces)}
+        write = functools.partial(_write_db, assigned[name], by_id, voc, builds[name].options,
+                                  manifest, label_info, progress, workers,
+                                  (cache, lex, dataset, max_len))
+        manifests[name] = builds[name].run(write).manifest
     if specs:
         stale = [out_dir / n for n in _listed_splits(out_dir) if n not in names]
         write_splits_file(out_dir, {n: len(assigned[n]) for n in names}, roles, seed,
@@ -310,8 +303,8 @@ def _encode_chunk(span) -> tuple:
     return keys, b"".join(values), [len(v) for v in values], part
 
 
-def _write_db(path: Path, ids, by_id, voc, manifest, label_info, replace, progress, workers,
-              encoding) -> dict:
+def _write_db(ids, by_id, voc, options, manifest, label_info, progress, workers, encoding,
+              db) -> Written:
     global _ENCODER, _ITEMS
     lens = [by_id[i][2] for i in ids]
     label_counts: dict[int, int] = {}
@@ -324,23 +317,20 @@ def _write_db(path: Path, ids, by_id, voc, manifest, label_info, replace, progre
     _ENCODER = FastEncoder(*encoding)
     _ENCODER.prepare()  # every word's fragments, before the fork: workers share them
     try:
-        with StagedDatabase(path.parent, path.name, keys_entry=False, replace=replace) as db, \
-                progress_bar(progress, len(ids), f"txt {path.name}") as bar:
+        with progress_bar(progress, len(ids), f"txt {db.final.name}") as bar:
             for keys, blob, sizes, part in ordered_map(_encode_chunk, tasks, workers):
                 view, ends = memoryview(blob), list(itertools.accumulate(sizes))
                 db.put_many(keys, [view[e - n:e] for e, n in zip(ends, sizes)], part)
                 bar(len(keys))
-            manifest["counts"] = {"texts": len(ids), "pieces": sum(lens),
-                                  "max_len": max(lens, default=0)}
-            manifest["labels"] = None if label_info is None else {
-                **label_info,
-                "counts": {str(k): label_counts[k] for k in sorted(label_counts)}}
-            meta = {**voc.meta(), **manifest["options"]}
-            _, manifest = db.finish(manifest, inner_files={META: meta,
-                                                           **side_files_json(ids, lens)})
     finally:
         _ENCODER, _ITEMS = None, []
-    return manifest
+    manifest = {**manifest, "counts": {"texts": len(ids), "pieces": sum(lens),
+                                       "max_len": max(lens, default=0)},
+                "labels": None if label_info is None else {
+                    **label_info,
+                    "counts": {str(k): label_counts[k] for k in sorted(label_counts)}}}
+    meta = {**voc.meta(), **options}
+    return Written(manifest, inner_files={META: meta, **side_files_json(ids, lens)})
 
 
 def side_files_json(ids, lens) -> dict:
@@ -352,92 +342,3 @@ def side_files_json(ids, lens) -> dict:
     return {ID2LEN: "{" + ", ".join([f"{e}: {n}" for e, n in zip(q, lens)]) + "}",
             TXT2IMG: "{" + ", ".join([f"{e}: {e[:-1]}{sfx}" for e in q]) + "}",
             IMG2TXTS: "{" + ", ".join([f"{e[:-1]}{sfx}: [{e}]" for e in q]) + "}"}
-
-
-def is_text_db(path) -> bool:
-    """A text database: manifest kind "text", or (without manifest) the text side files."""
-    path = Path(path)
-    try:
-        manifest = read_manifest(path)
-    except MemoError:
-        manifest = None
-    if manifest is not None:
-        return manifest.get("kind") == "text"
-    return (path / ID2LEN).exists() or (path / TXT2IMG).exists()
-
-
-class TextDB:
-    """Read a text database (memo-built or from the original tools): ``db[id]`` is the
-    example dict; ``ids()``, ``id2len``, ``txt2img``, ``meta`` and ``manifest`` as stored."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-        self._json: dict = {}
-        self._pid = None
-        self._txn()  # fail early on a wrong path
-
-    def _txn(self):
-        """This process's read transaction (the database is immutable once built: one
-        transaction serves every read, as in FeatureDB)."""
-        if self._pid != os.getpid():
-            self._read = open_env(self.path).begin(buffers=True)
-            self._pid = os.getpid()
-        return self._read
-
-    def __getstate__(self):
-        return {"path": self.path}
-
-    def __setstate__(self, state):
-        self.__init__(state["path"])
-
-    def _side(self, name, value_type=None):
-        """A side file's JSON object (``value_type``: the type of every value), read once."""
-        if name not in self._json:
-            p = self.path / name
-            try:
-                data = json.loads(p.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise DatabaseError(f"{p}: unreadable ({exc}); rebuild the text "
-                                    "database") from None
-            if not isinstance(data, dict) or (value_type is not None and not all(
-                    type(v) is value_type for v in data.values())):
-                what = f" of {value_type.__name__} values" if value_type else ""
-                raise DatabaseError(f"{p}: not a JSON object{what}; rebuild the text database")
-            self._json[name] = data
-        return self._json[name]
-
-    @property
-    def meta(self) -> dict:
-        return self._side(META)
-
-    @property
-    def id2len(self) -> dict:
-        return self._side(ID2LEN, int)
-
-    @property
-    def txt2img(self) -> dict:
-        return self._side(TXT2IMG, str)
-
-    @property
-    def manifest(self) -> dict | None:
-        return read_manifest(self.path)
-
-    def ids(self) -> list[str]:
-        return list(self.id2len)
-
-    def __len__(self) -> int:
-        return len(self.id2len)
-
-    def __getitem__(self, text_id: str) -> dict:
-        buf = self._txn().get(text_id.encode("utf-8"))
-        if buf is None:
-            raise KeyError(f"{self.path}: no text {text_id!r}")
-        try:
-            ex = decode_example(buf)
-        except DatabaseError as exc:
-            raise DatabaseError(f"{self.path}: text {text_id!r}: {exc}") from None
-        if not isinstance(ex, dict):
-            raise DatabaseError(f"{self.path}: text {text_id!r}: the value is a "
-                                f"{type(ex).__name__}, not an example map; rebuild the text "
-                                "database")
-        return ex

@@ -1,9 +1,5 @@
-"""``memo db stats``: what a feature or text database holds, and per-row Parquet files.
-
-:func:`stats` picks the kind: a text database (manifest kind ``text``, or ``id2len.json``
-beside the LMDB) or a folder of split text databases (``splits.json``) goes to
-:func:`text_stats`, anything else to :func:`feature_stats`.
-"""
+"""``memo db stats``: what a feature or text database (or a folder of split text databases)
+holds, and optional per-row Parquet files. :func:`stats` picks the kind."""
 from __future__ import annotations
 
 import json
@@ -13,11 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DatabaseError
-from .ids import KEYS_KEY, id_to_key, key_to_id
-from .manifest import read_manifest
-from .reader import FeatureDB, open_env
-from .splits import SPLITS_FILE
-from .txtdb import is_text_db
+from .store.ids import KEYS_KEY, id_to_key, key_to_id
+from .store.manifest import read_manifest
+from .store.reader import FeatureDB, open_env
+from .store.textcodec import decode_example
+from .store.textdb import is_text_db
+from .text.splits import SPLITS_FILE
 
 # Text length (WordPiece pieces) histogram: inclusive bounds, None = no upper bound.
 LENGTH_BINS = ((1, 5), (6, 10), (11, 20), (21, 30), (31, 50), (51, 100), (101, None))
@@ -119,8 +116,6 @@ def _split_folder_stats(folder: Path) -> tuple[dict, list]:
 
 def _text_db_stats(path: Path, split: str | None = None) -> tuple[dict, list]:
     """One pass over the values (one read transaction, a cursor) -> (stats, parquet rows)."""
-    from .txtcodec import decode_example  # lz4 / msgpack value format
-
     manifest = read_manifest(path) or {}
     split_info = manifest.get("split")
     if split is None and split_info:

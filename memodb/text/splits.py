@@ -1,19 +1,6 @@
-"""Seeded, reproducible splits of a text corpus, and the ``splits.json`` that records them.
-
-A split is written ``NAME=COUNT`` (a held-out set of COUNT segments, disjoint from train and
-from the other held-out sets), ``NAME=FILE`` (the ids listed in FILE: one per line, or a JSON
-list), or either followed by ``@train`` (a monitor set drawn *from* train, e.g.
-``trn3k=3000@train``). Everything not held out is ``train``.
-
-Order is decided by hashing ``seed`` with each id (sha256), not by a shuffle: the same ids and
-seed give the same splits on any machine, and adding segments to a corpus does not move the
-others between splits.
-
-``splits.json`` sits in the folder that holds a group of split databases and lists each one's
-role: ``train``, ``heldout`` (validation / test) or ``monitor`` (a subset of ``of``).
-``memo db check`` proves train and held-out sets pairwise disjoint and monitors inside their
-parent.
-"""
+"""Seeded, reproducible splits of a text corpus (``NAME=COUNT``, ``NAME=FILE``, either with
+``@train`` for a monitor set drawn from train) and the ``splits.json`` that records them. Ids
+are ordered by a seeded hash, not shuffled (docs/FORMAT.md section 7)."""
 from __future__ import annotations
 
 import hashlib
@@ -22,8 +9,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BadInputError
-from .ids import key_to_id, normalize_id
+from ..errors import BadInputError
+from ..store.ids import key_to_id, normalize_id
+from ..store.manifest import write_json_atomic
 
 SPLITS_FILE = "splits.json"
 TRAIN = "train"
@@ -166,8 +154,6 @@ def _check_listed(spec: SplitSpec, listed: set, known: set) -> None:
 def write_splits_file(folder, counts: dict, roles: dict, seed, extra: dict | None = None):
     """Record a group of split databases (``{name: text count}``, folder-relative names) and
     their roles."""
-    from .manifest import write_json_atomic
-
     body = {"kind": "splits", "seed": seed, **(extra or {}), "splits": {
         name: {"db": name, "role": roles[name], "texts": n,
                **({"of": TRAIN} if roles[name] == "monitor" else {})}

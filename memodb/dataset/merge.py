@@ -1,30 +1,6 @@
 """``memo db merge SHARD_DIR... OUT``: shard folders -> the folder a single ``memo db build``
-of the same config makes, byte for byte (shards and membership: :mod:`memodb.shard`).
-
-1. Every shard's ``shard.json`` is read; refused, each with the folder named: a folder that is
-   no shard or an unfinished one, another memo version, another config, another N, an index
-   given twice or missing.
-2. Each feature database of the config, in config order: the shards' databases must be
-   finished, of the same kind, options and source fingerprint, numbered like their folder,
-   their ranges must tile ``[0, M)`` and their arrays agree. Their key / values are streamed in
-   shard order, which is the global key order, into one
-   :class:`~memodb.writer.StagedDatabase` (never more than a few chunks in memory): values are
-   copied as they are, except raw crops, which are normalised (in worker processes) with the
-   corpus mean / std from the shards' summed integer pixel sums. The nbb json is the shards'
-   in order; the manifest is made by :func:`memodb.imgdb.feature_manifest` with the shards'
-   counts added, as a single build makes it. Each shard's content checksum is recomputed on
-   the way and must equal its manifest's, so a shard damaged by a copy is refused and nothing
-   is published. An identical finished database already in OUT is kept ("up to date"): a
-   killed merge resumes like a killed build.
-3. The text databases, ``dataset.json`` and ``check.json``, by the functions a single build
-   uses (:func:`memodb.dataset.build_texts`, ``write_dataset_file``, ``check_folder``); the
-   text sources, vocabulary and lexicon are read where the config says, as in a build.
-
-Byte identity holds because every file is a function of the same content written in the same
-order: values and their order (so ``data.mdb``, see docs/FORMAT.md section 8; LMDB's
-process-specific ``lock.mdb`` is not written), the nbb json, manifests (no timestamps, the same
-counts), and the check report (paths relative to the folder).
-"""
+of the same config makes, byte for byte. What is refused, how each feature database is joined
+and why the result is identical: docs/DATABASES.md, "Sharded builds"."""
 from __future__ import annotations
 
 import hashlib
@@ -37,20 +13,28 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .codec import decode_value, encode_value
-from .dataset import (DatasetResult, build_texts, check_folder, check_goes_stale,
-                      feature_summary, stale_databases, write_dataset_file)
-from .errors import BadInputError, DatabaseError, MemoError
-from .ids import KEYS_KEY
-from .imgdb import BuildResult, feature_manifest
-from .manifest import Checksum, read_manifest
-from .parallel import ordered_map
-from .progress import progress_bar
-from .rawimg import mean_std, normalization, normalized
-from .reader import open_env
+from .. import __version__
+from ..config import changes
+from ..errors import BadInputError, DatabaseError, MemoError
+from ..feature.imgdb import feature_fields
+from ..feature.rawimg import mean_std, normalization, normalized
+from ..parallel import ordered_map
+from ..progress import progress_bar
+from ..store.build import Build, BuildResult, Written
+from ..store.codec import decode_value, encode_value
+from ..store.ids import KEYS_KEY
+from ..store.manifest import Checksum, read_manifest
+from ..store.reader import open_env
+from .build import (
+    DatasetResult,
+    build_texts,
+    check_folder,
+    check_goes_stale,
+    feature_summary,
+    stale_databases,
+    write_dataset_file,
+)
 from .shard import prepare_folder, read_shard_file
-from .writer import StagedDatabase, existing_build
 
 CHUNK = 64  # values per task
 REBUILD = "rebuild the shard with memo db build CONFIG DIR --shard {}"
@@ -77,7 +61,7 @@ class ShardFolder:
 def merge_shards(shard_dirs, out_dir, *, workers: int | None = None, progress: bool = False,
                  log=None) -> DatasetResult:
     """Join the shard folders of one config into the dataset folder ``out_dir``, then check
-    it; see the module docstring."""
+    it (docs/DATABASES.md, "Sharded builds")."""
     shards = read_shards(shard_dirs)
     cfg = shards[0].record["config"]
     out_dir = Path(out_dir)
@@ -121,7 +105,7 @@ def read_shards(shard_dirs) -> list[ShardFolder]:
                                 file=s.path, fix=f"build every shard with --shard "
                                 f"I/{first.count}, or all of them again with another N")
         if s.record["config"] != first.record["config"]:
-            keys = ", ".join(_differing(s.record["config"], first.record["config"]))
+            keys = ", ".join(changes(s.record["config"], first.record["config"]))
             raise BadInputError(f"shard {s.label} was built from another config than "
                                 f"{first.path} (differs in {keys})", file=s.path,
                                 fix="build every shard of a dataset from the same config: "
@@ -138,18 +122,6 @@ def read_shards(shard_dirs) -> list[ShardFolder]:
                             f"{first.count} given", fix=f"build each with memo db build CONFIG "
                             f"DIR --shard {missing[0]} and list its folder too")
     return [by_index[i] for i in range(first.count)]
-
-
-def _differing(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Dotted config keys whose values differ."""
-    out = []
-    for k in sorted(set(a) | set(b), key=str):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _differing(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}")
-    return out
 
 
 def _shard_db(shard: ShardFolder, name: str) -> tuple[Path, dict]:
@@ -181,8 +153,8 @@ def _arrays(manifest: dict) -> dict:
 
 def merge_feature_db(shards: list[ShardFolder], name: str, out_folder: Path, *,
                      workers: int | None = None, progress: bool = False) -> BuildResult:
-    """Merge the shards' databases of feature ``name`` into ``out_folder`` (see step 2 of the
-    module docstring)."""
+    """Merge the shards' databases of feature ``name`` into ``out_folder`` (step 2 of
+    docs/DATABASES.md, "Sharded builds")."""
     dbs, manifests = zip(*(_shard_db(s, name) for s in shards))
     first = manifests[0]
     kind, source = first["kind"], first["source"]
@@ -224,9 +196,10 @@ def merge_feature_db(shards: list[ShardFolder], name: str, out_folder: Path, *,
         raise BadInputError(f"the shards cover segments 0..{pos} of {total}",
                             file=shards[-1].path, fix=REBUILD.format(shards[-1].label))
     db_name, nbb_file = dbs[0].name, first["nbb_file"]
-    done = existing_build(out_folder / db_name, kind, options, source, replace=True)
+    build = Build(out_folder / db_name, kind, options, source, replace=True, nbb_file=nbb_file)
+    done = build.up_to_date()
     if done is not None:
-        return BuildResult(out_folder / db_name, out_folder / nbb_file, done, skipped=True)
+        return done
 
     extra, work, w = {}, _copy_chunk, 1
     if kind == "rawimg":
@@ -246,32 +219,32 @@ def merge_feature_db(shards: list[ShardFolder], name: str, out_folder: Path, *,
                                                        arrays_seen["features"][1])}
     counts = {k: sum(m["counts"][k] for m in manifests) for k in first["counts"]}
     nbbs = [_read_nbb(db, m, s) for s, db, m in zip(shards, dbs, manifests)]
-    nbb: dict[str, int] = {}
-    checks, seen, last = [Checksum() for _ in dbs], [0] * len(dbs), b""
-    with StagedDatabase(out_folder, db_name, replace=True) as out, \
-            progress_bar(progress, counts["segments"], f"merge {name}") as bar:
-        for i, items in ordered_map(work, _chunks(dbs), w):
-            for key, value, in_digest, out_digest in items:
-                if key <= last:
-                    raise DatabaseError(f"{dbs[i]}: key {key!r} does not sort after the keys "
-                                        f"of the shards before it; "
-                                        + REBUILD.format(shards[i].label))
-                last = key
-                checks[i].update_digest(key, in_digest)
-                text = key.decode("utf-8")
-                if text not in nbbs[i]:
-                    raise DatabaseError(f"{dbs[i]}: segment {text!r} is not in its nbb json; "
-                                        + REBUILD.format(shards[i].label))
-                out.put(key, value, out_digest)
-                nbb[text] = nbbs[i][text]
-                seen[i] += 1
-                bar(1)
+
+    def write(out) -> Written:
+        nbb: dict[str, int] = {}
+        checks, seen, last = [Checksum() for _ in dbs], [0] * len(dbs), b""
+        with progress_bar(progress, counts["segments"], f"merge {name}") as bar:
+            for i, items in ordered_map(work, _chunks(dbs), w):
+                for key, value, in_digest, out_digest in items:
+                    if key <= last:
+                        raise DatabaseError(f"{dbs[i]}: key {key!r} does not sort after the "
+                                            "keys of the shards before it; "
+                                            + REBUILD.format(shards[i].label))
+                    last = key
+                    checks[i].update_digest(key, in_digest)
+                    text = key.decode("utf-8")
+                    if text not in nbbs[i]:
+                        raise DatabaseError(f"{dbs[i]}: segment {text!r} is not in its nbb "
+                                            "json; " + REBUILD.format(shards[i].label))
+                    out.put(key, value, out_digest)
+                    nbb[text] = nbbs[i][text]
+                    seen[i] += 1
+                    bar(1)
         for args in zip(shards, dbs, manifests, checks, seen, nbbs):
             _verify(*args)
-        manifest = feature_manifest(kind, options, source, arrays_seen, counts, nbb_file,
-                                    extra)
-        path, manifest = out.finish(manifest, {nbb_file: nbb})
-    return BuildResult(path, out_folder / nbb_file, manifest)
+        return Written(feature_fields(arrays_seen, counts, nbb_file, extra), {nbb_file: nbb})
+
+    return build.run(write)
 
 
 def _read_nbb(db: Path, manifest: dict, shard: ShardFolder) -> dict:

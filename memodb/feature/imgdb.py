@@ -1,42 +1,25 @@
-"""``create-imgdb``: npz folder or h5 root -> feature database (FORMATS.md section 3).
-
-:func:`build_db` is the build driver shared with ``rawimg-db``: list the source's segments,
-load and select them in workers (in key order), write them with
-:class:`~memodb.writer.StagedDatabase`. With a :class:`~memodb.shard.Shard` it builds only
-that shard's contiguous range of the sorted segments (see :mod:`memodb.shard`); the loader is
-still made from the whole segment list, so each value is what a full build would store.
-"""
+"""``memo db create-imgdb``: npz folder or h5 root -> feature database (docs/FORMAT.md
+section 3), and :func:`build_db`, the feature-build driver it shares with ``rawimg-db``: list
+the segments, load and select them in worker processes (in key order), write them through the
+build protocol (:class:`~memodb.store.build.Build`). A shard build takes only its range of
+the sorted segments (docs/DATABASES.md, "Sharded builds")."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from . import __version__
-from .codec import encode_value
-from .errors import BadInputError, BadInputsError
+from ..errors import BadInputError, BadInputsError
+from ..parallel import chunked, ordered_map
+from ..progress import progress_bar
+from ..store.build import Build, BuildResult, Written
+from ..store.codec import encode_value
+from ..store.naming import db_name, nbb_name
 from .frames import select_frames
-from .naming import db_name, nbb_name
-from .parallel import chunked, ordered_map
-from .progress import progress_bar
 from .sources import Segment, Source, close_h5_files, empty_arrays, open_source, probe_dims
-from .writer import StagedDatabase, existing_build
 
 MODALITY_DEFAULTS = {"face": (0.5, 36), "speech": (1.0, 64)}
 CHUNK = 64  # segments per worker task
-
-
-@dataclass
-class BuildResult:
-    path: Path  # the database directory
-    nbb_path: Path | None
-    manifest: dict
-    skipped: bool = False  # an identical build was already there
-
-    @property
-    def counts(self) -> dict:
-        return self.manifest["counts"]
 
 
 def create_imgdb(src, out_dir, *, conf_th: float | None = None, max_bb: int | None = None,
@@ -52,8 +35,8 @@ def create_imgdb(src, out_dir, *, conf_th: float | None = None, max_bb: int | No
     Any bad segment aborts the build after every segment was examined; the error lists them all
     and nothing is published. A different database already at the output name is refused,
     unless ``replace`` (then it is replaced once the new one is complete). ``shard``
-    (:class:`~memodb.shard.Shard`) builds only that shard's segments (``memo db merge`` joins
-    the shards).
+    (:class:`~memodb.dataset.shard.Shard`) builds only that shard's segments (``memo db merge``
+    joins the shards).
     """
     if modality not in MODALITY_DEFAULTS:
         raise BadInputError(f"unknown modality {modality!r}", fix="use face or speech")
@@ -91,31 +74,28 @@ def build_db(source, out_dir, kind: str, options: dict, workers, progress, make_
     out_dir = Path(out_dir)
     name = db_name(options["conf_th"], options["max_bb"], options["min_bb"])
     nbb_file = nbb_name(options["conf_th"], options["max_bb"], options["min_bb"])
-    fp = source.fingerprint()
     if shard is not None:
         options = {**options, "shard": shard.options()}
-    done = existing_build(out_dir / name, kind, options, fp, replace)
-    if done is not None:
-        return BuildResult(out_dir / name, out_dir / nbb_file, done, skipped=True)
+    build = Build(out_dir / name, kind, options, source.fingerprint(), replace=replace,
+                  nbb_file=nbb_file)
     try:
-        return _build(source, out_dir, name, nbb_file, kind, options, fp, workers, progress,
-                      make_loader, extra_manifest, replace, shard)
+        return build.run(partial(_write, source, options, nbb_file, workers, progress,
+                                 make_loader, extra_manifest, shard))
     finally:
         close_h5_files()
 
 
-def feature_manifest(kind: str, options: dict, source: dict, arrays_seen: dict, counts: dict,
-                     nbb_file: str, extra: dict | None = None) -> dict:
-    """The manifest of a feature database, less what :meth:`StagedDatabase.finish` adds
-    (format version, checksum); ``memo db merge`` makes it the same way."""
-    return {"kind": kind, "memo_version": __version__, "options": options, "source": source,
-            "arrays": {k: {"dtype": dt, "shape": [None, *shape]}
+def feature_fields(arrays_seen: dict, counts: dict, nbb_file: str,
+                   extra: dict | None = None) -> dict:
+    """A feature database's own manifest fields (beyond those every build records);
+    ``memo db merge`` makes them the same way."""
+    return {"arrays": {k: {"dtype": dt, "shape": [None, *shape]}
                        for k, (dt, shape) in arrays_seen.items()},
             "counts": counts, "nbb_file": nbb_file, **(extra or {})}
 
 
-def _build(source, out_dir, name, nbb_file, kind, options, fp, workers, progress, make_loader,
-           extra_manifest, replace, shard) -> BuildResult:
+def _write(source, options, nbb_file, workers, progress, make_loader, extra_manifest, shard,
+           db) -> Written:
     segs = source.list_segments()
     work = partial(_encode_chunk, make_loader(segs))
     todo = segs if shard is None else shard.take(segs)
@@ -125,8 +105,7 @@ def _build(source, out_dir, name, nbb_file, kind, options, fp, workers, progress
     sums: dict[str, int] = {}
     counts = {"source_segments": len(todo), "segments": 0, "empty": 0,
               "dropped_below_min_bb": 0, "frames_seen": 0, "frames_kept": 0}
-    with StagedDatabase(out_dir, name, replace=replace) as db, \
-            progress_bar(progress, len(todo), name) as bar:
+    with progress_bar(progress, len(todo), db.final.name) as bar:
         for results in ordered_map(work, chunked(todo, CHUNK), workers):
             for seg, value, digest, n_seen, n_kept, layout, tally, err in results:
                 bar(1)
@@ -150,16 +129,14 @@ def _build(source, out_dir, name, nbb_file, kind, options, fp, workers, progress
                 counts["segments"] += 1
                 counts["frames_kept"] += n_kept
                 counts["empty"] += n_kept == 0
-        if errors:
-            raise BadInputsError(errors, f"{out_dir / name}")
-        extra = dict(extra_manifest or {})
-        if shard is not None:
-            extra["shard"] = shard.record(len(segs))
-        if sums:
-            extra["sums"] = sums
-        manifest = feature_manifest(kind, options, fp, arrays_seen, counts, nbb_file, extra)
-        path, manifest = db.finish(manifest, {nbb_file: nbb})
-    return BuildResult(path, out_dir / nbb_file, manifest)
+    if errors:
+        raise BadInputsError(errors, f"{db.final}")
+    extra = dict(extra_manifest or {})
+    if shard is not None:
+        extra["shard"] = shard.record(len(segs))
+    if sums:
+        extra["sums"] = sums
+    return Written(feature_fields(arrays_seen, counts, nbb_file, extra), {nbb_file: nbb})
 
 
 def _check_layout(seen: dict, layout: dict, seg: Segment):

@@ -1,8 +1,5 @@
-"""``trans2npz``: Denseface h5 -> one npz per segment (FORMATS.md section 2.2).
-
-Each npz is written to a hidden temporary name and renamed, so a killed run never leaves a
-half-written file under a final name; a re-run skips the segments already converted.
-"""
+"""``memo db trans2npz``: Denseface h5 -> one npz per segment (docs/FORMAT.md section 2).
+Each npz is written under a hidden name and renamed; a re-run skips what is converted."""
 from __future__ import annotations
 
 import json
@@ -13,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .codec import canonical_arrays
-from .errors import BadInputError, BadInputsError, OutputExistsError
+from ..errors import BadInputError, BadInputsError, OutputExistsError
+from ..parallel import chunked, ordered_map
+from ..progress import progress_bar
+from ..store.codec import canonical_arrays
+from ..store.files import atomic_write
+from ..store.ids import id_to_key, key_to_id
+from ..store.manifest import write_json_atomic
 from .frames import check_lengths
-from .ids import id_to_key, key_to_id
-from .manifest import write_json_atomic
-from .parallel import chunked, ordered_map
-from .progress import progress_bar
 from .sources import Segment, Source, empty_arrays, open_source, probe_dims
 
 STATE_FILE = "trans2npz.json"
@@ -110,11 +108,8 @@ def _convert_chunk(source: Source, dims: dict, out_dir: str, chunk: list[Segment
             raw = source.load(seg) or empty_arrays(dims)
             check_lengths(raw, file=seg.file, segment=seg.key)
             arrays = canonical_arrays(raw)
-            final = os.path.join(out_dir, seg.key)
-            tmp = os.path.join(out_dir, f".{seg.key}.tmp-{os.getpid()}")
-            with open(tmp, "wb") as f:
+            with atomic_write(os.path.join(out_dir, seg.key), "wb", durable=False) as f:
                 np.savez(f, **arrays)  # not savez_compressed: it crashed on real data
-            os.replace(tmp, final)
             out.append(None)
         except BadInputError as exc:
             out.append(exc)

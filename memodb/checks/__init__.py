@@ -1,0 +1,2 @@
+"""``memo db check``: the dispatcher (run), the report types, and the checks of feature
+databases, text databases and folders (split groups, dataset and shard folders)."""

@@ -1,0 +1,187 @@
+"""``memo db check`` of one feature, raw-crop or speech database: keys, ``__keys__``, nbb
+json, every value decoded (in worker processes), array layouts, manifest counts and checksum.
+The rules: docs/FORMAT.md sections 3 to 5."""
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DatabaseError, MemoError
+from ..parallel import chunked, ordered_map
+from ..progress import progress_bar
+from ..store.codec import decode_value
+from ..store.ids import KEYS_KEY
+from ..store.manifest import Checksum, read_manifest
+from ..store.naming import nbb_path_for
+from ..store.reader import open_env
+from .report import DbReport, manifest_fields, utf8_keys
+
+# The JSON type of each manifest field the checks read (docs/FORMAT.md); any may be absent.
+FEATURE_FIELDS = {"kind": str, "counts": dict, "arrays": dict, "options": dict, "source": dict}
+
+
+def check_feature_db(path, *, workers: int | None = None, progress: bool = False) -> DbReport:
+    """Check one feature / raw-crop / speech database; see docs/FORMAT.md for each rule."""
+    path = Path(path)
+    rep = DbReport(str(path))
+    try:
+        manifest = read_manifest(path)
+        env = open_env(path)
+        with env.begin() as txn:
+            stored = [k for k in txn.cursor().iternext(values=False) if k != KEYS_KEY]
+            keys_raw = txn.get(KEYS_KEY)
+    except (MemoError, UnicodeDecodeError) as exc:
+        rep.problem("unreadable", str(exc))
+        return rep
+    except Exception as exc:  # lmdb raises many types on damaged files
+        rep.problem("unreadable", f"LMDB cannot read it ({type(exc).__name__}: {exc}); "
+                    "re-copy or rebuild the database")
+        return rep
+    if manifest is not None:
+        manifest = manifest_fields(rep, manifest, FEATURE_FIELDS)
+        rep.kind = manifest.get("kind", "feature")
+    else:
+        rep.warn("no_manifest", "no memo manifest (built by another tool, or not finished): "
+                 "counts and checksum cannot be verified")
+    stored_set = set(stored)
+    names = utf8_keys(rep, stored)
+    _check_keys_list(rep, keys_raw, stored_set)
+    nbb = _check_nbb(rep, path, stored_set, required=manifest is not None)
+
+    layouts: dict = {}
+    checksum = Checksum()
+    counts = {"segments": len(names), "empty": 0, "frames": 0}
+    with progress_bar(progress, len(names), f"check {path.name}") as bar:
+        for results in ordered_map(partial(_inspect_chunk, str(path)), chunked(names, 256),
+                                   workers):
+            for key, digest, info, err in results:
+                bar(1)
+                checksum.update_digest(key.encode("utf-8"), digest)
+                if err:
+                    rep.problem("undecodable", err, key)
+                    continue
+                layout, length, mismatch, bad_arrays = info
+                layouts.setdefault(layout, []).append(key)
+                counts["frames"] += length
+                counts["empty"] += length == 0
+                if mismatch:
+                    rep.problem("length_mismatch", f"arrays have different lengths ({mismatch})",
+                                key)
+                for name in bad_arrays:
+                    rep.problem("not_finite", f"'{name}' holds NaN or Inf", key)
+                if nbb is not None and key in nbb and nbb[key] != length:
+                    rep.problem("nbb_mismatch", f"nbb json says {nbb[key]} frames, the value "
+                                f"stores {length}", key)
+    _check_layouts(rep, layouts)
+    rep.counts = counts
+    if manifest is not None:
+        _check_manifest(rep, manifest, counts, layouts, checksum.hexdigest(), path)
+    return rep
+
+
+def _check_keys_list(rep: DbReport, keys_raw, stored_set) -> None:
+    if keys_raw is None:
+        rep.problem("keys_missing", "no __keys__ entry; rebuild with memo db create-imgdb")
+        return
+    try:
+        listed = json.loads(keys_raw)
+        assert isinstance(listed, list) and all(isinstance(k, str) for k in listed)
+    except (ValueError, AssertionError):
+        rep.problem("keys_unreadable", "__keys__ is not a JSON list of strings; rebuild")
+        return
+    listed_b = [k.encode("utf-8") for k in listed]
+    if len(set(listed_b)) != len(listed_b):
+        rep.problem("keys_duplicate", f"__keys__ lists {len(listed_b) - len(set(listed_b))} "
+                    "key(s) twice")
+    for k in sorted(set(listed_b) - stored_set):
+        rep.problem("keys_extra", "listed in __keys__ but not stored", k.decode())
+    for k in sorted(stored_set - set(listed_b)):
+        rep.problem("keys_unlisted", "stored but not listed in __keys__", k.decode("utf-8", "replace"))
+
+
+def _check_nbb(rep: DbReport, path: Path, stored_set, required: bool):
+    nbb_path = nbb_path_for(path)
+    if nbb_path is None:
+        (rep.problem if required else rep.warn)(
+            "nbb_missing", f"no nbb json beside the database (expected {path.parent}/nbb_*.json)")
+        return None
+    try:
+        nbb = json.loads(nbb_path.read_text(encoding="utf-8"))
+        assert isinstance(nbb, dict) and all(isinstance(v, int) for v in nbb.values())
+    except (OSError, ValueError, AssertionError):
+        rep.problem("nbb_unreadable", f"{nbb_path} is not a JSON object of integer counts; "
+                    "rebuild the database")
+        return None
+    nbb_b = {k.encode("utf-8") for k in nbb}
+    for k in sorted(nbb_b - stored_set):
+        rep.problem("nbb_extra", f"in {nbb_path.name} but not stored", k.decode())
+    for k in sorted(stored_set - nbb_b):
+        rep.problem("nbb_unlisted", f"stored but not in {nbb_path.name}", k.decode("utf-8", "replace"))
+    return nbb
+
+
+def _check_layouts(rep: DbReport, layouts: dict) -> None:
+    """Array names, dtypes and trailing dims agree across segments (majority is the norm)."""
+    if len(layouts) <= 1:
+        return
+    norm = max(layouts, key=lambda l: (len(layouts[l]), l))  # noqa: E741
+    for layout, keys in sorted(layouts.items()):
+        if layout == norm:
+            continue
+        desc = ", ".join(f"{n} {dt}{list(s)}" for n, (dt, s) in layout)
+        for k in keys:
+            rep.problem("layout_mismatch", f"arrays ({desc}) differ from the other segments'", k)
+
+
+def _check_manifest(rep, manifest, counts, layouts, checksum, path) -> None:
+    m_counts = manifest.get("counts") or {}
+    if m_counts.get("segments") != counts["segments"]:
+        rep.problem("count_mismatch", f"manifest says {m_counts.get('segments')} segments, "
+                    f"the database stores {counts['segments']}")
+    if m_counts.get("empty") is not None and m_counts.get("empty") != counts["empty"]:
+        rep.problem("count_mismatch", f"manifest says {m_counts['empty']} empty segments, "
+                    f"found {counts['empty']}")
+    if manifest.get("checksum") != checksum:
+        rep.problem("checksum_mismatch", f"content checksum {checksum} differs from the "
+                    f"manifest's {manifest.get('checksum')}: values changed after the build")
+    expect = {}
+    for n, a in (manifest.get("arrays") or {}).items():
+        shape = a.get("shape") if isinstance(a, dict) else None
+        if not isinstance(shape, list) or not shape:
+            rep.problem("manifest_invalid", f"manifest.json: arrays[{n!r}] is not "
+                        "{dtype, shape}; rebuild the database")
+            continue
+        expect[n] = (a.get("dtype"), tuple(shape[1:]))
+    for layout, keys in layouts.items():
+        if dict(layout) != expect:
+            rep.problem("manifest_arrays", f"{len(keys)} segment(s) store arrays other than "
+                        f"the manifest's {manifest.get('arrays')}", keys[0])
+
+
+def _inspect_chunk(path: str, keys: list[str]):
+    """Decode each value; return (key, sha256 digest, (layout, length, length mismatch or None,
+    non-finite array names) or None, error or None)."""
+    out = []
+    env = open_env(path)
+    with env.begin(buffers=True) as txn:
+        for key in keys:
+            buf = txn.get(key.encode("utf-8"))
+            digest = hashlib.sha256(buf).digest()
+            try:
+                arrays = decode_value(buf)
+            except DatabaseError as exc:
+                out.append((key, digest, None, str(exc)))
+                continue
+            layout = tuple((n, (a.dtype.str, tuple(a.shape[1:]))) for n, a in arrays.items())
+            lengths = {n: (a.shape[0] if a.ndim else None) for n, a in arrays.items()}
+            mismatch = (", ".join(f"{n} {v}" for n, v in lengths.items())
+                        if len(set(lengths.values())) > 1 else None)
+            length = lengths.get("features") or 0
+            bad = [n for n, a in arrays.items()
+                   if a.dtype.kind == "f" and a.size and not np.isfinite(a).all()]
+            out.append((key, digest, (layout, length, mismatch, bad), None))
+    return out

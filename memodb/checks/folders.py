@@ -1,0 +1,239 @@
+"""``memo db check`` of folders: finding the databases below a path (and the hidden leftovers
+of killed builds), split groups (``splits.json``), dataset folders (``dataset.json``) and
+shard folders (``shard.json``). The files: docs/FORMAT.md section 7."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..dataset.shard import KIND as SHARD_KIND
+from ..dataset.shard import SHARD_FILE, read_shard_file, shard_label
+from ..errors import MemoError
+from ..store.manifest import DATASET_FILE, read_manifest
+from ..text.splits import SPLITS_FILE
+from .report import DbReport
+from .text import stored_ids
+
+ROLES = ("train", "heldout", "monitor")
+
+
+@dataclass
+class _Found:
+    """What a walk below a folder found (each list sorted, paths as walked)."""
+
+    dbs: list = field(default_factory=list)
+    partials: list = field(default_factory=list)  # .<name>.partial / .replaced: leftovers
+    split_groups: list = field(default_factory=list)  # folders holding splits.json
+    datasets: list = field(default_factory=list)  # folders holding dataset.json
+    shards: list = field(default_factory=list)  # folders holding shard.json (memodb.dataset.shard)
+
+
+def walk(path) -> _Found:
+    """Databases anywhere below ``path`` (or ``path`` itself), skipping hidden entries;
+    symbolic links are followed once (no loops). A database directory is not entered."""
+    found = _Found()
+    path = Path(path)
+    if (path / "data.mdb").exists():
+        found.dbs.append(path)
+        return found
+    seen = set()
+    stack = [path] if path.is_dir() else []
+    while stack:
+        folder = stack.pop()
+        real = os.path.realpath(folder)
+        if real in seen:
+            continue
+        seen.add(real)
+        if (folder / SPLITS_FILE).is_file():
+            found.split_groups.append(folder)
+        if (folder / DATASET_FILE).is_file():
+            found.datasets.append(folder)
+        if (folder / SHARD_FILE).is_file():
+            found.shards.append(folder)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                is_dir = e.is_dir()
+            except OSError:
+                continue
+            if not is_dir:
+                continue
+            sub = folder / e.name
+            if e.name.startswith("."):
+                if e.name.endswith((".partial", ".replaced")):  # left by a killed build
+                    found.partials.append(sub)
+                continue
+            if (sub / "data.mdb").exists():
+                found.dbs.append(sub)
+            else:
+                stack.append(sub)
+    for lst in (found.dbs, found.partials, found.split_groups, found.datasets, found.shards):
+        lst.sort()
+    return found
+
+
+def find_databases(path) -> list[Path]:
+    """A database directory itself, or every database nested anywhere below a folder
+    (hidden entries skipped)."""
+    return walk(path).dbs
+
+
+def check_split_group(folder, ids_by_db: dict | None = None) -> DbReport:
+    """Check a folder holding ``splits.json``: every listed database there, train and held-out
+    sets pairwise disjoint, no two held-out sets equal, monitors inside their parent.
+    ``ids_by_db`` maps a database's real path to the ids its check found (read otherwise)."""
+    folder = Path(folder)
+    rep = DbReport(str(folder), kind="splits")
+    try:
+        body = json.loads((folder / SPLITS_FILE).read_text(encoding="utf-8"))
+        assert isinstance(body, dict) and isinstance(body.get("splits"), dict)
+        assert all(isinstance(e, dict) for e in body["splits"].values())
+    except (OSError, ValueError, AssertionError):
+        rep.problem("splits_unreadable", f"{SPLITS_FILE} is not a JSON object with a "
+                    "'splits' map; rebuild the split databases")
+        return rep
+    ids_by_db = ids_by_db if ids_by_db is not None else {}
+    ids: dict[str, set] = {}
+    roles: dict[str, str] = {}
+    listed_dbs = set()
+    for name, entry in sorted(body["splits"].items()):
+        role = entry.get("role")
+        if role not in ROLES:
+            rep.problem("split_role", f"split {name!r} has role {role!r}, not one of {ROLES}")
+            continue
+        db = folder / str(entry.get("db", name))
+        listed_dbs.add(os.path.realpath(db))
+        if not (db / "data.mdb").is_file():
+            rep.problem("split_db_missing", f"split {name!r}: no database at {db}")
+            continue
+        real = os.path.realpath(db)
+        try:
+            got = ids_by_db.get(real)
+            ids[name] = got if got is not None else stored_ids(db)
+            manifest = read_manifest(db)
+        except MemoError as exc:
+            rep.problem("split_db_unreadable", f"split {name!r}: {exc}")
+            continue
+        roles[name] = role
+        if isinstance(entry.get("texts"), int) and entry["texts"] != len(ids[name]):
+            rep.problem("splits_count", f"{SPLITS_FILE} says split {name!r} holds "
+                        f"{entry['texts']} texts, its database {len(ids[name])}")
+        split = (manifest or {}).get("split")
+        if isinstance(split, dict) and split.get("role") not in (None, role):
+            rep.problem("split_role_mismatch", f"split {name!r} is {role} in {SPLITS_FILE} "
+                        f"but {split.get('role')} in its manifest")
+    if not any(r == "train" for r in roles.values()) and ids:
+        rep.problem("split_no_train", f"{SPLITS_FILE} lists no train split")
+    # train and held-out sets pairwise disjoint: one pass, owner of each id
+    owner: dict[str, str] = {}
+    shared: dict[tuple, list] = {}
+    disjoint = [n for n in sorted(roles) if roles[n] in ("train", "heldout")]
+    for name in disjoint:
+        for t in ids[name]:
+            first = owner.setdefault(t, name)
+            if first != name:
+                shared.setdefault((first, name), []).append(t)
+    heldout = [n for n in disjoint if roles[n] == "heldout"]
+    for i, a in enumerate(heldout):
+        for b in heldout[i + 1:]:
+            if ids[a] and ids[a] == ids[b]:
+                rep.problem("splits_identical", f"held-out splits {a!r} and {b!r} hold the "
+                            f"same {len(ids[a])} ids (validation equals test)", min(ids[a]))
+    for (a, b), ts in sorted(shared.items()):
+        rep.problem("splits_overlap", f"in both {a!r} ({roles[a]}) and {b!r} ({roles[b]}); "
+                    f"{len(ts)} id(s) shared", min(ts))
+    for name, entry in sorted(body["splits"].items()):
+        if roles.get(name) != "monitor":
+            continue
+        of = entry.get("of")
+        if of not in ids:
+            rep.problem("split_of_unknown", f"monitor split {name!r} is drawn from {of!r}, "
+                        "which is not a listed split")
+            continue
+        outside = ids[name] - ids[of]
+        if outside:
+            rep.problem("monitor_outside", f"in monitor split {name!r} but not in {of!r} "
+                        f"({len(outside)} id(s) outside)", min(outside))
+    for sub in sorted(folder.iterdir()):
+        if not sub.name.startswith(".") and (sub / "data.mdb").exists() \
+                and os.path.realpath(sub) not in listed_dbs:
+            rep.warn("split_unlisted", f"database {sub.name} is in the folder but not in "
+                     f"{SPLITS_FILE} (left from an earlier build?)")
+    rep.counts = {"splits": len(body["splits"]), "texts": sum(len(v) for v in ids.values())}
+    return rep
+
+
+def check_dataset(folder) -> DbReport:
+    """Check a dataset folder's ``dataset.json`` (written by ``memo db build``): every listed
+    path exists and text databases link feature databases inside the folder."""
+    folder = Path(folder)
+    rep = DbReport(str(folder), kind="dataset")
+    try:
+        body = json.loads((folder / DATASET_FILE).read_text(encoding="utf-8"))
+        assert isinstance(body, dict) and isinstance(body.get("databases"), dict)
+        assert all(isinstance(e, dict) and isinstance(e.get("path"), str)
+                   for e in body["databases"].values())
+    except (OSError, ValueError, AssertionError):
+        rep.problem("dataset_unreadable", f"{DATASET_FILE} is not a JSON object with a "
+                    "'databases' map of {path, kind}; rebuild with memo db build")
+        return rep
+    dbs = set(find_databases(folder))
+    for name, entry in sorted(body["databases"].items()):
+        p = folder / entry["path"]
+        if not p.exists():
+            rep.problem("dataset_db_missing", f"database {name!r} ({entry.get('kind')}) is "
+                        f"listed at {entry['path']} but is not there")
+            continue
+        found = find_databases(p)
+        if not found:
+            rep.problem("dataset_db_missing", f"database {name!r} ({entry.get('kind')}): "
+                        f"{entry['path']} holds no database")
+        dbs.update(found)
+    root = os.path.realpath(folder)
+    for db in sorted(dbs):
+        try:
+            manifest = read_manifest(db)
+        except MemoError:
+            continue  # the database's own check reports it
+        link = (manifest or {}).get("img_db") if (manifest or {}).get("kind") == "text" else None
+        if isinstance(link, dict) and isinstance(link.get("path"), str):
+            target = os.path.realpath(Path(db) / link["path"])
+            if os.path.commonpath([root, target]) != root:
+                rep.warn("img_db_outside", f"text database {db} links the feature database "
+                         f"{target}, outside the dataset folder: copying the folder breaks it")
+    rep.counts = {"databases": len(body["databases"])}
+    return rep
+
+
+def check_shard_folder(folder) -> DbReport:
+    """``memo db check`` of a shard folder's record: the listed databases are there and are
+    shard I/N's (their own checks run separately)."""
+    folder = Path(folder)
+    rep = DbReport(str(folder), kind=SHARD_KIND)
+    try:
+        body = read_shard_file(folder)
+    except MemoError as exc:
+        rep.problem("shard_unreadable", str(exc))
+        return rep
+    for name, entry in sorted(body["databases"].items()):
+        path = folder / str(entry.get("path"))
+        try:
+            manifest = read_manifest(path) if (path / "data.mdb").exists() else None
+        except MemoError:
+            continue  # the database's own check reports it
+        if manifest is None:
+            rep.problem("shard_db_missing", f"database {name!r} is listed at "
+                        f"{entry.get('path')} but no finished database is there")
+            continue
+        got = manifest.get("shard") or {}
+        if (got.get("index"), got.get("count")) != (body["index"], body["count"]):
+            rep.problem("shard_mismatch", f"database {name!r} is shard {shard_label(got)}, the "
+                        f"folder is shard {shard_label(body)}; rebuild the shard")
+    rep.counts = {"index": body["index"], "count": body["count"],
+                  "databases": len(body["databases"])}
+    return rep

@@ -1,0 +1,58 @@
+"""``memo db check``: :func:`check` finds what is at the given paths and runs the check of
+each database and folder found; its :class:`~memodb.checks.report.CheckReport` decides the
+exit code."""
+from __future__ import annotations
+
+import os
+
+from ..store.textdb import is_text_db
+from .feature import check_feature_db
+from .folders import check_dataset, check_shard_folder, check_split_group, walk
+from .report import CheckReport, DbReport
+from .text import check_text_db
+
+
+def db_kind(path) -> str:
+    """"text" for a text database (manifest kind, or its side files), else "feature"."""
+    return "text" if is_text_db(path) else "feature"
+
+
+def check(paths, *, workers: int | None = None, progress: bool = False) -> CheckReport:
+    """Check every database found at ``paths`` (database directories or folders holding them
+    at any depth), every split group (folder with splits.json) and dataset folder
+    (dataset.json) found there."""
+    report = CheckReport()
+    links: dict = {}  # linked feature databases, read once per run
+    for path in paths:
+        found = walk(path)
+        if not found.dbs:
+            r = DbReport(str(path), kind="missing")
+            r.problem("not_found", "no LMDB database here (no data.mdb in it or in its "
+                      "sub-folders); give a database directory or a folder of them")
+            report.databases.append(r)
+        for partial_dir in found.partials:
+            r = DbReport(str(partial_dir), kind="partial")
+            if partial_dir.name.endswith(".replaced"):
+                r.warn("replaced_left", "a database replaced by a newer build, left by a build "
+                       "killed before deleting it; re-run the build (it removes it) or delete it")
+            else:
+                r.warn("unfinished_build", "an interrupted build left this (an unfinished "
+                       "database, or the one it was replacing); re-run the build (it removes "
+                       "it) or delete it")
+            report.databases.append(r)
+        ids_by_db: dict = {}
+        for db in found.dbs:
+            if db_kind(db) == "text":
+                rep, ids = check_text_db(db, workers=workers, progress=progress, links=links)
+                if ids is not None:
+                    ids_by_db[os.path.realpath(db)] = ids
+            else:
+                rep = check_feature_db(db, workers=workers, progress=progress)
+            report.databases.append(rep)
+        for folder in found.split_groups:
+            report.databases.append(check_split_group(folder, ids_by_db))
+        for folder in found.datasets:
+            report.databases.append(check_dataset(folder))
+        for folder in found.shards:
+            report.databases.append(check_shard_folder(folder))
+    return report

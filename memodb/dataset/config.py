@@ -1,0 +1,190 @@
+"""The dataset config of ``memo db build``: its keys as strict dataclasses (defaults and
+descriptions in the fields: docs/CONFIG.md), and :func:`load_config`, which reads and
+validates a config file (paths relative to the file)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+
+from ..config import STRICT, validate
+from ..errors import BadInputError
+from ..text.splits import TRAIN
+
+TEXT_DIR = "txt"
+SPLIT_ROLES = {"train": "train", "val": "heldout", "test": "heldout"}
+
+
+@dataclass(config=STRICT)
+class FeatureSpec:
+    """``features.<name>``: a feature database (memo db create-imgdb)."""
+    source: str = Field(description="Denseface h5 root or npz folder (relative to the config)")
+    type: Literal["feature"] = Field("feature", description="feature (default) or rawimg")
+    modality: str = Field("face", description="face or speech")
+    feature: str = Field("feat", description="h5 dataset: feat, trans1 or trans2")
+    conf_th: float | None = Field(None, description="frames with confidence > conf_th are "
+                                                    "kept (null: faces 0.5, speech 1.0)")
+    max_bb: int | None = Field(None, description="frames kept per segment, in time order "
+                                                 "(null: faces 36, speech 64)")
+    min_bb: int = Field(0, description="segments with fewer kept frames are left out")
+
+
+@dataclass(config=STRICT)
+class RawimgSpec:
+    """``features.<name>`` with ``"type": "rawimg"``: raw face crops (memo db rawimg-db)."""
+    source: str = Field(description="OpenFace output folder")
+    type: Literal["rawimg"] = "rawimg"
+    size: int = Field(64, description="crops are resized to size x size")
+    mean: float | None = Field(None, description="null: computed over the corpus")
+    std: float | None = Field(None, description="null: computed over the corpus")
+    conf_th: float = 0.5
+    max_bb: int = 36
+    min_bb: int = 0
+
+
+@dataclass(config=STRICT)
+class TextSpec:
+    """``text``: the text databases (memo db create-txtdb)."""
+    source: str | None = Field(None, description="one transcript file (captions, refs or "
+                                                 "JSON lines), split by splits")
+    sources: dict[str, str] | None = Field(None, description="one file per split: train, val, "
+                                                             "test ({fold} placeholder)")
+    folds: list[int | str] | None = Field(None, description="with sources: one text db group "
+                                                            "per fold, txt/fold<f>/")
+    faces_from: str | None = Field(None, description="a feature name: texts only for its "
+                                                     "segments")
+    min_faces: int = Field(1, description="segments with fewer kept faces get no text")
+    max_len: int = Field(100, description="word pieces per text at most")
+    long: str = Field("truncate", description="longer texts: truncate or drop")
+    labels: list[str] | None = Field(None, description="the class names; other labels are "
+                                                       "errors")
+    splits: list[str] = Field(default_factory=list, description="with source: NAME=COUNT, "
+                                                                "NAME=FILE, ...@train")
+    seed: int = Field(0, description="split seed (hash of seed and id)")
+    dataset: str | None = Field(None, description="the dataset field of each example "
+                                                  "(default: name)")
+
+
+@dataclass(config=STRICT)
+class DatasetConfig:
+    """One dataset folder: feature databases and the text databases over them."""
+    name: str | None = Field(None, description="default: the config file's name")
+    vocab: str | None = Field(None, description="BERT vocabulary folder (default: the "
+                                                "bundled bert-base-uncased)")
+    lexicon: str | None = Field(None, description="emotion lexicon (word TAB category, or NRC)")
+    features: dict[str, FeatureSpec | RawimgSpec] = Field(
+        default_factory=dict, description="name -> a feature or rawimg database")
+    text: TextSpec | None = None
+
+
+def _keys(cls) -> set:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def text_spec(text: dict) -> TextSpec:
+    """A validated config's ``text`` with its defaults."""
+    return validate(TextSpec, text)
+
+
+def load_config(path) -> dict:
+    """Read and validate a dataset config; paths become absolute (relative to its folder)."""
+    path = Path(path)
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"cannot read the config ({exc})", file=path) from None
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"not valid JSON: {exc.msg} at line {exc.lineno} column "
+                            f"{exc.colno}", file=path, fix="repair the JSON") from None
+    if not isinstance(cfg, dict):
+        raise BadInputError("the config must be a JSON object", file=path)
+    base = path.resolve().parent
+
+    def where(*keys):
+        return "config key " + ".".join(str(k) for k in keys)
+
+    def unknown(obj, allowed, *keys):
+        if not isinstance(obj, dict):
+            raise BadInputError(f"{where(*keys)} must be an object", file=path)
+        extra = sorted(set(obj) - allowed)
+        if extra:
+            raise BadInputError(f"{where(*keys)}: unknown key(s) {extra}", file=path,
+                                fix=f"use only {sorted(allowed)}")
+
+    def absolute(value, *keys):
+        if not isinstance(value, str) or not value:
+            raise BadInputError(f"{where(*keys)} must be a path string", file=path)
+        return str((base / value).resolve()) if "{fold}" not in value else str(base / value)
+
+    def typed(cls, obj, *keys):
+        def error(message):
+            return BadInputError(f"config key {message}", file=path)
+        validate(cls, obj, error=error, where=".".join(map(str, keys)))
+
+    unknown(cfg, _keys(DatasetConfig))
+    typed(DatasetConfig, {k: v for k, v in cfg.items() if k not in ("features", "text")})
+    out = {"name": cfg.get("name") or path.stem, "vocab": None, "lexicon": None,
+           "features": {}, "text": None}
+    for key in ("vocab", "lexicon"):
+        if cfg.get(key) is not None:
+            out[key] = absolute(cfg[key], key)
+    features = cfg.get("features") or {}
+    unknown(features, set(features), "features")
+    for name, spec in features.items():
+        kind = spec.get("type", "feature") if isinstance(spec, dict) else None
+        if kind not in ("feature", "rawimg"):
+            raise BadInputError(f"{where('features', name, 'type')} is {kind!r}", file=path,
+                                fix="use \"feature\" (default) or \"rawimg\"")
+        spec_cls = FeatureSpec if kind == "feature" else RawimgSpec
+        unknown(spec, _keys(spec_cls), "features", name)
+        if name == TEXT_DIR or not name.replace("_", "").replace("-", "").isalnum():
+            raise BadInputError(f"{where('features', name)}: the name must be letters, digits, "
+                                f"'_' or '-', and not {TEXT_DIR!r}", file=path)
+        if "source" not in spec:
+            raise BadInputError(f"{where('features', name)} has no source", file=path)
+        typed(spec_cls, spec, "features", name)
+        out["features"][name] = {**spec, "type": kind,
+                                 "source": absolute(spec["source"], "features", name)}
+    text = cfg.get("text")
+    if text is not None:
+        unknown(text, _keys(TextSpec), "text")
+        typed(TextSpec, text, "text")
+        t = dict(text)
+        if ("source" in t) == ("sources" in t):
+            raise BadInputError(f"{where('text')} needs either source (one file, optional "
+                                "splits) or sources (one file per split)", file=path)
+        if "source" in t:
+            t["source"] = absolute(t["source"], "text", "source")
+            if "folds" in t:
+                raise BadInputError(f"{where('text', 'folds')} needs per-split sources",
+                                    file=path, fix="use \"sources\": {\"train\": ..., ...}")
+        else:
+            unknown(t["sources"], set(SPLIT_ROLES), "text", "sources")
+            if TRAIN not in t["sources"]:
+                raise BadInputError(f"{where('text', 'sources')} has no train file", file=path)
+            if "splits" in t:
+                raise BadInputError(f"{where('text', 'splits')} cannot be combined with "
+                                    "per-split sources", file=path)
+            t["sources"] = {k: absolute(v, "text", "sources", k) for k, v in t["sources"].items()}
+            folds = t.get("folds")
+            has_placeholder = any("{fold}" in v for v in t["sources"].values())
+            if folds is not None and (not isinstance(folds, list) or not folds):
+                raise BadInputError(f"{where('text', 'folds')} must be a non-empty list",
+                                    file=path)
+            if bool(folds) != has_placeholder:
+                raise BadInputError(f"{where('text')}: folds and a {{fold}} placeholder in "
+                                    "the source paths go together", file=path)
+        faces_from = t.get("faces_from")
+        if faces_from is not None and out["features"].get(faces_from, {}).get("type") != \
+                "feature":
+            raise BadInputError(f"{where('text', 'faces_from')} is {faces_from!r}, not a "
+                                "feature database of this config", file=path,
+                                fix=f"use one of {sorted(out['features'])}")
+        out["text"] = t
+    if not out["features"] and out["text"] is None:
+        raise BadInputError("the config builds nothing (no features, no text)", file=path)
+    return out

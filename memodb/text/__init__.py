@@ -1,0 +1,2 @@
+"""Text databases: transcripts, WordPiece tokenisation, emotion lexicons, splits and
+create-txtdb."""
