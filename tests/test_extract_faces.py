@@ -1,4 +1,4 @@
-"""Face features from the raw-crop database with a face CNN (memotrain.extract_faces)."""
+"""Face features from the raw-crop database with a face CNN (memotrain.recipes.extract_faces)."""
 import json
 
 import numpy as np
