@@ -12,8 +12,12 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 from ..config import STRICT, validate
-from ..errors import BadInputError
+from ..errors import BadInputError, named_options
+from ..feature.frames import selection_options
+from ..feature.imgdb import feature_options
+from ..feature.rawimg import rawimg_options
 from ..text.splits import TRAIN
+from ..text.txtdb import text_options
 
 TEXT_DIR = "txt"
 SPLIT_ROLES = {"train": "train", "val": "heldout", "test": "heldout"}
@@ -81,6 +85,24 @@ class DatasetConfig:
     text: TextSpec | None = None
 
 
+# the builders' options (keyword names) that a dataset config sets, and where: builder errors
+# name these keys (and the config file) instead of command-line flags
+FEATURE_OPTIONS = ("conf_th", "max_bb", "min_bb", "modality", "feature", "size", "mean", "std")
+TEXT_KEYS = {"max_len": "text.max_len", "long": "text.long", "min_faces": "text.min_faces",
+             "labels": "text.labels", "img_db": "text.faces_from", "dataset": "text.dataset",
+             "vocab": "vocab", "lexicon": "lexicon"}
+
+
+def feature_keys(name: str) -> dict:
+    """Builder option -> config key of the feature database ``name``."""
+    return {o: f"features.{name}.{o}" for o in FEATURE_OPTIONS}
+
+
+def config_file(config) -> Path | None:
+    """The file of a config given as a path (None for a dict): the file errors name."""
+    return None if isinstance(config, dict) else Path(config)
+
+
 def _keys(cls) -> set:
     return {f.name for f in dataclasses.fields(cls)}
 
@@ -123,7 +145,7 @@ def load_config(path) -> dict:
     def typed(cls, obj, *keys):
         def error(message):
             return BadInputError(f"config key {message}", file=path)
-        validate(cls, obj, error=error, where=".".join(map(str, keys)))
+        return validate(cls, obj, error=error, where=".".join(map(str, keys)))
 
     unknown(cfg, _keys(DatasetConfig))
     typed(DatasetConfig, {k: v for k, v in cfg.items() if k not in ("features", "text")})
@@ -146,13 +168,21 @@ def load_config(path) -> dict:
                                 f"'_' or '-', and not {TEXT_DIR!r}", file=path)
         if "source" not in spec:
             raise BadInputError(f"{where('features', name)} has no source", file=path)
-        typed(spec_cls, spec, "features", name)
+        v = typed(spec_cls, spec, "features", name)
+        with named_options(feature_keys(name), path):  # the builders' own checks
+            if kind == "feature":
+                feature_options(v.modality, v.conf_th, v.max_bb, v.min_bb)
+            else:
+                selection_options(v.conf_th, v.max_bb, v.min_bb)
+                rawimg_options(v.size, v.mean, v.std)
         out["features"][name] = {**spec, "type": kind,
                                  "source": absolute(spec["source"], "features", name)}
     text = cfg.get("text")
     if text is not None:
         unknown(text, _keys(TextSpec), "text")
-        typed(TextSpec, text, "text")
+        v = typed(TextSpec, text, "text")
+        with named_options(TEXT_KEYS, path):  # the builder's own checks
+            text_options(v.max_len, v.long, v.min_faces)
         t = dict(text)
         if ("source" in t) == ("sources" in t):
             raise BadInputError(f"{where('text')} needs either source (one file, optional "
