@@ -30,11 +30,13 @@ class FeatureSpec:
     type: Literal["feature"] = Field("feature", description="feature (default) or rawimg")
     modality: str = Field("face", description="face or speech")
     feature: str = Field("feat", description="h5 dataset: feat, trans1 or trans2")
-    conf_th: float | None = Field(None, description="frames with confidence > conf_th are "
-                                                    "kept (null: faces 0.5, speech 1.0)")
-    max_bb: int | None = Field(None, description="frames kept per segment, in time order "
-                                                 "(null: faces 36, speech 64)")
-    min_bb: int = Field(0, description="segments with fewer kept frames are left out")
+    conf_th: float | None = Field(None, description="0 to 1: frames with confidence > "
+                                                    "conf_th are kept (null: faces 0.5, "
+                                                    "speech 1.0)")
+    max_bb: int | None = Field(None, description=">= 1: frames kept per segment, in time "
+                                                 "order (null: faces 36, speech 64)")
+    min_bb: int = Field(0, description="0 to max_bb: segments with fewer kept frames are "
+                                       "left out")
 
 
 @dataclass(config=STRICT)
@@ -42,12 +44,13 @@ class RawimgSpec:
     """``features.<name>`` with ``"type": "rawimg"``: raw face crops (memo db rawimg-db)."""
     source: str = Field(description="OpenFace output folder")
     type: Literal["rawimg"] = "rawimg"
-    size: int = Field(64, description="crops are resized to size x size")
+    size: int = Field(64, description=">= 8: crops are resized to size x size")
     mean: float | None = Field(None, description="null: computed over the corpus")
-    std: float | None = Field(None, description="null: computed over the corpus")
-    conf_th: float = 0.5
-    max_bb: int = 36
-    min_bb: int = 0
+    std: float | None = Field(None, description="> 0; null: computed over the corpus (mean "
+                                                "and std go together)")
+    conf_th: float = Field(0.5, description="0 to 1, as in a feature database")
+    max_bb: int = Field(36, description=">= 1")
+    min_bb: int = Field(0, description="0 to max_bb")
 
 
 @dataclass(config=STRICT)
@@ -61,8 +64,8 @@ class TextSpec:
                                                             "per fold, txt/fold<f>/")
     faces_from: str | None = Field(None, description="a feature name: texts only for its "
                                                      "segments")
-    min_faces: int = Field(1, description="segments with fewer kept faces get no text")
-    max_len: int = Field(100, description="word pieces per text at most")
+    min_faces: int = Field(1, description=">= 0: segments with fewer kept faces get no text")
+    max_len: int = Field(100, description=">= 1: word pieces per text at most")
     long: str = Field("truncate", description="longer texts: truncate or drop")
     labels: list[str] | None = Field(None, description="the class names; other labels are "
                                                        "errors")
