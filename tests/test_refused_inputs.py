@@ -437,3 +437,25 @@ def test_dataset_build_lists_case_warnings(tmp_path):
     assert any(w.startswith("face: 1 group(s) of segment ids") and "Ab_1 / aB_1" in w
                for w in res.warnings)
     assert any("transcript ids differ only in case" in w for w in res.warnings)
+
+
+def test_sharded_build_records_case_collisions_like_a_single_build(tmp_path):
+    """Each shard finds the collisions over the whole source (here across shards); the
+    merged folder is the single build's, byte for byte."""
+    from memodb.dataset.merge import merge_shards
+
+    root = tmp_path / "corpus"
+    for i, name in enumerate(("Ab_1", "Ac_1", "ab_1", "b_1")):  # shards: Ab_1 Ac_1 | ab_1 b_1
+        write_npz(root / "npz" / f"{name}.npz", n=3, seed=i)
+    cfg = _config(root, {"features": {"face": {"source": "npz", "conf_th": 0.0}}})
+    single = build_dataset(cfg, tmp_path / "single", workers=1)
+    dirs = [tmp_path / f"shard{i}" for i in range(2)]
+    for i, d in enumerate(dirs):
+        build_dataset(cfg, d, workers=1, shard=f"{i}/2")
+    merged = merge_shards(dirs, tmp_path / "merged", workers=1)
+    assert merged.report.ok and any("Ab_1 / ab_1" in w for w in merged.warnings)
+    db = "face/feat_th0.0_max36_min0/manifest.json"
+    want = (tmp_path / "single" / db).read_bytes()
+    assert json.loads(want)["id_case_collisions"]["ids"] == [["Ab_1", "ab_1"]]
+    assert (tmp_path / "merged" / db).read_bytes() == want
+    assert single.report.ok
