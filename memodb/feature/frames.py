@@ -4,6 +4,8 @@ database keeps (docs/FORMAT.md section 3, "Frame selection"), and the per-segmen
 (equal lengths, finite values and confidences)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..config import is_integer, is_number
@@ -55,7 +57,7 @@ def selection_options(conf_th, max_bb, min_bb) -> tuple[float, int, int]:
 def check_confidence(conf, *, file=None, segment=None) -> None:
     """A confidence array holds finite numbers only (NaN would silently drop its frames)."""
     conf = np.asarray(conf)
-    if conf.dtype.kind == "f" and not np.isfinite(conf).all():
+    if conf.dtype.kind == "f" and not math.isfinite(conf.sum(dtype=np.float64)):  # one pass
         bad = np.flatnonzero(~np.isfinite(conf.reshape(len(conf), -1)).all(axis=1))
         raise BadInputError(f"'confidence' is NaN or infinite in frame(s) {bad[:10].tolist()}"
                             + (f" and {len(bad) - 10} more" if len(bad) > 10 else ""),
