@@ -1,6 +1,8 @@
 """Named errors. Every message says what is wrong, where (file, segment) and how to fix it."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 
 class MemoError(Exception):
     """Base class of every error memo raises on purpose."""
@@ -88,23 +90,18 @@ class BadInputsError(MemoError):
         return (BadInputsError, (self.errors, self.what))
 
 
-class named_options:
+@contextmanager
+def named_options(names: dict, config=None):
     """``with named_options(names, config):`` re-raises the BadInputError(s) raised inside
     with their options shown as ``names[option]`` (config keys) in ``config`` (a dataset
     config file; None for a config given as a dict)."""
-
-    def __init__(self, names: dict, config=None):
-        self.names, self.config = names, config
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        if isinstance(exc, (BadInputError, BadInputsError)):
-            renamed = exc.naming_options(self.names, self.config)
-            if renamed is not exc:
-                raise renamed from None
-        return False
+    try:
+        yield
+    except (BadInputError, BadInputsError) as exc:
+        renamed = exc.naming_options(names, config)
+        if renamed is exc:
+            raise
+        raise renamed from None
 
 
 class OutputExistsError(MemoError):

@@ -92,8 +92,8 @@ class DatasetConfig:
 # name these keys (and the config file) instead of command-line flags
 FEATURE_OPTIONS = ("conf_th", "max_bb", "min_bb", "modality", "feature", "size", "mean", "std")
 TEXT_KEYS = {"max_len": "text.max_len", "long": "text.long", "min_faces": "text.min_faces",
-             "labels": "text.labels", "img_db": "text.faces_from", "dataset": "text.dataset",
-             "vocab": "vocab", "lexicon": "lexicon"}
+             "labels": "text.labels", "img_db": "text.faces_from", "vocab": "vocab",
+             "lexicon": "lexicon"}
 
 
 def feature_keys(name: str) -> dict:
