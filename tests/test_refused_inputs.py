@@ -459,3 +459,18 @@ def test_sharded_build_records_case_collisions_like_a_single_build(tmp_path):
     assert json.loads(want)["id_case_collisions"]["ids"] == [["Ab_1", "ab_1"]]
     assert (tmp_path / "merged" / db).read_bytes() == want
     assert single.report.ok
+
+
+@pytest.mark.parametrize("top, text, needle", [
+    ({"vocab": "no_vocab"}, {}, "point vocab in {cfg} at a bert-base-uncased folder"),
+    ({}, {"labels": ["a", "b"]}, "use downstream refs with labels, or drop text.labels in "
+                                 "{cfg}"),
+])
+def test_text_stage_errors_name_top_level_and_text_keys(tmp_path, top, text, needle):
+    root = tmp_path / "corpus"
+    (root / "no_vocab").mkdir(parents=True)
+    make_captions(["s_1", "s_2"], root / "caps.json", seed=1)
+    cfg = _config(root, {**top, "text": {"source": "caps.json", **text}})
+    with pytest.raises(BadInputError) as ei:
+        build_dataset(cfg, tmp_path / "out", workers=1)
+    names(ei.value, needle.format(cfg=cfg), absent=("--vocab", "--labels"))
