@@ -57,6 +57,8 @@ def trans2npz_cmd(h5_root, out_dir, feature, meta_dir, workers):
     r = trans2npz(h5_root, out_dir, feature=feature, meta_dir=meta_dir, workers=workers,
                   progress=_progress())
     click.echo(f"{r.out_dir}: {r.written} npz written, {r.skipped} already there")
+    for w in r.warnings:
+        click.echo(f"warning: {w}", err=True)
     for what, ids in (("listed in has_active_spk.txt but not in the h5", r.missing_in_h5),
                       ("in the h5 but not listed in has_active_spk.txt", r.missing_in_list)):
         if ids:
@@ -68,7 +70,8 @@ def trans2npz_cmd(h5_root, out_dir, feature, meta_dir, workers):
 @click.argument("src", type=click.Path(exists=True, file_okay=False))
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--conf-th", type=float, default=None,
-              help="Keep frames with confidence > this. [default: 0.5 face, 1.0 speech]")
+              help="Keep frames with confidence > this (0 to 1). [default: 0.5 face, 1.0 "
+                   "speech]")
 @click.option("--max-bb", type=click.IntRange(min=1), default=None,
               help="Keep at most this many frames. [default: 36 face, 64 speech]")
 @click.option("--min-bb", type=click.IntRange(min=0), default=0, show_default=True,
@@ -95,7 +98,8 @@ def create_imgdb_cmd(src, out_dir, conf_th, max_bb, min_bb, modality, feature, w
               help="Crops are resized to SIZE x SIZE.")
 @click.option("--mean", type=float, default=None, help="Pixel mean (default: computed).")
 @click.option("--std", type=float, default=None, help="Pixel std (default: computed).")
-@click.option("--conf-th", type=float, default=0.5, show_default=True)
+@click.option("--conf-th", type=float, default=0.5, show_default=True,
+              help="Keep frames with confidence > this (0 to 1).")
 @click.option("--max-bb", type=click.IntRange(min=1), default=36, show_default=True)
 @click.option("--min-bb", type=click.IntRange(min=0), default=0, show_default=True)
 @workers_option
@@ -113,6 +117,10 @@ def rawimg_db_cmd(src, out_dir, size, mean, std, conf_th, max_bb, min_bb, worker
 
 
 def _report_build(r) -> None:
+    from memodb import feature_warnings
+
+    for w in feature_warnings(r.manifest):
+        click.echo(f"warning: {w}", err=True)
     c = r.counts
     if r.skipped:
         click.echo(f"{r.path}: up to date ({c['segments']} segments); nothing to do")

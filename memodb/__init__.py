@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _API = {
     "create_imgdb": "memodb.feature.imgdb",
+    "feature_warnings": "memodb.feature.imgdb",
     "rawimg_db": "memodb.feature.rawimg",
     "trans2npz": "memodb.feature.trans2npz",
     "create_txtdb": "memodb.text.txtdb",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import types
 import typing
 from pathlib import Path
@@ -25,6 +26,17 @@ STRICT = ConfigDict(extra="forbid", strict=True)
 
 class ConfigError(MemoError):
     """A configuration is invalid: an unknown key, a wrong type, a missing key."""
+
+
+def is_integer(value) -> bool:
+    """An option value that is an integer (Python or numpy), not a bool and not a float such
+    as 36.7 or 36.0 (the checks of builder options, which Python callers reach too)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """A real number (int or float, Python or numpy), not a bool and not a string."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def read_config(cls, source, overrides=(), *, error=ConfigError, where: str = ""):

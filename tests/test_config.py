@@ -83,7 +83,9 @@ def render_reference() -> str:
              "Every key of memo's JSON configs, its default and what it does, generated from "
              "the config classes themselves (`memodb.config.describe`; regenerate with "
              "`MEMO_WRITE_DOCS=1 python -m pytest tests/test_config.py`). Unknown keys and "
-             "values of the wrong type are refused with the key named. `memo train pretrain "
+             "values of the wrong type are refused with the key named; in a dataset config, "
+             "values out of the ranges below too, and an error a build meets about an "
+             "option names the config file and key, not a command-line flag. `memo train pretrain "
              "--print-config` and `memo train finetune --print-config` print a resolved "
              "config.\n"]
     for title, cls in (("Dataset config (`memo db build`)", DatasetConfig),

@@ -13,15 +13,16 @@ from pathlib import Path
 from .. import __version__
 from ..checks.report import CheckReport
 from ..checks.run import check
-from ..errors import BadInputError
-from ..feature.imgdb import create_imgdb
+from ..errors import BadInputError, named_options
+from ..feature.imgdb import create_imgdb, feature_warnings
 from ..feature.rawimg import rawimg_db
 from ..store.files import fsync_dir
 from ..store.manifest import DATASET_FILE, MANIFEST, write_json_atomic
 from ..store.writer import before_first_publish
 from ..text.splits import write_splits_file
 from ..text.txtdb import create_txtdb
-from .config import SPLIT_ROLES, TEXT_DIR, load_config, text_spec
+from .config import (SPLIT_ROLES, TEXT_DIR, TEXT_KEYS, config_file, feature_keys, load_config,
+                     text_spec)
 from .shard import parse_shard, prepare_folder, write_shard_file
 
 CHECK_FILE = "check.json"
@@ -64,6 +65,7 @@ def build_dataset(config, out_dir, *, workers: int | None = None, progress: bool
     the feature databases, and ``shard.json`` instead of text databases and ``dataset.json``.
     """
     cfg = load_config(config) if not isinstance(config, dict) else config
+    cfg_file = config_file(config)
     shard = parse_shard(shard) if shard is not None else None
     if shard is not None and not cfg["features"]:
         raise BadInputError(f"--shard {shard}: the config builds no feature database, so "
@@ -79,16 +81,19 @@ def build_dataset(config, out_dir, *, workers: int | None = None, progress: bool
             t0 = time.perf_counter()
             opts = {k: v for k, v in spec.items() if k not in ("type", "source")}
             build = rawimg_db if spec["type"] == "rawimg" else create_imgdb
-            r = build(spec["source"], out_dir / name, workers=workers, progress=progress,
-                      replace=True, shard=shard, **opts)
+            with named_options(feature_keys(name), cfg_file):
+                r = build(spec["source"], out_dir / name, workers=workers, progress=progress,
+                          replace=True, shard=shard, **opts)
             feature_paths[name] = r.path
+            res.warnings += [f"{name}: {w}" for w in feature_warnings(r.manifest)]
             res.warnings += stale_databases(out_dir / name, r.path)
             res.record(spec["type"], name, r.path, "up to date" if r.skipped else "built",
                        feature_summary(r.manifest), t0, log)
         if shard is not None:
             write_shard_file(out_dir, cfg, shard, res.databases)
         else:
-            build_texts(cfg, res, feature_paths, workers=workers, progress=progress, log=log)
+            build_texts(cfg, res, feature_paths, workers=workers, progress=progress, log=log,
+                        config=cfg_file)
             write_dataset_file(cfg, res)
     return check_folder(res, workers=workers, progress=progress)
 
@@ -116,9 +121,16 @@ def feature_summary(manifest: dict) -> str:
 
 
 def build_texts(cfg: dict, res: DatasetResult, feature_paths: dict, *, workers=None,
-                progress=False, log=None) -> None:
+                progress=False, log=None, config=None) -> None:
     """The text databases of a config (``cfg["text"]``), aligned with the feature databases
-    at ``feature_paths`` (name -> database directory)."""
+    at ``feature_paths`` (name -> database directory). Errors about an option name its config
+    key (and ``config``, the config file, when known)."""
+    with named_options(TEXT_KEYS, config):
+        _build_texts(cfg, res, feature_paths, workers=workers, progress=progress, log=log)
+
+
+def _build_texts(cfg: dict, res: DatasetResult, feature_paths: dict, *, workers, progress,
+                 log) -> None:
     out_dir = res.out_dir
     if cfg["text"] is None:
         return

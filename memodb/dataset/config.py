@@ -12,8 +12,12 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 from ..config import STRICT, validate
-from ..errors import BadInputError
+from ..errors import BadInputError, named_options
+from ..feature.frames import selection_options
+from ..feature.imgdb import feature_options
+from ..feature.rawimg import rawimg_options
 from ..text.splits import TRAIN
+from ..text.txtdb import text_options
 
 TEXT_DIR = "txt"
 SPLIT_ROLES = {"train": "train", "val": "heldout", "test": "heldout"}
@@ -26,11 +30,13 @@ class FeatureSpec:
     type: Literal["feature"] = Field("feature", description="feature (default) or rawimg")
     modality: str = Field("face", description="face or speech")
     feature: str = Field("feat", description="h5 dataset: feat, trans1 or trans2")
-    conf_th: float | None = Field(None, description="frames with confidence > conf_th are "
-                                                    "kept (null: faces 0.5, speech 1.0)")
-    max_bb: int | None = Field(None, description="frames kept per segment, in time order "
-                                                 "(null: faces 36, speech 64)")
-    min_bb: int = Field(0, description="segments with fewer kept frames are left out")
+    conf_th: float | None = Field(None, description="0 to 1: frames with confidence > "
+                                                    "conf_th are kept (null: faces 0.5, "
+                                                    "speech 1.0)")
+    max_bb: int | None = Field(None, description=">= 1: frames kept per segment, in time "
+                                                 "order (null: faces 36, speech 64)")
+    min_bb: int = Field(0, description="0 to max_bb: segments with fewer kept frames are "
+                                       "left out")
 
 
 @dataclass(config=STRICT)
@@ -38,12 +44,13 @@ class RawimgSpec:
     """``features.<name>`` with ``"type": "rawimg"``: raw face crops (memo db rawimg-db)."""
     source: str = Field(description="OpenFace output folder")
     type: Literal["rawimg"] = "rawimg"
-    size: int = Field(64, description="crops are resized to size x size")
+    size: int = Field(64, description=">= 8: crops are resized to size x size")
     mean: float | None = Field(None, description="null: computed over the corpus")
-    std: float | None = Field(None, description="null: computed over the corpus")
-    conf_th: float = 0.5
-    max_bb: int = 36
-    min_bb: int = 0
+    std: float | None = Field(None, description="> 0; null: computed over the corpus (mean "
+                                                "and std go together)")
+    conf_th: float = Field(0.5, description="0 to 1, as in a feature database")
+    max_bb: int = Field(36, description=">= 1")
+    min_bb: int = Field(0, description="0 to max_bb")
 
 
 @dataclass(config=STRICT)
@@ -57,8 +64,8 @@ class TextSpec:
                                                             "per fold, txt/fold<f>/")
     faces_from: str | None = Field(None, description="a feature name: texts only for its "
                                                      "segments")
-    min_faces: int = Field(1, description="segments with fewer kept faces get no text")
-    max_len: int = Field(100, description="word pieces per text at most")
+    min_faces: int = Field(1, description=">= 0: segments with fewer kept faces get no text")
+    max_len: int = Field(100, description=">= 1: word pieces per text at most")
     long: str = Field("truncate", description="longer texts: truncate or drop")
     labels: list[str] | None = Field(None, description="the class names; other labels are "
                                                        "errors")
@@ -79,6 +86,24 @@ class DatasetConfig:
     features: dict[str, FeatureSpec | RawimgSpec] = Field(
         default_factory=dict, description="name -> a feature or rawimg database")
     text: TextSpec | None = None
+
+
+# the builders' options (keyword names) that a dataset config sets, and where: builder errors
+# name these keys (and the config file) instead of command-line flags
+FEATURE_OPTIONS = ("conf_th", "max_bb", "min_bb", "modality", "feature", "size", "mean", "std")
+TEXT_KEYS = {"max_len": "text.max_len", "long": "text.long", "min_faces": "text.min_faces",
+             "labels": "text.labels", "img_db": "text.faces_from", "vocab": "vocab",
+             "lexicon": "lexicon"}
+
+
+def feature_keys(name: str) -> dict:
+    """Builder option -> config key of the feature database ``name``."""
+    return {o: f"features.{name}.{o}" for o in FEATURE_OPTIONS}
+
+
+def config_file(config) -> Path | None:
+    """The file of a config given as a path (None for a dict): the file errors name."""
+    return None if isinstance(config, dict) else Path(config)
 
 
 def _keys(cls) -> set:
@@ -123,7 +148,7 @@ def load_config(path) -> dict:
     def typed(cls, obj, *keys):
         def error(message):
             return BadInputError(f"config key {message}", file=path)
-        validate(cls, obj, error=error, where=".".join(map(str, keys)))
+        return validate(cls, obj, error=error, where=".".join(map(str, keys)))
 
     unknown(cfg, _keys(DatasetConfig))
     typed(DatasetConfig, {k: v for k, v in cfg.items() if k not in ("features", "text")})
@@ -146,13 +171,21 @@ def load_config(path) -> dict:
                                 f"'_' or '-', and not {TEXT_DIR!r}", file=path)
         if "source" not in spec:
             raise BadInputError(f"{where('features', name)} has no source", file=path)
-        typed(spec_cls, spec, "features", name)
+        v = typed(spec_cls, spec, "features", name)
+        with named_options(feature_keys(name), path):  # the builders' own checks
+            if kind == "feature":
+                feature_options(v.modality, v.conf_th, v.max_bb, v.min_bb)
+            else:
+                selection_options(v.conf_th, v.max_bb, v.min_bb)
+                rawimg_options(v.size, v.mean, v.std)
         out["features"][name] = {**spec, "type": kind,
                                  "source": absolute(spec["source"], "features", name)}
     text = cfg.get("text")
     if text is not None:
         unknown(text, _keys(TextSpec), "text")
-        typed(TextSpec, text, "text")
+        v = typed(TextSpec, text, "text")
+        with named_options(TEXT_KEYS, path):  # the builder's own checks
+            text_options(v.max_len, v.long, v.min_faces)
         t = dict(text)
         if ("source" in t) == ("sources" in t):
             raise BadInputError(f"{where('text')} needs either source (one file, optional "

@@ -16,7 +16,7 @@ import numpy as np
 from .. import __version__
 from ..config import changes
 from ..errors import BadInputError, DatabaseError, MemoError
-from ..feature.imgdb import feature_fields
+from ..feature.imgdb import feature_fields, feature_warnings
 from ..feature.rawimg import mean_std, normalization, normalized
 from ..parallel import ordered_map
 from ..progress import progress_bar
@@ -79,6 +79,7 @@ def merge_shards(shard_dirs, out_dir, *, workers: int | None = None, progress: b
             r = merge_feature_db(shards, name, out_dir / name, workers=workers,
                                  progress=progress)
             feature_paths[name] = r.path
+            res.warnings += [f"{name}: {w}" for w in feature_warnings(r.manifest)]
             res.warnings += stale_databases(out_dir / name, r.path)
             res.record(spec["type"], name, r.path, "up to date" if r.skipped else "merged",
                        feature_summary(r.manifest), t0, log)
@@ -202,6 +203,8 @@ def merge_feature_db(shards: list[ShardFolder], name: str, out_folder: Path, *,
         return done
 
     extra, work, w = {}, _copy_chunk, 1
+    if "id_case_collisions" in first:  # found over the whole corpus by every shard
+        extra["id_case_collisions"] = first["id_case_collisions"]
     if kind == "rawimg":
         if arrays_seen and arrays_seen["features"][0] != np.dtype(np.uint8).str:
             raise BadInputError("raw-crop shard does not hold 8-bit crops", file=dbs[0],

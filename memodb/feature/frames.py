@@ -1,10 +1,14 @@
-"""Where ``conf_th`` / ``max_bb`` are applied: the frames of a segment that a feature
+"""Where ``conf_th`` / ``max_bb`` are decided and applied: the allowed values of the
+selection options (:func:`selection_options`), the frames of a segment that a feature
 database keeps (docs/FORMAT.md section 3, "Frame selection"), and the per-segment checks
-(equal lengths, finite values)."""
+(equal lengths, finite values and confidences)."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
+from ..config import is_integer, is_number
 from ..errors import BadInputError
 from ..store.codec import canonical_arrays
 
@@ -26,11 +30,49 @@ def check_lengths(arrays: dict, *, file, segment) -> int:
     return lengths["features"]
 
 
-def keep_index(conf, n: int, conf_th: float, max_bb: int):
-    """Which of ``n`` frames to keep: a slice when they are a prefix, else an index array."""
+def selection_options(conf_th, max_bb, min_bb) -> tuple[float, int, int]:
+    """``conf_th``, ``max_bb``, ``min_bb`` checked (the one place their allowed values are
+    decided; create-imgdb, rawimg-db and the dataset config use it): ``conf_th`` a finite number
+    from 0 to 1 (a confidence is a probability; with 1.0, the speech default, only a source
+    without confidences keeps frames, its first ``max_bb``: speech features have none),
+    ``max_bb`` an integer >= 1, ``min_bb`` an integer from 0 to ``max_bb``. Errors name the
+    options (BadInputError ``options``)."""
+    if not is_number(conf_th) or not 0.0 <= float(conf_th) <= 1.0:  # NaN fails both tests
+        raise BadInputError(f"{{conf_th}} must be a number from 0 to 1 (got {conf_th!r})",
+                            options=("conf_th",),
+                            fix="frames with confidence > {conf_th} are kept: use e.g. 0.5 "
+                                "for faces, 1.0 for speech, 0 to keep every frame with a face")
+    for name, value, least in (("max_bb", max_bb, 1), ("min_bb", min_bb, 0)):
+        if not is_integer(value) or value < least:
+            raise BadInputError(f"{{{name}}} must be an integer >= {least} (got {value!r})",
+                                options=(name,), fix=f"give {{{name}}} a whole number of "
+                                "frames")
+    if min_bb > max_bb:
+        raise BadInputError(f"{{min_bb}} {min_bb} is above {{max_bb}} {max_bb}: no segment "
+                            "could keep enough frames", options=("min_bb", "max_bb"),
+                            fix="lower {min_bb} or raise {max_bb}")
+    return float(conf_th), int(max_bb), int(min_bb)
+
+
+def check_confidence(conf, *, file=None, segment=None) -> None:
+    """A confidence array holds finite numbers only (NaN would silently drop its frames)."""
+    conf = np.asarray(conf)
+    if conf.dtype.kind == "f" and not math.isfinite(conf.sum(dtype=np.float64)):  # one pass
+        bad = np.flatnonzero(~np.isfinite(conf.reshape(len(conf), -1)).all(axis=1))
+        raise BadInputError(f"'confidence' is NaN or infinite in frame(s) {bad[:10].tolist()}"
+                            + (f" and {len(bad) - 10} more" if len(bad) > 10 else ""),
+                            file=file, segment=segment,
+                            fix="re-extract the faces of this segment (a confidence is a "
+                                "probability from 0 to 1) or remove it from the source")
+
+
+def keep_index(conf, n: int, conf_th: float, max_bb: int, *, file=None, segment=None):
+    """Which of ``n`` frames to keep: a slice when they are a prefix, else an index array. A
+    confidence that is not finite is a BadInputError naming ``file`` and ``segment``."""
     if conf is None:
         return slice(0, min(n, max_bb))
     conf64 = np.asarray(conf).astype(np.float16).astype(np.float64)
+    check_confidence(conf64, file=file, segment=segment)
     idx = np.flatnonzero(conf64 > float(conf_th))[:max_bb]
     return slice(0, len(idx)) if len(idx) == 0 or idx[-1] == len(idx) - 1 else idx
 
@@ -44,7 +86,7 @@ def select_frames(arrays: dict, conf_th: float, max_bb: int, *, file=None, segme
     h5 input and npz input select exactly the same frames.
     """
     n = check_lengths(arrays, file=file, segment=segment)
-    keep = keep_index(arrays.get("confidence"), n, conf_th, max_bb)
+    keep = keep_index(arrays.get("confidence"), n, conf_th, max_bb, file=file, segment=segment)
     out = canonical_arrays({k: np.asarray(v)[keep] for k, v in arrays.items()})
     for name in FLOAT_CHECKED:
         a = out.get(name)

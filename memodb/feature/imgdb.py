@@ -14,8 +14,9 @@ from ..parallel import chunked, ordered_map
 from ..progress import progress_bar
 from ..store.build import Build, BuildResult, Written
 from ..store.codec import encode_value
+from ..store.ids import case_collisions, collisions_record, collisions_warning, key_to_id
 from ..store.naming import db_name, nbb_name
-from .frames import select_frames
+from .frames import select_frames, selection_options
 from .sources import Segment, Source, close_h5_files, empty_arrays, open_source, probe_dims
 
 MODALITY_DEFAULTS = {"face": (0.5, 36), "speech": (1.0, 64)}
@@ -38,25 +39,29 @@ def create_imgdb(src, out_dir, *, conf_th: float | None = None, max_bb: int | No
     (:class:`~memodb.dataset.shard.Shard`) builds only that shard's segments (``memo db merge``
     joins the shards).
     """
-    if modality not in MODALITY_DEFAULTS:
-        raise BadInputError(f"unknown modality {modality!r}", fix="use face or speech")
-    d_th, d_max = MODALITY_DEFAULTS[modality]
-    conf_th = float(d_th if conf_th is None else conf_th)
-    max_bb = int(d_max if max_bb is None else max_bb)
-    if max_bb < 1 or min_bb < 0 or min_bb > max_bb:
-        raise BadInputError(f"need 0 <= min_bb <= max_bb and max_bb >= 1 (got min_bb {min_bb}, "
-                            f"max_bb {max_bb})", fix="change --min-bb / --max-bb")
+    conf_th, max_bb, min_bb = feature_options(modality, conf_th, max_bb, min_bb)
     source = open_source(src, feature)
     if modality == "speech" and source.kind != "npz":
         raise BadInputError("speech features come as npz files (features, frame_idxs); this "
-                            "folder holds Denseface h5 files", file=src,
-                            fix="use --modality face, or point at the speech npz folder")
-    options = {"conf_th": conf_th, "max_bb": max_bb, "min_bb": int(min_bb),
+                            "folder holds Denseface h5 files", file=src, options=("modality",),
+                            fix="set {modality} to face, or point at the speech npz folder")
+    options = {"conf_th": conf_th, "max_bb": max_bb, "min_bb": min_bb,
                "modality": modality, "feature": feature if source.kind != "npz" else None}
     return build_db(source, out_dir, "feature", options, workers, progress,
                     lambda segs: partial(_select_segment, source, options,
                                          probe_dims(source, segs)), replace=replace,
                     shard=shard)
+
+
+def feature_options(modality: str, conf_th=None, max_bb=None, min_bb=0) -> tuple:
+    """``(conf_th, max_bb, min_bb)`` of a feature build, the modality's defaults filled in,
+    checked (:func:`~memodb.feature.frames.selection_options`); errors name the options."""
+    if modality not in MODALITY_DEFAULTS:
+        raise BadInputError(f"unknown modality {modality!r}", options=("modality",),
+                            fix="set {modality} to face or speech")
+    d_th, d_max = MODALITY_DEFAULTS[modality]
+    return selection_options(d_th if conf_th is None else conf_th,
+                             d_max if max_bb is None else max_bb, min_bb)
 
 
 def build_db(source, out_dir, kind: str, options: dict, workers, progress, make_loader,
@@ -97,6 +102,7 @@ def feature_fields(arrays_seen: dict, counts: dict, nbb_file: str,
 def _write(source, options, nbb_file, workers, progress, make_loader, extra_manifest, shard,
            db) -> Written:
     segs = source.list_segments()
+    collisions = collisions_record(case_collisions(key_to_id(s.key) for s in segs))
     work = partial(_encode_chunk, make_loader(segs))
     todo = segs if shard is None else shard.take(segs)
     nbb: dict[str, int] = {}
@@ -132,11 +138,19 @@ def _write(source, options, nbb_file, workers, progress, make_loader, extra_mani
     if errors:
         raise BadInputsError(errors, f"{db.final}")
     extra = dict(extra_manifest or {})
+    if collisions:  # over the whole corpus, also in a shard (the merge keeps it)
+        extra["id_case_collisions"] = collisions
     if shard is not None:
         extra["shard"] = shard.record(len(segs))
     if sums:
         extra["sums"] = sums
     return Written(feature_fields(arrays_seen, counts, nbb_file, extra), {nbb_file: nbb})
+
+
+def feature_warnings(manifest: dict) -> list[str]:
+    """The warnings a feature database's manifest records (ids that differ only in case), shown
+    by the CLI and memo db build whether the database was built or was up to date."""
+    return collisions_warning(manifest.get("id_case_collisions"))
 
 
 def _check_layout(seen: dict, layout: dict, seg: Segment):

@@ -12,17 +12,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BadInputError
+from ..errors import BadInputError, BadInputsError
 from ..parallel import chunked, ordered_map
 from ..progress import progress_bar
 from ..store.build import BuildResult
 from ..store.ids import id_to_key
 from ..store.manifest import fingerprint_files
-from .frames import keep_index
+from ..config import is_integer, is_number
+from .frames import keep_index, selection_options
 from .imgdb import build_db
 from .sources import Segment, checked_segments
 
 STATS_CHUNK = 32
+CSV_COLUMNS = ("frame", "face_id", "confidence", "success")
 
 
 @dataclass
@@ -45,26 +47,49 @@ class OpenFaceSource:
 
 
 def open_openface(path) -> OpenFaceSource:
+    """The clips of an OpenFace output folder: every ``<clip>.csv`` beside ``<clip>_aligned/``.
+    An OpenFace csv (its header has frame, face_id, confidence and success) without its
+    ``_aligned/`` folder is an error naming every such clip: its crops are missing, as a
+    missing crop of a kept frame is. Other csv files (not OpenFace's) are not clips."""
     root = Path(path)
-    csvs = sorted(p for p in root.rglob("*.csv") if _aligned_dir(p).is_dir()) if root.is_dir() else []
-    if not csvs:
+    csvs = sorted(root.rglob("*.csv")) if root.is_dir() else []
+    clips = [p for p in csvs if _aligned_dir(p).is_dir()]
+    orphans = [p for p in sorted(set(csvs) - set(clips)) if _is_openface_csv(p)]
+    if orphans:
+        raise BadInputsError([BadInputError(
+            f"OpenFace csv without its crop folder {_aligned_dir(p).name}/", file=p,
+            segment=id_to_key(p.stem), fix="re-run OpenFace FeatureExtraction with -simalign "
+            "for this clip (or copy its _aligned/ folder too), or move the csv out of the "
+            "folder") for p in orphans], "the database")
+    if not clips:
         raise BadInputError("holds no OpenFace output (<clip>.csv beside <clip>_aligned/)",
                             file=root, fix="point at the folder OpenFace FeatureExtraction wrote")
-    return OpenFaceSource(root, csvs)
+    return OpenFaceSource(root, clips)
+
+
+def _is_openface_csv(path: Path) -> bool:
+    """Whether a csv's header names OpenFace's columns (frame, face_id, confidence, success)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = {h.strip() for h in next(csv.reader(f), [])}
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return set(CSV_COLUMNS) <= header
 
 
 def _aligned_dir(csv_path: Path) -> Path:
     return csv_path.with_name(csv_path.stem + "_aligned")
 
 
-def read_openface_csv(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(frame numbers, face ids, confidences) of the best successful face of each frame."""
+def read_openface_csv(path, segment=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frame numbers, face ids, confidences) of the best successful face of each frame. A
+    confidence that is not a finite number is a BadInputError naming the line."""
     best: dict[int, tuple[float, int]] = {}
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.reader(f)
             header = [h.strip() for h in next(reader)]
-            col = {name: header.index(name) for name in ("frame", "face_id", "confidence", "success")}
+            col = {name: header.index(name) for name in CSV_COLUMNS}
             for row in reader:
                 if not row:
                     continue
@@ -72,11 +97,19 @@ def read_openface_csv(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                     continue
                 frame, face = int(float(row[col["frame"]])), int(float(row[col["face_id"]]))
                 conf = float(row[col["confidence"]])
+                if not math.isfinite(conf):
+                    raise BadInputError(f"line {reader.line_num}: confidence "
+                                        f"{row[col['confidence']].strip()!r} of frame {frame} "
+                                        "is not a finite number", file=path, segment=segment,
+                                        fix="re-run OpenFace for this clip (a confidence is a "
+                                            "probability from 0 to 1) or remove the clip")
                 if frame not in best or conf > best[frame][0]:
                     best[frame] = (conf, face)
+    except BadInputError:
+        raise
     except (OSError, UnicodeDecodeError, StopIteration, ValueError, IndexError) as exc:
         raise BadInputError(f"unreadable OpenFace csv ({type(exc).__name__}: {exc})", file=path,
-                            fix="re-run OpenFace for this clip") from exc
+                            segment=segment, fix="re-run OpenFace for this clip") from exc
     frames = np.array(sorted(best), dtype=np.int64)
     faces = np.array([best[fr][1] for fr in frames], dtype=np.int64)
     conf = np.array([best[fr][0] for fr in frames], dtype=np.float32)
@@ -87,9 +120,9 @@ def _kept_crops(seg: Segment, conf_th: float, max_bb: int, size: int):
     """Selected frames of a clip: (uint8 crops (k, size, size), confidence, frame numbers, seen)."""
     from PIL import Image
 
-    frames, faces, conf = read_openface_csv(seg.file)
+    frames, faces, conf = read_openface_csv(seg.file, seg.key)
     n_seen = len(frames)
-    keep = keep_index(conf, n_seen, conf_th, max_bb)
+    keep = keep_index(conf, n_seen, conf_th, max_bb, file=seg.file, segment=seg.key)
     frames, faces, conf = frames[keep], faces[keep], conf[keep]
     crops = np.empty((len(frames), size, size), dtype=np.uint8)
     aligned = _aligned_dir(Path(seg.file))
@@ -147,7 +180,8 @@ def mean_std(sums: dict) -> tuple[float, float]:
     n = sums.get("pixels", 0)
     if n == 0:
         raise BadInputError("no face crop passes the confidence threshold, so no mean/std "
-                            "can be computed", fix="lower --conf-th or give --mean and --std")
+                            "can be computed", options=("conf_th", "mean", "std"),
+                            fix="lower {conf_th} or give {mean} and {std}")
     mean = sums["pixel_sum"] / n
     return mean, math.sqrt(max(sums["pixel_sum_sq"] / n - mean * mean, 0.0))
 
@@ -171,6 +205,27 @@ def normalization(mean: float, std: float, computed: bool) -> dict:
             "formula": "(gray - mean) / std"}
 
 
+def rawimg_options(size=64, mean=None, std=None) -> tuple:
+    """``(size, mean, std)`` of a raw-crop build, checked (the one place their allowed values
+    are decided; the dataset config uses it too): ``size`` an integer >= 8, ``mean`` and
+    ``std`` both given (finite numbers, ``std`` > 0) or both None (computed over the corpus).
+    Errors name the options (BadInputError ``options``)."""
+    if not is_integer(size) or size < 8:
+        raise BadInputError(f"{{size}} must be an integer >= 8 (got {size!r})",
+                            options=("size",), fix="set {size} to 64 (or 112)")
+    if (mean is None) != (std is None):
+        raise BadInputError("give both {mean} and {std}, or neither (then they are computed "
+                            "over the corpus)", options=("mean", "std"))
+    for name, value in (("mean", mean), ("std", std)):
+        if value is not None and (not is_number(value) or not math.isfinite(value)):
+            raise BadInputError(f"{{{name}}} must be a finite number (got {value!r})",
+                                options=(name,), fix=f"give the corpus's pixel {name}, or "
+                                "neither mean nor std")
+    if std is not None and not std > 0:
+        raise BadInputError(f"{{std}} must be positive (got {std})", options=("std",))
+    return int(size), mean, std  # mean / std as given: the options the manifest records
+
+
 def rawimg_db(src, out_dir, *, size: int = 64, mean: float | None = None,
               std: float | None = None, conf_th: float = 0.5, max_bb: int = 36, min_bb: int = 0,
               workers: int | None = None, progress: bool = False,
@@ -181,25 +236,20 @@ def rawimg_db(src, out_dir, *, size: int = 64, mean: float | None = None,
     ``shard`` (:class:`~memodb.dataset.shard.Shard`) only that shard's segments are built, as
     8-bit gray crops with the pixel sums in the manifest's ``sums`` (the merge normalises).
     """
-    if (mean is None) != (std is None):
-        raise BadInputError("give both --mean and --std, or neither (then they are computed "
-                            "over the corpus)")
-    if std is not None and not std > 0:
-        raise BadInputError(f"--std must be positive (got {std})")
-    if size < 8:
-        raise BadInputError(f"--size {size} is too small", fix="use 64 (or 112)")
+    conf_th, max_bb, min_bb = selection_options(conf_th, max_bb, min_bb)
+    size, mean, std = rawimg_options(size, mean, std)
     source = open_openface(src)
     # options are what was asked (mean / std None = computed); the values used are in
     # the manifest's "normalization", filled once the build really starts.
-    options = {"conf_th": float(conf_th), "max_bb": int(max_bb), "min_bb": int(min_bb),
-               "modality": "face", "size": int(size), "mean": mean, "std": std}
+    options = {"conf_th": conf_th, "max_bb": max_bb, "min_bb": min_bb,
+               "modality": "face", "size": size, "mean": mean, "std": std}
     norm: dict = {}
 
     def make_loader(segs):
         if shard is not None:
             return partial(_gray_segment, options)
         m, s = (mean, std) if mean is not None else corpus_pixel_stats(
-            segs, float(conf_th), int(max_bb), size, workers, progress)
+            segs, conf_th, max_bb, size, workers, progress)
         norm["normalization"] = normalization(m, s, mean is None)
         return partial(_crop_segment, {**options, "mean": float(m), "std": float(s)})
 

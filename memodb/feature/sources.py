@@ -79,7 +79,8 @@ def open_source(path, feature: str = "feat") -> Source:
     if not root.is_dir():
         raise BadInputError("not a directory", file=root, fix="give the folder of npz or h5 files")
     if feature not in H5_FEATURES:
-        raise BadInputError(f"unknown feature {feature!r}", fix=f"use one of {H5_FEATURES}")
+        raise BadInputError(f"unknown feature {feature!r}", options=("feature",),
+                            fix=f"set {{feature}} to one of {', '.join(H5_FEATURES)}")
     movie = sorted(root.glob(f"*/{MOVIE_H5}"))
     if movie:
         return Source(root, "h5-movie", feature, movie)
@@ -201,7 +202,8 @@ def _load_h5(seg: Segment, feature: str) -> dict[str, np.ndarray]:
             return {}  # no face in this segment (the caller fills in empty arrays)
         if feature not in names:
             raise BadInputError(f"no '{feature}' dataset (has: {sorted(names)})", file=seg.file,
-                                segment=seg.key, fix="choose another --feature or re-extract")
+                                segment=seg.key, options=("feature",),
+                                fix="choose another {feature} or re-extract")
         out = {}
         for h5name, npzname in ((feature, "features"), *H5_ARRAYS.items()):
             if h5name in names:

@@ -15,7 +15,8 @@ from ..parallel import chunked, ordered_map
 from ..progress import progress_bar
 from ..store.codec import canonical_arrays
 from ..store.files import atomic_write
-from ..store.ids import id_to_key, key_to_id
+from ..store.ids import (case_collisions, collisions_record, collisions_warning, id_to_key,
+                         key_to_id)
 from ..store.manifest import write_json_atomic
 from .frames import check_lengths
 from .sources import Segment, Source, empty_arrays, open_source, probe_dims
@@ -30,6 +31,13 @@ class Trans2npzReport:
     skipped: int = 0  # already converted by an earlier run
     missing_in_h5: list = field(default_factory=list)  # listed in has_active_spk.txt only
     missing_in_list: list = field(default_factory=list)  # in the h5 only
+    case_collisions: list = field(default_factory=list)  # groups of ids differing in case only
+
+    @property
+    def warnings(self) -> list[str]:
+        """Ids that differ only in case: their npz files are one file on a case-insensitive
+        file system (the second would be taken as converted already)."""
+        return collisions_warning(collisions_record(self.case_collisions))
 
 
 def trans2npz(h5_root, out_dir, *, feature: str = "feat", meta_dir=None,
@@ -51,6 +59,7 @@ def trans2npz(h5_root, out_dir, *, feature: str = "feat", meta_dir=None,
     for stale in out_dir.glob(".*.npz.tmp-*"):  # left by a killed run
         stale.unlink()
     report = Trans2npzReport(out_dir)
+    report.case_collisions = case_collisions(key_to_id(s.key) for s in segs)
     if meta_dir is not None:
         report.missing_in_h5, report.missing_in_list = compare_with_lists(segs, meta_dir, source)
     todo = [s for s in segs if not (out_dir / s.key).exists()]

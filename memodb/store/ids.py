@@ -51,3 +51,34 @@ def find_duplicates(pairs):
     for seg, origin in pairs:
         seen.setdefault(seg, []).append(origin)
     return {k: v for k, v in seen.items() if len(v) > 1}
+
+
+MAX_COLLISIONS_LISTED = 20  # groups recorded in a manifest and shown in a warning
+
+
+def case_collisions(ids) -> list[list[str]]:
+    """Groups of distinct ids that differ only in case (``A_1`` / ``a_1``), each sorted, in
+    order: on a case-insensitive file system (macOS, Windows) they name one file (trans2npz
+    writes ``<id>.npz``; a text's ``img_fname`` is ``<id>.npz``)."""
+    groups: dict[str, set] = {}
+    for i in ids:
+        groups.setdefault(i.casefold(), set()).add(i)
+    return sorted(sorted(g) for g in groups.values() if len(g) > 1)
+
+
+def collisions_record(groups: list) -> dict | None:
+    """The manifest's ``id_case_collisions`` entry (None when there is none): the number of
+    groups and the first :data:`MAX_COLLISIONS_LISTED` of them."""
+    if not groups:
+        return None
+    return {"count": len(groups), "ids": groups[:MAX_COLLISIONS_LISTED]}
+
+
+def collisions_warning(record: dict | None, what: str = "segment ids") -> list[str]:
+    """The warning (a list of 0 or 1 line) of a ``collisions_record``."""
+    if not record:
+        return []
+    shown = "; ".join(" / ".join(g) for g in record["ids"])
+    more = " ..." if record["count"] > len(record["ids"]) else ""
+    return [f"{record['count']} group(s) of {what} differ only in case and name the same file "
+            f"on a case-insensitive file system (macOS, Windows): {shown}{more}"]

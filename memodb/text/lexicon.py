@@ -43,7 +43,7 @@ def read_lexicon(path, normalize=str.lower) -> Lexicon:
         text = data.decode("utf-8")
     except OSError as exc:
         raise BadInputError(f"cannot read the lexicon ({exc.strerror})", file=path,
-                            fix="check the --lexicon path") from None
+                            options=("lexicon",), fix="check the {lexicon} path") from None
     except UnicodeDecodeError as exc:
         line = data[:exc.start].count(b"\n") + 1
         raise BadInputError(f"line {line}: not UTF-8 (byte 0x{data[exc.start]:02x})", file=path,

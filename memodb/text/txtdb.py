@@ -16,10 +16,12 @@ from json.encoder import encode_basestring
 from pathlib import Path
 
 from ..errors import BadInputError
+from ..config import is_integer
 from ..parallel import ordered_map
 from ..progress import progress_bar
 from ..store.build import Build, Written
-from ..store.ids import KEY_SUFFIX, id_to_key
+from ..store.ids import (KEY_SUFFIX, case_collisions, collisions_record, collisions_warning,
+                         id_to_key)
 from ..store.manifest import read_manifest
 from ..store.reader import FeatureDB
 from ..store.textcodec import FastEncoder
@@ -84,12 +86,7 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
       depend on it.
     """
     src, out_dir = Path(src), Path(out_dir)
-    if max_len < 1:
-        raise BadInputError(f"max_len {max_len} must be at least 1", fix="raise --max-len")
-    if long not in LONG_POLICIES:
-        raise BadInputError(f"unknown long-text policy {long!r}", fix="use truncate or drop")
-    if min_faces < 0:
-        raise BadInputError(f"min_faces {min_faces} must be >= 0", fix="change --min-faces")
+    max_len, long, min_faces = text_options(max_len, long, min_faces)
     specs = [s if isinstance(s, SplitSpec) else parse_split(s) for s in splits]
     voc = load_vocab(vocab if vocab is not None else bundled_vocab_dir())
     tok = WordPieceTokenizer(voc)
@@ -115,9 +112,10 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
         return TextBuildResult(out_dir, targets, done, counts, skipped=True)
 
     records, layout = read_transcripts(src)
+    collisions = collisions_record(case_collisions(r.id for r in records))
     counts = {"source_texts": len(records), "no_features": 0, "no_faces": 0, "no_caption": 0,
               "empty": 0, "truncated": 0, "dropped_too_long": 0, "texts": 0}
-    warnings: list[str] = []
+    warnings: list[str] = collisions_warning(collisions, "transcript ids")
     if lex is not None:
         _note(warnings, tok.unmatchable(lex.words), "lexicon entries are several words to "
               "BERT's tokenizer (punctuation inside) and never match")
@@ -147,7 +145,8 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
     if not kept:
         raise BadInputError("no text is left to write (see the counts: "
                             + ", ".join(f"{k} {v}" for k, v in counts.items() if v) + ")",
-                            file=src, fix="check the transcripts, --img-db and --min-faces")
+                            file=src, options=("img_db", "min_faces"),
+                            fix="check the transcripts, {img_db} and {min_faces}")
     label_info = _labels(kept, labels, src)
 
     by_id = {item[0].id: item for item in kept}
@@ -165,7 +164,8 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
     roles = {TRAIN: "train", **{s.name: s.role for s in specs}}
     manifests = {}
     base = {"vocab": {**voc.meta(), "file": str(voc.file)},
-            "lexicon": lex.summary() if lex else None, "layout": layout, "corpus": counts}
+            "lexicon": lex.summary() if lex else None, "layout": layout, "corpus": counts,
+            **({"id_case_collisions": collisions} if collisions else {})}
     for name in names:
         manifest = {**base, "split": {"name": name, "role": roles[name], "seed": seed}
                     if name else None, "img_db": _img_link(img, targets[name], min_faces)}
@@ -181,6 +181,22 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
             if read_manifest(path) is not None:
                 shutil.rmtree(path)
     return TextBuildResult(out_dir, targets, manifests, counts, warnings=warnings)
+
+
+def text_options(max_len=100, long="truncate", min_faces=1) -> tuple[int, str, int]:
+    """``(max_len, long, min_faces)`` checked (the one place their allowed values are decided;
+    the dataset config uses it too): ``max_len`` an integer >= 1, ``long`` truncate or drop,
+    ``min_faces`` an integer >= 0. Errors name the options (BadInputError ``options``)."""
+    if not is_integer(max_len) or max_len < 1:
+        raise BadInputError(f"{{max_len}} must be an integer >= 1 (got {max_len!r})",
+                            options=("max_len",), fix="raise {max_len}")
+    if long not in LONG_POLICIES:
+        raise BadInputError(f"unknown long-text policy {long!r}", options=("long",),
+                            fix="set {long} to truncate or drop")
+    if not is_integer(min_faces) or min_faces < 0:
+        raise BadInputError(f"{{min_faces}} must be an integer >= 0 (got {min_faces!r})",
+                            options=("min_faces",), fix="change {min_faces}")
+    return int(max_len), long, int(min_faces)
 
 
 def _listed_splits(folder: Path) -> list[str]:
@@ -261,7 +277,8 @@ def _align(records, img: FeatureDB, min_faces: int, counts: dict, warnings: list
     if records and not kept and no_feat:
         raise BadInputError(f"none of the {len(records)} transcripts has a segment in the "
                             f"feature database {img.path} (e.g. {records[0].id!r})", file=src,
-                            fix="check that --img-db belongs to this corpus")
+                            options=("img_db",), fix="check that {img_db} belongs to this "
+                                                     "corpus")
     _note(warnings, no_feat, "have no segment in the feature database and were left out")
     _note(warnings, no_faces, f"have fewer than {min_faces} face(s) and were left out")
     _note(warnings, no_caption, "are segments of the feature database without a transcript")
@@ -273,15 +290,16 @@ def _labels(kept, names, src) -> dict | None:
     if not labels:
         if names:
             raise BadInputError("label names were given but the transcripts carry no label",
-                                file=src, fix="use downstream refs with labels, or drop "
-                                "--labels")
+                                file=src, options=("labels",),
+                                fix="use downstream refs with labels, or drop {labels}")
         return None
     if names:
         bad = [rec.id for rec, *_ in kept if rec.label >= len(names)]
         if bad:
             raise BadInputError(f"{len(bad)} label(s) outside 0..{len(names) - 1} "
                                 f"({', '.join(names)}), e.g. {bad[0]!r}", file=src,
-                                fix="check the labels or the class names")
+                                options=("labels",),
+                                fix="check the labels or the class names ({labels})")
     return {"names": list(names) if names else None,
             "set": list(range(len(names))) if names else sorted(set(labels))}
 

