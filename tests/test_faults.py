@@ -629,6 +629,26 @@ def test_pretraining_killed_at_random_moments_resumes_exactly(train_corpus, gold
     assert_same_run(out, golden_run)
 
 
+@pytest.mark.parametrize("seed", [0, 2])
+def test_killed_mid_logging_window_resumes_the_same_log(train_corpus, golden, one_thread,
+                                                        tmp_path, seed):
+    """log_every 2, save_every 3 (issue 16, item 5): the state of update 3 is saved inside a
+    logging window; a run killed after it resumes with the window's updates, so metrics.jsonl
+    equals the uninterrupted run's (the wall-clock field aside)."""
+    _, seconds = golden
+    cfg = {**train_config(train_corpus, tmp_path / "whole"), "log_every": 2}
+    pretrain(cfg)
+    out = tmp_path / "run"
+    cfg = {**cfg, "output_dir": str(out)}
+    latest, log = out / "ckpt" / "latest", out / "metrics.jsonl"
+    rng = random.Random(seed)
+    rc = run_pretrain_until(cfg, False, lambda: latest.exists() and last_logged(log) >= 4,
+                            rng.uniform(0, seconds / 6))
+    assert rc in (0, -signal.SIGKILL)
+    pretrain(cfg, resume=True)
+    assert_same_run(out, tmp_path / "whole")
+
+
 @pytest.mark.parametrize("tear", ["model_step_6.pt", "state_step_6.pt", "latest"])
 def test_pretraining_killed_while_saving_resumes_from_the_last_whole_state(
         train_corpus, golden, one_thread, tmp_path, tear):
