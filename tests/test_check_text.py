@@ -357,3 +357,17 @@ def test_meta_token_ids_are_compared_with_the_vocabulary(ds):
     report = check([db], workers=1)
     assert "meta_vocab_mismatch" not in {p.code for p in report.databases[0].problems}
     assert ("vocab_unavailable", None) in warnings(report)
+
+
+def test_recorded_vocabulary_that_is_not_one_is_a_problem(ds, tmp_path):
+    import hashlib
+
+    db = ds / "txt" / "val"
+    bad = tmp_path / "vocab.txt"
+    bad.write_text("hello\nworld\n")
+    sha = hashlib.sha256(bad.read_bytes()).hexdigest()
+    edit_json(db / "manifest.json", lambda d: d["vocab"].update(file=str(bad), vocab_sha256=sha))
+    report = check([db], workers=1)
+    assert ("vocab_invalid", None) in found(report)
+    msg = [p.message for p in report.databases[0].problems if p.code == "vocab_invalid"][0]
+    assert str(bad) in msg and "[CLS]" in msg

@@ -31,6 +31,8 @@ TEXT_FIELDS = {"kind": str, "counts": dict, "options": dict, "vocab": dict, "lab
 
 # Vocabulary token -> id maps, loaded in the parent before the workers fork (then inherited).
 _VOCABS: dict[str, dict] = {}
+# The same vocabularies' special-token ids, v_range and size, as meta.json records them.
+_VOCAB_META: dict[str, dict] = {}
 
 
 def check_text_db(path, *, workers=None, progress=False, links=None):
@@ -193,12 +195,15 @@ def _check_meta_tokens(rep: DbReport, meta: dict | None, key: str | None) -> Non
     if meta is None or not key:
         return
     file = Path(key.split("\0")[0])
-    try:
-        vocab = load_vocab(file)
-    except MemoError as exc:
-        rep.problem("vocab_invalid", f"the recorded vocabulary: {exc}")
-        return
-    want = {**vocab.ids, "v_range": list(vocab.v_range), "vocab_size": vocab.size}
+    if key not in _VOCAB_META:  # once per vocabulary and check run
+        try:
+            vocab = load_vocab(file)
+        except MemoError as exc:
+            rep.problem("vocab_invalid", f"the recorded vocabulary: {exc}")
+            return
+        _VOCAB_META[key] = {**vocab.ids, "v_range": list(vocab.v_range),
+                            "vocab_size": vocab.size}
+    want = _VOCAB_META[key]
     for k, v in want.items():
         if k not in meta or meta[k] != v:
             token = f"{SPECIALS[k]!r} id" if k in SPECIALS else k

@@ -81,7 +81,10 @@ def selection_faults(arrays: dict, conf_th: float, max_bb: int, min_bb: int = 0)
         faults.append(("frames_under_min_bb", f"{n} frames stored, fewer than min_bb {min_bb} "
                        "(the build leaves such segments out)"))
     conf = arrays.get("confidence")
-    if conf is not None and conf.ndim == 1 and len(conf) == n and n:
+    # every frame passes when the lowest does (rounding to float16 keeps the order): one
+    # reduction for the usual segment, the rule itself to name the frames otherwise
+    if conf is not None and conf.ndim == 1 and len(conf) == n and n \
+            and not float(np.float16(conf.min())) > conf_th:
         low = np.flatnonzero(~above_threshold(conf, conf_th))
         if len(low):
             faults.append(("frame_below_conf_th", f"kept frame(s) {low[:10].tolist()} have "
@@ -98,6 +101,8 @@ def order_fault(idxs) -> str | None:
     if idxs is None or np.ndim(idxs) != 1 or len(idxs) < 2:
         return None
     idxs = np.asarray(idxs)
+    if (idxs[1:] > idxs[:-1]).all():
+        return None
     back = np.flatnonzero(np.diff(idxs.astype(np.int64)) <= 0)
     if not len(back):
         return None
