@@ -42,9 +42,9 @@ def keep_index(conf, n: int, conf_th: float, max_bb: int):
 
 def select_frames(arrays: dict, conf_th: float, max_bb: int, *, file=None, segment=None) -> dict:
     """Keep frames with ``confidence > conf_th`` (strict), in time order, then the first
-    ``max_bb``; without a confidence array, the first ``max_bb``. Kept frames out of time
-    order (``frame_idxs`` not increasing) are refused: ``memo db check`` would reject them. Truncation is along axis 0
-    whatever the rank. Returns canonical arrays (float16, int32 frame indices).
+    ``max_bb``; without a confidence array, the first ``max_bb``. Truncation is along axis 0
+    whatever the rank. Returns canonical arrays (float16, int32 frame indices). Kept frames out
+    of time order (``frame_idxs`` not increasing) are refused: ``memo db check`` rejects them.
 
     The confidence is compared after rounding to float16, the precision it is stored with, so
     h5 input and npz input select exactly the same frames.
