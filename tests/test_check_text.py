@@ -314,3 +314,60 @@ def test_unexpected_label_and_orphan_image_entry(ds):
     edit_json(db / "img2txts.json", lambda d: {**d, "orphan.npz": []})
     got = found(check([db], workers=1))
     assert ("label_unexpected", k[0]) in got and ("img2txts_mismatch", None) in got
+
+
+# --- issue 16, item 3: deleted feature manifest, meta.json against the vocabulary ----------
+
+
+def test_deleted_feature_manifest_is_a_problem(ds):
+    """The text manifests recorded the feature database's checksum: its manifest existed, so
+    a missing one was deleted (a problem naming the database and the fix, exit 1)."""
+    (ds / FEAT / "manifest.json").unlink()
+    report = check([ds], workers=1)
+    assert report.exit_code == 1
+    assert ("no_manifest", None) in warnings(report)
+    for name in ("txt/train", "txt/val", "txt/test", "txt/trn3k", "lab"):
+        assert ("img_db_manifest_missing", None) in found(report, ds / name), name
+    (msg,) = [p.message for d in report.databases if d.path == str(ds / "lab")
+              for p in d.problems]
+    assert "feat_th0.5_max36_min0" in msg and "memo db build" in msg
+    r = CliRunner().invoke(main, ["db", "check", str(ds)])
+    assert r.exit_code == 1 and "img_db_manifest_missing" in r.output
+
+
+def test_meta_token_ids_are_compared_with_the_vocabulary(ds):
+    db = ds / "txt" / "val"
+    # meta.json and the manifest agree with each other, not with vocab.txt
+    for f, part in (("meta.json", lambda d: d), ("manifest.json", lambda d: d["vocab"])):
+        edit_json(db / f, lambda d: part(d).update(CLS=5, v_range=[0, 30522]))
+    report = check([db], workers=1)
+    assert report.exit_code == 1
+    got = [p for p in report.databases[0].problems]
+    assert {p.code for p in got} == {"meta_vocab_mismatch"}
+    msgs = sorted(p.message for p in got)
+    assert len(msgs) == 2
+    assert "CLS 5" in msgs[0] and "'[CLS]' id 101" in msgs[0]
+    assert "v_range [0, 30522]" in msgs[1] and "v_range [999, 30522]" in msgs[1]
+    # a missing token id is named too; without the vocabulary nothing is compared
+    edit_json(db / "meta.json", lambda d: {k: v for k, v in d.items() if k != "MASK"})
+    got = {p.message for p in check([db], workers=1).databases[0].problems
+           if p.code == "meta_vocab_mismatch"}
+    assert any("no MASK" in m and "'[MASK]' id 103" in m for m in got)
+    edit_json(db / "manifest.json", lambda d: d["vocab"].update(file=str(ds / "gone.txt")))
+    report = check([db], workers=1)
+    assert "meta_vocab_mismatch" not in {p.code for p in report.databases[0].problems}
+    assert ("vocab_unavailable", None) in warnings(report)
+
+
+def test_recorded_vocabulary_that_is_not_one_is_a_problem(ds, tmp_path):
+    import hashlib
+
+    db = ds / "txt" / "val"
+    bad = tmp_path / "vocab.txt"
+    bad.write_text("hello\nworld\n")
+    sha = hashlib.sha256(bad.read_bytes()).hexdigest()
+    edit_json(db / "manifest.json", lambda d: d["vocab"].update(file=str(bad), vocab_sha256=sha))
+    report = check([db], workers=1)
+    assert ("vocab_invalid", None) in found(report)
+    msg = [p.message for p in report.databases[0].problems if p.code == "vocab_invalid"][0]
+    assert str(bad) in msg and "[CLS]" in msg

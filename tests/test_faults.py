@@ -629,6 +629,26 @@ def test_pretraining_killed_at_random_moments_resumes_exactly(train_corpus, gold
     assert_same_run(out, golden_run)
 
 
+@pytest.mark.parametrize("seed", [0, 2])
+def test_killed_mid_logging_window_resumes_the_same_log(train_corpus, golden, one_thread,
+                                                        tmp_path, seed):
+    """log_every 2, save_every 3 (issue 16, item 5): the state of update 3 is saved inside a
+    logging window; a run killed after it resumes with the window's updates, so metrics.jsonl
+    equals the uninterrupted run's (the wall-clock field aside)."""
+    _, seconds = golden
+    cfg = {**train_config(train_corpus, tmp_path / "whole"), "log_every": 2}
+    pretrain(cfg)
+    out = tmp_path / "run"
+    cfg = {**cfg, "output_dir": str(out)}
+    latest, log = out / "ckpt" / "latest", out / "metrics.jsonl"
+    rng = random.Random(seed)
+    rc = run_pretrain_until(cfg, False, lambda: latest.exists() and last_logged(log) >= 4,
+                            rng.uniform(0, seconds / 6))
+    assert rc in (0, -signal.SIGKILL)
+    pretrain(cfg, resume=True)
+    assert_same_run(out, tmp_path / "whole")
+
+
 @pytest.mark.parametrize("tear", ["model_step_6.pt", "state_step_6.pt", "latest"])
 def test_pretraining_killed_while_saving_resumes_from_the_last_whole_state(
         train_corpus, golden, one_thread, tmp_path, tear):
@@ -703,3 +723,93 @@ def test_damaged_resume_state_names_the_file(train_corpus, golden, one_thread, t
     with pytest.raises(TrainError) as ei:
         pretrain({**cfg, "steps": 7}, resume=True)
     assert str(named) in str(ei.value), str(ei.value)
+
+
+# --------------------------------------------------------------------------------------------
+# 8. faults planted in a copy of a built dataset folder: memo db check finds each (exit 1)
+#    and names the segment where there is one (issue 16, item 3)
+
+
+def _rewrite_segment(db: Path, change) -> str:
+    """Replace the first segment with at least 3 frames by ``change(arrays)``; its key."""
+    from memodb.store.codec import decode_value, encode_value
+
+    close_all()
+    env = lmdb.open(str(db), map_size=1 << 30)
+    with env.begin(write=True) as txn:
+        for key, value in txn.cursor():
+            if key == b"__keys__":
+                continue
+            arrays = {k: np.array(v) for k, v in decode_value(value).items()}
+            if len(arrays["features"]) >= 3:
+                txn.put(key, encode_value(change(arrays)))
+                break
+    env.close()
+    return key.decode()
+
+
+def _edit(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _low_confidence(arrays):
+    arrays["confidence"][1] = 0.5  # conf_th itself: kept frames are strictly above it
+    return arrays
+
+
+def _text_dbs(out: Path) -> list:
+    return sorted(p.parent for p in out.rglob("meta.json") if (p.parent / "data.mdb").exists())
+
+
+def _plant(out: Path, fault: str):
+    """Plant ``fault``; returns (the database it is in, the segment the check must name)."""
+    face = out / FACE
+    if fault == "frames_kept miscounted":
+        _edit(face / "manifest.json", lambda m: m["counts"].update(
+            frames_kept=m["counts"]["frames_kept"] - 1))
+        return face, None
+    if fault == "source_segments miscounted":
+        _edit(face / "manifest.json", lambda m: m["counts"].update(
+            source_segments=m["counts"]["source_segments"] + 1))
+        return face, None
+    if fault == "frames reversed":
+        return face, _rewrite_segment(face, lambda a: {k: v[::-1] for k, v in a.items()})
+    if fault == "frame kept at conf_th":
+        return face, _rewrite_segment(face, _low_confidence)
+    if fault == "max_bb exceeded":
+        _edit(face / "manifest.json", lambda m: m["options"].update(max_bb=2))
+        return face, _rewrite_segment(face, lambda a: a)
+    if fault == "feature manifest deleted":
+        (face / "manifest.json").unlink()
+        return _text_dbs(out)[0], None
+    if fault == "meta CLS id changed":
+        db = _text_dbs(out)[0]
+        _edit(db / "meta.json", lambda m: m.update(CLS=7))
+        _edit(db / "manifest.json", lambda m: m["vocab"].update(CLS=7))
+        return db, None
+    raise AssertionError(fault)
+
+
+PLANTED = {"frames_kept miscounted": "count_mismatch",
+           "source_segments miscounted": "count_mismatch",
+           "frames reversed": "frames_out_of_order",
+           "frame kept at conf_th": "frame_below_conf_th",
+           "max_bb exceeded": "frames_over_max_bb",
+           "feature manifest deleted": "img_db_manifest_missing",
+           "meta CLS id changed": "meta_vocab_mismatch"}
+
+
+@pytest.mark.parametrize("fault", sorted(PLANTED))
+def test_planted_fault_is_found_and_named(corpus, tmp_path, fault):
+    out = tmp_path / "out"
+    shutil.copytree(corpus["clean"], out)
+    db, segment = _plant(out, fault)
+    close_all()
+    r = cli("db", "check", out, "--json")
+    assert r.exit_code == 1, r.output
+    body = json.loads(r.output)
+    found = {(p["code"], p["segment"]) for d in body["databases"] if d["path"] == str(db)
+             for p in d["problems"]}
+    assert (PLANTED[fault], segment) in found, found

@@ -110,6 +110,48 @@ def test_resume_repeats_the_uninterrupted_run(golden_run, corpus, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _metrics(run: Path) -> list:
+    """metrics.jsonl without its one wall-clock field (examples_per_s)."""
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in recs:
+        r.pop("examples_per_s", None)
+    return recs
+
+
+@pytest.mark.parametrize("stop", [3, 5])
+def test_resumed_metrics_equal_the_uninterrupted_runs(corpus, tmp_path, stop):
+    """save_every 3, log_every 2: the state saved mid-window holds the window's updates, so
+    the resumed run's log lines average the same updates (issue 16, item 5)."""
+    changes = dict(steps=7, log_every=2, save_every=3, val_every=3)
+    whole = pretrain(config(corpus, tmp_path / "whole", **changes))
+    out = tmp_path / "run"
+    pretrain(config(corpus, out, **changes), stop_after=stop)
+    assert [r["step"] for r in _metrics(out) if "loss" in r] == [2, 4][:stop // 2]
+    rest = pretrain(config(corpus, out, **changes), resume=True)
+    assert rest["losses"] == whole["losses"][stop:]  # stop_after saves a state at stop
+    assert [r["step"] for r in _metrics(out) if "loss" in r] == [2, 4, 6, 7]
+    assert _metrics(out) == _metrics(tmp_path / "whole")
+
+
+def test_a_version_1_state_still_resumes(corpus, tmp_path):
+    """States saved before the logging window was kept (version 1) resume; the window
+    restarts at the resume point."""
+    changes = dict(steps=5, log_every=2, save_every=3, val_every=0)
+    out = tmp_path / "run"
+    pretrain(config(corpus, out, **changes), stop_after=3)
+    path = out / "ckpt" / "state_step_3.pt"
+    state = torch.load(path, weights_only=False)
+    assert state["version"] == 2 and len(state["log_window"]) == 1
+    del state["log_window"]
+    torch.save({**state, "version": 1}, path)
+    whole = pretrain(config(corpus, tmp_path / "whole", **changes))
+    rest = pretrain(config(corpus, out, **changes), resume=True)
+    assert rest["losses"] == whole["losses"][3:]
+    lines = {r["step"]: r for r in _metrics(out) if "loss" in r}
+    assert sorted(lines) == [2, 4, 5]
+    assert lines[4]["loss"] == whole["losses"][3][2]  # update 4 alone
+
+
 def test_resume_with_another_config_is_refused(corpus, tmp_path):
     out = tmp_path / "run"
     pretrain(config(corpus, out, val_every=0), stop_after=3)

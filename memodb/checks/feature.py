@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatabaseError, MemoError
+from ..feature.frames import selection_faults
 from ..parallel import chunked, ordered_map
 from ..progress import progress_bar
 from ..store.codec import decode_value
@@ -52,11 +53,13 @@ def check_feature_db(path, *, workers: int | None = None, progress: bool = False
     _check_keys_list(rep, keys_raw, stored_set)
     nbb = _check_nbb(rep, path, stored_set, required=manifest is not None)
 
+    selection = _selection_options(rep, manifest)
     layouts: dict = {}
     checksum = Checksum()
     counts = {"segments": len(names), "empty": 0, "frames": 0}
     with progress_bar(progress, len(names), f"check {path.name}") as bar:
-        for results in ordered_map(partial(_inspect_chunk, str(path)), chunked(names, 256),
+        for results in ordered_map(partial(_inspect_chunk, str(path), selection=selection),
+                                   chunked(names, 256),
                                    workers):
             for key, digest, info, err in results:
                 bar(1)
@@ -64,7 +67,9 @@ def check_feature_db(path, *, workers: int | None = None, progress: bool = False
                 if err:
                     rep.problem("undecodable", err, key)
                     continue
-                layout, length, mismatch, bad_arrays = info
+                layout, length, mismatch, bad_arrays, faults = info
+                for code, message in faults:
+                    rep.problem(code, message, key)
                 layouts.setdefault(layout, []).append(key)
                 counts["frames"] += length
                 counts["empty"] += length == 0
@@ -145,6 +150,7 @@ def _check_manifest(rep, manifest, counts, layouts, checksum, path) -> None:
     if m_counts.get("empty") is not None and m_counts.get("empty") != counts["empty"]:
         rep.problem("count_mismatch", f"manifest says {m_counts['empty']} empty segments, "
                     f"found {counts['empty']}")
+    _check_count_relations(rep, m_counts, counts, manifest.get("options") or {})
     if manifest.get("checksum") != checksum:
         rep.problem("checksum_mismatch", f"content checksum {checksum} differs from the "
                     f"manifest's {manifest.get('checksum')}: values changed after the build")
@@ -162,9 +168,10 @@ def _check_manifest(rep, manifest, counts, layouts, checksum, path) -> None:
                         f"the manifest's {manifest.get('arrays')}", keys[0])
 
 
-def _inspect_chunk(path: str, keys: list[str]):
+def _inspect_chunk(path: str, keys: list[str], selection: tuple | None = None):
     """Decode each value; return (key, sha256 digest, (layout, length, length mismatch or None,
-    non-finite array names) or None, error or None)."""
+    non-finite array names, frame selection faults) or None, error or None). ``selection``:
+    the manifest's (conf_th, max_bb, min_bb), or None (not recorded: not checked)."""
     out = []
     env = open_env(path)
     with env.begin(buffers=True) as txn:
@@ -183,5 +190,55 @@ def _inspect_chunk(path: str, keys: list[str]):
             length = lengths.get("features") or 0
             bad = [n for n, a in arrays.items()
                    if a.dtype.kind == "f" and a.size and not np.isfinite(a).all()]
-            out.append((key, digest, (layout, length, mismatch, bad), None))
+            faults = selection_faults(arrays, *selection) if selection and not mismatch else []
+            out.append((key, digest, (layout, length, mismatch, bad, faults), None))
     return out
+
+
+def _selection_options(rep: DbReport, manifest: dict | None) -> tuple | None:
+    """(conf_th, max_bb, min_bb) from the manifest's options, to check each segment's frame
+    selection against; None when the manifest records none (built by another tool)."""
+    options = (manifest or {}).get("options")
+    if not isinstance(options, dict) or not {"conf_th", "max_bb"} <= options.keys():
+        return None
+    conf_th, max_bb, min_bb = (options.get(k) for k in ("conf_th", "max_bb", "min_bb"))
+    min_bb = 0 if min_bb is None else min_bb
+    if type(conf_th) not in (int, float) or conf_th != conf_th or type(max_bb) is not int \
+            or type(min_bb) is not int:
+        rep.problem("manifest_invalid", f"manifest.json: options conf_th {conf_th!r}, max_bb "
+                    f"{max_bb!r}, min_bb {min_bb!r} are not numbers (max_bb, min_bb integers); "
+                    "frame selection cannot be checked; rebuild the database")
+        return None
+    return float(conf_th), max_bb, min_bb
+
+
+# counts a feature build records that the stored values give: (count, what the check counted)
+_STORED_COUNTS = (("frames_kept", "frames"),)
+
+
+def _check_count_relations(rep: DbReport, m_counts: dict, counts: dict, options: dict) -> None:
+    """The manifest's other counts: those the stored values give (``frames_kept``) and those
+    that must agree with each other (``source_segments`` = ``segments`` +
+    ``dropped_below_min_bb``, nothing dropped when ``min_bb`` is 0, ``frames_seen`` >=
+    ``frames_kept``). Each mismatch names the count, the recorded and the actual value."""
+    bad = sorted(k for k, v in m_counts.items() if type(v) is not int or v < 0)
+    for k in bad:
+        rep.problem("manifest_invalid", f"manifest.json: counts.{k} is {m_counts[k]!r}, not a "
+                    "count; rebuild the database")
+    got = {k: v for k, v in m_counts.items() if k not in bad}
+    for name, found in _STORED_COUNTS:
+        if name in got and got[name] != counts[found]:
+            rep.problem("count_mismatch", f"manifest counts.{name} is {got[name]}, the "
+                        f"database holds {counts[found]}")
+    if {"source_segments", "segments", "dropped_below_min_bb"} <= got.keys():
+        total = got["segments"] + got["dropped_below_min_bb"]
+        if got["source_segments"] != total:
+            rep.problem("count_mismatch", f"manifest counts.source_segments is "
+                        f"{got['source_segments']}, but segments {got['segments']} + "
+                        f"dropped_below_min_bb {got['dropped_below_min_bb']} = {total}")
+    if got.get("dropped_below_min_bb") and options.get("min_bb") == 0:
+        rep.problem("count_mismatch", f"manifest counts.dropped_below_min_bb is "
+                    f"{got['dropped_below_min_bb']}, but min_bb 0 drops nothing (actual 0)")
+    if "frames_seen" in got and got["frames_seen"] < counts["frames"]:
+        rep.problem("count_mismatch", f"manifest counts.frames_seen is {got['frames_seen']}, "
+                    f"fewer than the {counts['frames']} frames the database holds")

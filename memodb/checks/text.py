@@ -19,6 +19,7 @@ from ..store.manifest import Checksum, read_manifest
 from ..store.reader import FeatureDB, open_env
 from ..store.textcodec import decode_example
 from ..store.textdb import ID2LEN, IMG2TXTS, META, TXT2IMG
+from ..text.wordpiece import SPECIALS, load_vocab
 from .report import DbReport, manifest_fields, utf8_keys
 
 CHUNK = 512
@@ -30,6 +31,8 @@ TEXT_FIELDS = {"kind": str, "counts": dict, "options": dict, "vocab": dict, "lab
 
 # Vocabulary token -> id maps, loaded in the parent before the workers fork (then inherited).
 _VOCABS: dict[str, dict] = {}
+# The same vocabularies' special-token ids, v_range and size, as meta.json records them.
+_VOCAB_META: dict[str, dict] = {}
 
 
 def check_text_db(path, *, workers=None, progress=False, links=None):
@@ -70,6 +73,7 @@ def check_text_db(path, *, workers=None, progress=False, links=None):
     options = m.get("options") or {}
     labels = m.get("labels")
     ctx = _context(rep, path, manifest, meta, vocab, options, labels)
+    _check_meta_tokens(rep, meta, ctx["vocab"])
 
     checksum = Checksum()
     lengths: dict[str, int] = {}
@@ -182,6 +186,44 @@ def _vocab_for(rep, path: Path, vocab: dict) -> str | None:
     if key not in _VOCABS:
         _VOCABS[key] = _vocab_index(data)
     return key
+
+
+def _check_meta_tokens(rep: DbReport, meta: dict | None, key: str | None) -> None:
+    """meta.json's special-token ids, ``v_range`` and ``vocab_size`` against the recorded
+    vocabulary (``key``: found, with the build's hash; see :func:`_vocab_for`), read by the
+    rule the build used (:func:`memodb.text.wordpiece.load_vocab`)."""
+    if meta is None or not key:
+        return
+    file = Path(key.split("\0")[0])
+    if key not in _VOCAB_META:  # once per vocabulary and check run
+        try:
+            vocab = load_vocab(file)
+        except MemoError as exc:
+            rep.problem("vocab_invalid", f"the recorded vocabulary: {exc}")
+            return
+        _VOCAB_META[key] = {**vocab.ids, "v_range": list(vocab.v_range),
+                            "vocab_size": vocab.size}
+    want = _VOCAB_META[key]
+    for k, v in want.items():
+        if k not in meta or meta[k] != v:
+            token = f"{SPECIALS[k]!r} id" if k in SPECIALS else k
+            got = f"{k} {meta[k]!r}" if k in meta else f"no {k}"
+            rep.problem("meta_vocab_mismatch", f"{META} has {got}; the vocabulary {file} "
+                        f"(the build's, same sha256) gives {token} {v!r}: readers would use "
+                        "wrong token ids; rebuild the text database")
+
+
+def _manifest_deleted(rep: DbReport, img_path: Path, recorded) -> bool:
+    """A linked feature database without manifest.json, although this text database recorded
+    its memo checksum at build time: the manifest was deleted (a problem)."""
+    if not (isinstance(recorded, str) and recorded.startswith("sha256:")):
+        return False
+    rep.problem("img_db_manifest_missing", f"the feature database {img_path} has no "
+                f"manifest.json, but this text database was built against its manifest "
+                f"(checksum {recorded}): it was deleted, so nothing proves the features are "
+                "the ones the texts were built on; rebuild with memo db build (or memo db "
+                "create-imgdb, then the text databases)")
+    return True
 
 
 def _vocab_index(data: bytes) -> dict:
@@ -429,7 +471,7 @@ def _check_img_link(rep: DbReport, path: Path, link: dict, txt2img: dict, links)
             rep.problem("img_db_changed", f"the feature database {img_path} changed since the "
                         f"text database was built (checksum {img_manifest.get('checksum')}, "
                         f"built against {recorded}); rebuild the text database")
-    else:
+    elif not _manifest_deleted(rep, img_path, recorded):
         st = os.stat(img_path / "data.mdb")
         if f"{st.st_size}:{st.st_mtime_ns}" != recorded:
             rep.warn("img_db_unverified", f"the feature database {img_path} has no manifest "

@@ -66,6 +66,12 @@ def check_confidence(conf, *, file=None, segment=None) -> None:
                                 "probability from 0 to 1) or remove it from the source")
 
 
+def above_threshold(conf, conf_th: float) -> np.ndarray:
+    """Which frames pass ``conf_th``: ``confidence > conf_th`` (strict), compared after
+    rounding to float16 (the precision the confidence is stored with)."""
+    return np.asarray(conf).astype(np.float16).astype(np.float64) > float(conf_th)
+
+
 def keep_index(conf, n: int, conf_th: float, max_bb: int, *, file=None, segment=None):
     """Which of ``n`` frames to keep: a slice when they are a prefix, else an index array. A
     confidence that is not finite is a BadInputError naming ``file`` and ``segment``."""
@@ -73,14 +79,15 @@ def keep_index(conf, n: int, conf_th: float, max_bb: int, *, file=None, segment=
         return slice(0, min(n, max_bb))
     conf64 = np.asarray(conf).astype(np.float16).astype(np.float64)
     check_confidence(conf64, file=file, segment=segment)
-    idx = np.flatnonzero(conf64 > float(conf_th))[:max_bb]
+    idx = np.flatnonzero(above_threshold(conf64, conf_th))[:max_bb]
     return slice(0, len(idx)) if len(idx) == 0 or idx[-1] == len(idx) - 1 else idx
 
 
 def select_frames(arrays: dict, conf_th: float, max_bb: int, *, file=None, segment=None) -> dict:
     """Keep frames with ``confidence > conf_th`` (strict), in time order, then the first
     ``max_bb``; without a confidence array, the first ``max_bb``. Truncation is along axis 0
-    whatever the rank. Returns canonical arrays (float16, int32 frame indices).
+    whatever the rank. Returns canonical arrays (float16, int32 frame indices). Kept frames out
+    of time order (``frame_idxs`` not increasing) are refused: ``memo db check`` rejects them.
 
     The confidence is compared after rounding to float16, the precision it is stored with, so
     h5 input and npz input select exactly the same frames.
@@ -96,4 +103,52 @@ def select_frames(arrays: dict, conf_th: float, max_bb: int, *, file=None, segme
                 f"'{name}' has NaN or Inf (or values beyond float16's range) in kept frame(s) "
                 f"{bad[:10].tolist()}", file=file, segment=segment,
                 fix="re-extract the features of this segment or remove it from the source")
+    order = order_fault(out.get("frame_idxs"))
+    if order:
+        raise BadInputError(f"kept frames' {order}", file=file, segment=segment,
+                            fix="write the segment's frames in time order (increasing "
+                                "frame index)")
     return out
+
+
+def selection_faults(arrays: dict, conf_th: float, max_bb: int, min_bb: int = 0) -> list:
+    """How a stored segment breaks the selection of :func:`select_frames` with these options
+    (``memo db check``): a list of (code, message), empty when the frames are what a build
+    keeps: at most ``max_bb``, at least ``min_bb``, every confidence above ``conf_th`` (the
+    frames :func:`keep_index` keeps), ``frame_idxs`` increasing (time order)."""
+    faults = []
+    n = len(arrays["features"]) if "features" in arrays and arrays["features"].ndim else 0
+    if n > max_bb:
+        faults.append(("frames_over_max_bb", f"{n} frames stored, more than max_bb {max_bb}"))
+    if n < min_bb:
+        faults.append(("frames_under_min_bb", f"{n} frames stored, fewer than min_bb {min_bb} "
+                       "(the build leaves such segments out)"))
+    conf = arrays.get("confidence")
+    # every frame passes when the lowest does (rounding to float16 keeps the order): one
+    # reduction for the usual segment, the rule itself to name the frames otherwise
+    if conf is not None and conf.ndim == 1 and len(conf) == n and n \
+            and not float(np.float16(conf.min())) > conf_th:
+        low = np.flatnonzero(~above_threshold(conf, conf_th))
+        if len(low):
+            faults.append(("frame_below_conf_th", f"kept frame(s) {low[:10].tolist()} have "
+                           f"confidence {float(conf[low[0]])!r}{' ...' if len(low) > 1 else ''}"
+                           f", not above conf_th {conf_th}"))
+    order = order_fault(arrays.get("frame_idxs"))
+    if order:
+        faults.append(("frames_out_of_order", order))
+    return faults
+
+
+def order_fault(idxs) -> str | None:
+    """Why ``frame_idxs`` are not in time order (strictly increasing), or None."""
+    if idxs is None or np.ndim(idxs) != 1 or len(idxs) < 2:
+        return None
+    idxs = np.asarray(idxs)
+    if (idxs[1:] > idxs[:-1]).all():
+        return None
+    back = np.flatnonzero(np.diff(idxs.astype(np.int64)) <= 0)
+    if not len(back):
+        return None
+    i = int(back[0]) + 1
+    return (f"frame_idxs not in time order: position {i} holds frame {int(idxs[i])} after "
+            f"frame {int(idxs[i - 1])}" + (f" ({len(back)} places)" if len(back) > 1 else ""))

@@ -13,7 +13,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +60,8 @@ from memotrain.trainconfig import (
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the logging window (``log_window``); version 1 states still resume
+STATE_VERSIONS = (1, STATE_VERSION)
 STATE_KEYS = ("skipped", "nonfinite_run", "pretrainer", "optimizer", "scaler", "samplers", "rng")
 
 
@@ -91,6 +92,9 @@ class Run:
     step: int = 0
     skipped: int = 0
     nonfinite_run: int = 0
+    # the updates since the last log line, (task, loss, skipped): saved in the resume state,
+    # so a resumed run's next log line averages the same updates as the uninterrupted run's
+    window: list = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -211,7 +215,7 @@ def _run(cfg: TrainConfig, proc: Proc, resume: bool, stop_after, console) -> dic
 
     # -- the loop ---------------------------------------------------------------------------
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    losses, window, last_ckpt = [], [], None
+    losses, window, last_ckpt = [], run.window, None
     t0, examples = time.perf_counter(), 0
     pretrainer.train()
     while run.step < end:
@@ -236,7 +240,8 @@ def _run(cfg: TrainConfig, proc: Proc, resume: bool, stop_after, console) -> dic
             run.nonfinite_run = 0
         run.step = step = step + 1
         losses.append((step, task, mean_loss))
-        window.append((task, mean_loss, bad))
+        if cfg.log_every:
+            window.append((task, mean_loss, bad))
         if run.nonfinite_run >= cfg.max_nonfinite:
             raise NonFiniteError(
                 f"update {step}: {run.nonfinite_run} updates in a row had a non-finite loss or "
@@ -244,7 +249,9 @@ def _run(cfg: TrainConfig, proc: Proc, resume: bool, stop_after, console) -> dic
                 f"grad norm {float(norm)}, precision {precision}"
                 + (f", loss scale {run.scaler.get_scale()}" if run.scaler.is_enabled() else "")
                 + "); lower optim.lr, check the data (memo db check) or use precision bf16/fp32")
-        if cfg.log_every and (step % cfg.log_every == 0 or step == end):
+        # the run's last update closes the window; a stop_after stop does not (it acts as a
+        # kill right after the checkpoint: the resumed run writes the lines from there on)
+        if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps):
             dt = time.perf_counter() - t0
             rec = {"step": step, "lr": update.lrs["transformer"],
                    "loss": _mean([x[1] for x in window if not x[2]]),
@@ -257,7 +264,8 @@ def _run(cfg: TrainConfig, proc: Proc, resume: bool, stop_after, console) -> dic
                                                        float(update.norms["cnn"]))
             if run.scaler.is_enabled():
                 rec["loss_scale"] = run.scaler.get_scale()
-            window, t0, examples = [], time.perf_counter(), 0
+            window.clear()
+            t0, examples = time.perf_counter(), 0
             if proc.main:
                 append_jsonl(out / "metrics.jsonl", rec)
             show.log(rec, cfg.steps)
@@ -415,7 +423,7 @@ def _save(run: Run, ckpt_dir: Path) -> Path:
         cnn = run.optims[1].optimizer if len(run.optims) > 1 else None
         state = {
             "version": STATE_VERSION, "step": step, "skipped": run.skipped,
-            "nonfinite_run": run.nonfinite_run,
+            "nonfinite_run": run.nonfinite_run, "log_window": list(run.window),
             "pretrainer": run.pretrainer.state_dict(),
             "optimizer": run.optims[0].optimizer.state_dict(),
             "cnn_optimizer": None if cnn is None else cnn.state_dict(),
@@ -516,7 +524,7 @@ def _load_state(run: Run, latest: Path) -> None:
         raise TrainError(f"{exc} {earlier}") from None
     except Exception as exc:  # noqa: BLE001 (a damaged file raises many kinds of errors)
         raise TrainError(f"{path}: cannot read the resume state ({exc}) {earlier}") from None
-    if not isinstance(state, dict) or state.get("version") != STATE_VERSION \
+    if not isinstance(state, dict) or state.get("version") not in STATE_VERSIONS \
             or state.get("step") != step:
         found = (f"version {state.get('version')}, step {state.get('step')}"
                  if isinstance(state, dict) else f"a {type(state).__name__}")
@@ -553,6 +561,8 @@ def _load_state(run: Run, latest: Path) -> None:
     if rng.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     run.step, run.skipped, run.nonfinite_run = step, state["skipped"], state["nonfinite_run"]
+    # version 1 states hold no logging window: the window restarts at the resume point
+    run.window[:] = [tuple(x) for x in state.get("log_window") or ()]
 
 
 # ----------------------------------------------------------------------------- reporting
