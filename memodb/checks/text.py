@@ -21,6 +21,7 @@ from ..store.manifest import Checksum, read_manifest
 from ..store.reader import FeatureDB, open_env
 from ..store.textcodec import decode_example
 from ..store.textdb import ID2LEN, IMG2TXTS, META, TXT2IMG
+from .digests import locate_changes
 from .report import DbReport, manifest_fields, utf8_keys
 
 CHUNK = 512
@@ -74,6 +75,7 @@ def check_text_db(path, *, workers=None, progress=False, links=None):
     ctx = _context(rep, path, manifest, meta, vocab, options, labels)
 
     checksum = Checksum()
+    pairs = []  # (key, sha256 of the value) in key order: damaged texts named
     lengths: dict[str, int] = {}
     img_of: dict[str, str] = {}
     targets: Counter = Counter()
@@ -84,7 +86,8 @@ def check_text_db(path, *, workers=None, progress=False, links=None):
         for keys, (digests, lens, imgs, tgts, problems) in zip(chunks, results):
             bar(len(keys))
             for key, digest in zip(keys, digests):
-                checksum.update_digest(key.encode("utf-8"), digest)
+                pairs.append((key.encode("utf-8"), digest))
+                checksum.update_digest(*pairs[-1])
             for key, code, message in problems:
                 rep.problem(code, message, key)
             lengths.update((k, n) for k, n in zip(keys, lens) if n is not None)
@@ -114,6 +117,7 @@ def check_text_db(path, *, workers=None, progress=False, links=None):
     rep.counts = {"texts": len(names), "pieces": sum(lengths.values())}
     if manifest is not None:
         _check_manifest(rep, manifest, meta, lengths, targets, len(names), checksum.hexdigest())
+        locate_changes(rep, path, manifest, pairs, manifest.get("checksum") == checksum.hexdigest())
         if manifest.get("img_db"):
             _check_img_link(rep, path, manifest["img_db"],
                             txt2img if txt2img is not None else img_of, links)
