@@ -177,3 +177,25 @@ def test_run_isolated_returns_the_result_or_names_the_death():
         run_isolated(_abort_on, 5)
     with pytest.raises(WorkerDied, match="ValueError: bad value"):
         run_isolated(_raise_on, 1)
+
+
+def _abort(*args):
+    os.abort()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_check_worker_killed_makes_its_database_unreadable(template, monkeypatch, workers):
+    """Whatever kills the process reading values (a pool worker, or with one worker the
+    database's own child) is an ``unreadable`` problem of that database; the others are
+    checked as usual."""
+    import memodb.checks.feature as feature
+    from memodb.checks.run import check
+
+    monkeypatch.setattr(feature, "_inspect_chunk", _abort)
+    ds = template / "ds"
+    report = check([ds], workers=workers)
+    got = {d.path: [p.code for p in d.problems] for d in report.databases}
+    assert got[str(ds / FACE)] == ["unreadable"]
+    assert not got[str(ds / TRAIN)] and not got[str(ds / "txt/val")]
+    (p,) = next(d for d in report.databases if d.path == str(ds / FACE)).problems
+    assert ("worker process died" if workers > 1 else "killed by SIGABRT") in p.message
