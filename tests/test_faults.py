@@ -47,6 +47,7 @@ from conftest import SUBPROCESS_ENV
 from memo.cli import main
 from memodb.checks.run import check
 from memodb.feature.imgdb import create_imgdb
+from memodb.store.codec import decode_value, encode_value
 from memodb.store.reader import FeatureDB, close_all
 from memodb.store.textdb import TextDB
 from memodb.synth import make_captions, make_h5_corpus, make_lexicon
@@ -389,6 +390,115 @@ def test_changed_source_file_is_rebuilt(corpus, tmp_path):
     got, want = files(out), files(ref)
     assert sorted(got) == sorted(want)
     assert all(got[k] == want[k] for k in want if k != "check.json")
+
+
+# --------------------------------------------------------------------------------------------
+# 4b. values changed in place: the check names each changed segment (issue 16, item 4)
+
+
+def rewrite(db: Path, new_values: dict) -> None:
+    """Put ``new_values`` (key str -> bytes) over the stored values, leaving the manifest,
+    digests.bin and side files as the build wrote them."""
+    close_all()
+    env = lmdb.open(str(db), lock=False)
+    with env.begin(write=True) as txn:
+        for key, value in new_values.items():
+            txn.put(key.encode(), value)
+    env.close()
+
+
+def stored_values(db: Path) -> dict:
+    env = lmdb.open(str(db), readonly=True, lock=False)
+    with env.begin() as txn:
+        out = {bytes(k).decode(): bytes(v) for k, v in txn.cursor() if k != b"__keys__"}
+    env.close()
+    return out
+
+
+def flip_byte(values: dict) -> dict:
+    """One bit of one float of one segment's features flipped (still decodable)."""
+    key = next(k for k, v in sorted(values.items()) if decode_value(v)["features"].size > 10)
+    arrays = {n: np.array(a) for n, a in decode_value(values[key]).items()}
+    raw = arrays["features"].view(np.uint8).reshape(-1)
+    raw[raw.size // 2] ^= 0x10
+    return {key: encode_value(arrays)}
+
+
+def swap_same_length(values: dict) -> dict:
+    """The values of two segments of the same byte length (and different content) swapped."""
+    by_len: dict = {}
+    for k, v in sorted(values.items()):
+        by_len.setdefault(len(v), []).append(k)
+    a, b = next(ks[:2] for n, ks in sorted(by_len.items())
+                if len(ks) > 1 and values[ks[0]] != values[ks[1]] and n > 200)
+    return {a: values[b], b: values[a]}
+
+
+def reverse_frames(values: dict) -> dict:
+    """One segment's frames in reverse order (every array reversed along time)."""
+    key = next(k for k, v in sorted(values.items()) if decode_value(v)["features"].shape[0] > 2)
+    arrays = {n: np.ascontiguousarray(a[::-1]) for n, a in decode_value(values[key]).items()}
+    return {key: encode_value(arrays)}
+
+
+def flip_text_byte(values: dict) -> dict:
+    key = sorted(values)[len(values) // 2]
+    v = bytearray(values[key])
+    v[len(v) // 2] ^= 0x01
+    return {key: bytes(v)}
+
+
+@pytest.mark.parametrize("fault, db", [(flip_byte, FACE), (swap_same_length, FACE),
+                                       (reverse_frames, FACE), (flip_text_byte, "txt/train")])
+def test_changed_values_are_named_segment_by_segment(corpus, tmp_path, fault, db):
+    out = tmp_path / "ds"
+    shutil.copytree(corpus["clean"], out)
+    changed = fault(stored_values(out / db))
+    assert changed and all(stored_values(out / db)[k] != v for k, v in changed.items())
+    rewrite(out / db, changed)
+    res = cli("db", "check", "--json", "--workers", "2", out / db)
+    assert res.exit_code == 1, res.output
+    (rep,) = json.loads(res.stdout)["databases"]
+    named = {p["segment"] for p in rep["problems"] if p["code"] == "value_mismatch"}
+    assert named == set(changed)
+    assert "checksum_mismatch" in {p["code"] for p in rep["problems"]}
+    assert not {p["code"] for p in rep["problems"]} & {"value_missing", "value_extra"}
+
+
+def test_removed_and_added_keys_are_named(corpus, tmp_path):
+    out = tmp_path / "ds"
+    shutil.copytree(corpus["clean"], out)
+    db = out / "txt/train"
+    values = stored_values(db)
+    gone, first = sorted(values)[3], sorted(values)[0]
+    close_all()
+    env = lmdb.open(str(db), lock=False)
+    with env.begin(write=True) as txn:
+        txn.delete(gone.encode())
+        txn.put(b"zz.added", values[first])
+    env.close()
+    (rep,) = check([db], workers=1).databases
+    codes = {(p.code, p.segment) for p in rep.problems}
+    assert ("value_missing", gone) in codes and ("value_extra", "zz.added") in codes
+
+
+def test_damaged_digests_file_is_a_problem_and_old_databases_still_check(corpus, tmp_path):
+    out = tmp_path / "ds"
+    shutil.copytree(corpus["clean"], out)
+    face = out / FACE
+    (face / "digests.bin").write_bytes((face / "digests.bin").read_bytes()[:-1] + b"\0")
+    (rep,) = check([face], workers=1).databases
+    assert [p.code for p in rep.problems] == ["digests_unreadable"]
+    # a database built before digests.bin: no "digests" in its manifest, no file
+    (face / "digests.bin").unlink()
+    manifest = json.loads((face / "manifest.json").read_text())
+    del manifest["digests"]
+    (face / "manifest.json").write_text(json.dumps(manifest))
+    (rep,) = check([face], workers=1).databases
+    assert rep.ok, rep.problems
+    rewrite(face, flip_byte(stored_values(face)))
+    (rep,) = check([face], workers=1).databases
+    assert [p.code for p in rep.problems] == ["checksum_mismatch"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -524,7 +524,7 @@ def test_splits_reproducible_byte_for_byte(tmp_path, corpus):
     b = create_txtdb(src, tmp_path / "b", splits=SPLITS, seed=3)
     ta, tb = tree(tmp_path / "a"), tree(tmp_path / "b")
     assert set(ta) == {f"{n}/{f}" for n in ("train", "val", "trn")
-                       for f in ("data.mdb",) + SIDE_FILES} | {"splits.json"}
+                       for f in ("data.mdb", "digests.bin") + SIDE_FILES} | {"splits.json"}
     assert ta == tb  # data.mdb, the JSON files, the manifests and splits.json
     for name in a.dbs:
         assert ids_of(a.dbs[name]) == ids_of(b.dbs[name])

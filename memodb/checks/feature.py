@@ -19,6 +19,7 @@ from ..store.ids import KEYS_KEY
 from ..store.manifest import Checksum, read_manifest
 from ..store.naming import nbb_path_for
 from ..store.reader import open_env
+from .digests import locate_changes
 from .report import DbReport, manifest_fields, utf8_keys
 
 # The JSON type of each manifest field the checks read (docs/FORMAT.md); any may be absent.
@@ -57,13 +58,15 @@ def check_feature_db(path, *, workers: int | None = None, progress: bool = False
     layouts: dict = {}
     checksum = Checksum()
     counts = {"segments": len(names), "empty": 0, "frames": 0}
+    pairs = []  # (key, sha256 of the value) in key order: damaged segments named
     with progress_bar(progress, len(names), f"check {path.name}") as bar:
         for results in ordered_map(partial(_inspect_chunk, str(path), selection=selection),
                                    chunked(names, 256),
                                    workers):
             for key, digest, info, err in results:
                 bar(1)
-                checksum.update_digest(key.encode("utf-8"), digest)
+                pairs.append((key.encode("utf-8"), digest))
+                checksum.update_digest(*pairs[-1])
                 if err:
                     rep.problem("undecodable", err, key)
                     continue
@@ -85,6 +88,7 @@ def check_feature_db(path, *, workers: int | None = None, progress: bool = False
     rep.counts = counts
     if manifest is not None:
         _check_manifest(rep, manifest, counts, layouts, checksum.hexdigest(), path)
+        locate_changes(rep, path, manifest, pairs, manifest.get("checksum") == checksum.hexdigest())
     return rep
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..dataset.shard import KIND as SHARD_KIND
 from ..dataset.shard import SHARD_FILE, read_shard_file, shard_label
-from ..errors import MemoError
+from ..errors import DatabaseError, MemoError
+from ..parallel import WorkerDied, run_isolated
 from ..store.manifest import DATASET_FILE, read_manifest
 from ..text.splits import SPLITS_FILE
 from .report import DbReport
@@ -111,10 +112,8 @@ def check_split_group(folder, ids_by_db: dict | None = None) -> DbReport:
         if not (db / "data.mdb").is_file():
             rep.problem("split_db_missing", f"split {name!r}: no database at {db}")
             continue
-        real = os.path.realpath(db)
         try:
-            got = ids_by_db.get(real)
-            ids[name] = got if got is not None else stored_ids(db)
+            ids[name] = _split_ids(db, ids_by_db)
             manifest = read_manifest(db)
         except MemoError as exc:
             rep.problem("split_db_unreadable", f"split {name!r}: {exc}")
@@ -127,7 +126,7 @@ def check_split_group(folder, ids_by_db: dict | None = None) -> DbReport:
         if isinstance(split, dict) and split.get("role") not in (None, role):
             rep.problem("split_role_mismatch", f"split {name!r} is {role} in {SPLITS_FILE} "
                         f"but {split.get('role')} in its manifest")
-    if not any(r == "train" for r in roles.values()) and ids:
+    if not any(e.get("role") == "train" for e in body["splits"].values()) and ids:
         rep.problem("split_no_train", f"{SPLITS_FILE} lists no train split")
     # train and held-out sets pairwise disjoint: one pass, owner of each id
     owner: dict[str, str] = {}
@@ -166,6 +165,22 @@ def check_split_group(folder, ids_by_db: dict | None = None) -> DbReport:
                      f"{SPLITS_FILE} (left from an earlier build?)")
     rep.counts = {"splits": len(body["splits"]), "texts": sum(len(v) for v in ids.values())}
     return rep
+
+
+def _split_ids(db: Path, ids_by_db: dict) -> set:
+    """The ids a split's database stores: those its check found, else read in a child process
+    (a damaged database cannot take the check down). A database its check could not read
+    (None in ``ids_by_db``) is not read again."""
+    real = os.path.realpath(db)
+    if real in ids_by_db and ids_by_db[real] is None:
+        raise DatabaseError(f"{db} cannot be read (see its own check)")
+    if ids_by_db.get(real) is not None:
+        return ids_by_db[real]
+    try:
+        return run_isolated(stored_ids, db)
+    except WorkerDied as exc:
+        raise DatabaseError(f"reading {db} stopped ({exc}): it is damaged; re-copy or "
+                            "rebuild it") from None
 
 
 def check_dataset(folder) -> DbReport:

@@ -1,15 +1,18 @@
 """``memo db check``: :func:`check` finds what is at the given paths and runs the check of
 each database and folder found; its :class:`~memodb.checks.report.CheckReport` decides the
-exit code."""
+exit code. Each database is read in a child process (:func:`check_db_isolated`): a damaged
+LMDB page can make liblmdb abort the process walking it, and the checker must survive the data
+it checks."""
 from __future__ import annotations
 
 import os
 
+from ..parallel import WorkerDied, run_isolated
 from ..store.textdb import is_text_db
 from .feature import check_feature_db
 from .folders import check_dataset, check_shard_folder, check_split_group, walk
 from .report import CheckReport, DbReport
-from .text import check_text_db
+from .text import check_text_db, prefetch_link
 
 
 def db_kind(path) -> str:
@@ -42,12 +45,9 @@ def check(paths, *, workers: int | None = None, progress: bool = False) -> Check
             report.databases.append(r)
         ids_by_db: dict = {}
         for db in found.dbs:
-            if db_kind(db) == "text":
-                rep, ids = check_text_db(db, workers=workers, progress=progress, links=links)
-                if ids is not None:
-                    ids_by_db[os.path.realpath(db)] = ids
-            else:
-                rep = check_feature_db(db, workers=workers, progress=progress)
+            rep, ids = check_db_isolated(db, workers=workers, progress=progress, links=links)
+            if rep.kind == "text" or ids is not None:
+                ids_by_db[os.path.realpath(db)] = ids  # None: unreadable
             report.databases.append(rep)
         for folder in found.split_groups:
             report.databases.append(check_split_group(folder, ids_by_db))
@@ -56,3 +56,30 @@ def check(paths, *, workers: int | None = None, progress: bool = False) -> Check
         for folder in found.shards:
             report.databases.append(check_shard_folder(folder))
     return report
+
+
+def check_db_isolated(db, *, workers=None, progress=False, links=None):
+    """(report, stored text ids or None) of one database, checked in a child process: its
+    death (e.g. liblmdb's assertions on a damaged page abort the process) or an error no rule
+    caught becomes an ``unreadable`` problem naming the database; feature databases give None
+    for the ids. The feature database a text database links is read first, in a child of its
+    own (:func:`~memodb.checks.text.prefetch_link`), and inherited by the text check."""
+    kind = db_kind(db)
+    try:
+        if kind == "text":
+            prefetch_link(db, links)
+            return run_isolated(_check_text, db, workers, progress, links)
+        return run_isolated(_check_feature, db, workers, progress), None
+    except WorkerDied as exc:
+        rep = DbReport(str(db), kind=kind)
+        rep.problem("unreadable", f"reading {db} stopped the check ({exc}): the database is "
+                    "damaged (a damaged LMDB page?); re-copy or rebuild it")
+        return rep, None
+
+
+def _check_text(db, workers, progress, links):
+    return check_text_db(db, workers=workers, progress=progress, links=links)
+
+
+def _check_feature(db, workers, progress):
+    return check_feature_db(db, workers=workers, progress=progress)

@@ -11,8 +11,10 @@ from collections import Counter
 from functools import partial
 from pathlib import Path
 
+import lmdb
+
 from ..errors import DatabaseError, MemoError
-from ..parallel import chunked, ordered_map
+from ..parallel import WorkerDied, chunked, ordered_map, run_isolated
 from ..progress import progress_bar
 from ..store.ids import KEYS_KEY
 from ..store.manifest import Checksum, read_manifest
@@ -20,6 +22,7 @@ from ..store.reader import FeatureDB, open_env
 from ..store.textcodec import decode_example
 from ..store.textdb import ID2LEN, IMG2TXTS, META, TXT2IMG
 from ..text.wordpiece import SPECIALS, load_vocab
+from .digests import locate_changes
 from .report import DbReport, manifest_fields, utf8_keys
 
 CHUNK = 512
@@ -76,6 +79,7 @@ def check_text_db(path, *, workers=None, progress=False, links=None):
     _check_meta_tokens(rep, meta, ctx["vocab"])
 
     checksum = Checksum()
+    pairs = []  # (key, sha256 of the value) in key order: damaged texts named
     lengths: dict[str, int] = {}
     img_of: dict[str, str] = {}
     targets: Counter = Counter()
@@ -86,7 +90,8 @@ def check_text_db(path, *, workers=None, progress=False, links=None):
         for keys, (digests, lens, imgs, tgts, problems) in zip(chunks, results):
             bar(len(keys))
             for key, digest in zip(keys, digests):
-                checksum.update_digest(key.encode("utf-8"), digest)
+                pairs.append((key.encode("utf-8"), digest))
+                checksum.update_digest(*pairs[-1])
             for key, code, message in problems:
                 rep.problem(code, message, key)
             lengths.update((k, n) for k, n in zip(keys, lens) if n is not None)
@@ -116,6 +121,7 @@ def check_text_db(path, *, workers=None, progress=False, links=None):
     rep.counts = {"texts": len(names), "pieces": sum(lengths.values())}
     if manifest is not None:
         _check_manifest(rep, manifest, meta, lengths, targets, len(names), checksum.hexdigest())
+        locate_changes(rep, path, manifest, pairs, manifest.get("checksum") == checksum.hexdigest())
         if manifest.get("img_db"):
             _check_img_link(rep, path, manifest["img_db"],
                             txt2img if txt2img is not None else img_of, links)
@@ -441,15 +447,48 @@ def _check_manifest(rep, manifest, meta, lengths, targets, n_texts, checksum) ->
 
 
 def _linked(path: Path, links: dict | None):
-    """(keys set, nbb, manifest, FeatureDB) of a feature database, cached per check run."""
+    """(keys set, nbb, manifest, FeatureDB) of a feature database, cached per check run (an
+    error :func:`prefetch_link` met reading it is raised again)."""
     real = os.path.realpath(path)
     if links is not None and real in links:
-        return links[real]
-    db = FeatureDB(path)
-    got = (stored_ids(path), db.nbb(), db.manifest, db)  # stored keys, not __keys__
+        got = links[real]
+        if isinstance(got, MemoError):
+            raise got
+        return got
+    got = _read_linked(path)
     if links is not None:
         links[real] = got
     return got
+
+
+def _read_linked(path: Path):
+    db = FeatureDB(path)
+    return stored_ids(path), db.nbb(), db.manifest, db  # stored keys, not __keys__
+
+
+def prefetch_link(path, links: dict | None) -> None:
+    """Read the feature database the text database at ``path`` links into ``links``, in a
+    child process (:func:`~memodb.parallel.run_isolated`): a damaged one cannot take the
+    check down, and text checks forked later inherit it. What stopped the read is stored
+    instead (the text check reports it as ``img_db_unreadable``)."""
+    if links is None:
+        return
+    try:
+        link = (read_manifest(path) or {}).get("img_db")
+    except MemoError:
+        return  # the text check reports the manifest
+    rel = link.get("path") if isinstance(link, dict) else None
+    img_path = Path(path) / rel if isinstance(rel, str) else None
+    if img_path is None or not (img_path / "data.mdb").is_file():
+        return
+    real = os.path.realpath(img_path)
+    if real in links:
+        return
+    try:
+        links[real] = run_isolated(_read_linked, img_path)
+    except WorkerDied as exc:
+        links[real] = DatabaseError(f"reading {img_path} stopped ({exc}): it is damaged; "
+                                    "see its own check")
 
 
 def _check_img_link(rep: DbReport, path: Path, link: dict, txt2img: dict, links) -> None:
@@ -462,7 +501,7 @@ def _check_img_link(rep: DbReport, path: Path, link: dict, txt2img: dict, links)
         return
     try:
         keys, nbb, img_manifest, db = _linked(img_path, links)
-    except MemoError as exc:
+    except (MemoError, lmdb.Error) as exc:
         rep.problem("img_db_unreadable", f"the linked feature database: {exc}")
         return
     recorded = link.get("checksum")
@@ -492,7 +531,7 @@ def _check_img_link(rep: DbReport, path: Path, link: dict, txt2img: dict, links)
         if min_faces:
             try:
                 n = nbb[img] if img in nbb else len(db[img].get("features", ()))
-            except MemoError as exc:
+            except (MemoError, lmdb.Error) as exc:
                 rep.problem("img_unreadable", f"its segment {img!r}: {exc}", t)
                 continue
             if type(n) is int and n < min_faces:

@@ -9,6 +9,7 @@ import ctypes
 import errno
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 import lmdb
 
 from ..errors import MemoError, OutputExistsError
+from .digests import DigestList
 from .files import atomic_write, fsync_dir
 from .ids import KEYS_KEY
 from .manifest import FORMAT_VERSION, MANIFEST, Checksum, read_manifest, write_json_atomic
@@ -129,6 +131,7 @@ class StagedDatabase:
         self._replaced = self.out_dir / f".{name}.replaced"  # only without the exchange
         self._lock_path = self.out_dir / f".{name}.lock"
         self.checksum = Checksum()
+        self.digests = DigestList()  # digests.bin: each value's digest (memodb.store.digests)
         self.keys: list[str] = []
         self._pending: list = []
         self._pending_bytes = 0
@@ -158,9 +161,9 @@ class StagedDatabase:
             raise ValueError(f"keys out of order: {key!r} after {self._last_key!r}")
         self._last_key = key
         if digest is None:
-            self.checksum.update(key, value)
-        else:
-            self.checksum.update_digest(key, digest)
+            digest = hashlib.sha256(value).digest()
+        self.checksum.update_digest(key, digest)
+        self.digests.add(key, digest)
         if self.keys_entry:
             self.keys.append(key.decode("utf-8"))
         self._pending.append((key, value))
@@ -178,6 +181,7 @@ class StagedDatabase:
             raise ValueError(f"keys out of order after {self._last_key!r}")
         self._last_key = keys[-1]
         self.checksum.update_raw(checksum_part)
+        self.digests.add_part(keys, checksum_part)
         if self.keys_entry:
             self.keys.extend(k.decode("utf-8") for k in keys)
         self._pending.extend(zip(keys, values))
@@ -202,9 +206,10 @@ class StagedDatabase:
 
     def finish(self, manifest: dict, side_files: dict | None = None,
                inner_files: dict | None = None) -> tuple[Path, dict]:
-        """Write ``__keys__``, the files (name -> JSON object or text; ``side_files`` beside
-        the database directory, ``inner_files`` inside it) and the manifest, then publish the
-        directory under its final name (steps 1 to 3 of docs/DATABASES.md, "Publishing")."""
+        """Write ``__keys__``, ``digests.bin``, the files (name -> JSON object or text;
+        ``side_files`` beside the database directory, ``inner_files`` inside it) and the
+        manifest, then publish the directory under its final name (steps 1 to 3 of
+        docs/DATABASES.md, "Publishing")."""
         extra = [(KEYS_KEY, json.dumps(self.keys).encode("utf-8"))] if self.keys_entry else []
         self._flush(extra=extra)
         self.env.sync(True)
@@ -213,7 +218,8 @@ class StagedDatabase:
         for name, obj in {**(inner_files or {}), **(side_files or {})}.items():
             write_json_atomic(self.partial / name, obj)
         manifest = {"format_version": FORMAT_VERSION, **manifest,
-                    "checksum": self.checksum.hexdigest()}
+                    "checksum": self.checksum.hexdigest(),
+                    "digests": self.digests.write(self.partial)}
         write_json_atomic(self.partial / MANIFEST, manifest, indent=1)
         fsync_dir(self.partial)
         _publishing()
