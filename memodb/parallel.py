@@ -11,6 +11,7 @@ abort the process that walks it).
 """
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing as mp
 import os
 import signal
@@ -100,6 +101,9 @@ def run_isolated(func, *args):
 
 
 def _isolated_child(send, func, args) -> None:
+    # a death here is reported by the parent; no interpreter dump on stderr (its pool
+    # workers, forked from here, inherit this)
+    faulthandler.disable()
     try:
         out = ("ok", func(*args))
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
