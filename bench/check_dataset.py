@@ -21,26 +21,9 @@ import lmdb
 from memodb.checks.run import check
 from memodb.dataset.build import build_dataset
 
-from .common import (
-    MIB,
-    OUT,
-    cores,
-    cprofile,
-    in_child,
-    make_captions,
-    make_lexicon,
-    make_npz,
-    met,
-    npz_ids,
-    parser,
-    ratio,
-    report,
-    scratch,
-    summarize,
-    timed,
-    warm,
-    watch_anon,
-)
+from .common import (MIB, OUT, cores, cprofile, in_child, make_captions, make_lexicon, make_npz,
+                     met, npz_ids, parser, ratio, report, scratch, summarize, timed, warm,
+                     watch_anon)
 
 GOAL_S = 60  # `memo db check` on a 200k-segment dataset folder, 2 cores
 GOAL_SEGMENTS = 200_000

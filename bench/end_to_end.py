@@ -39,22 +39,8 @@ import shutil
 import time
 from pathlib import Path
 
-from .common import (
-    MIB,
-    busy_seconds,
-    cores,
-    cpu_seconds,
-    in_child,
-    make_captions,
-    make_h5_parallel,
-    make_lexicon,
-    parser,
-    ratio,
-    report,
-    scratch,
-    timed,
-    warm,
-)
+from .common import (MIB, busy_seconds, cores, cpu_seconds, in_child, make_captions,
+                     make_h5_parallel, make_lexicon, parser, ratio, report, scratch, timed, warm)
 
 FACE_DB = "face"  # the feature's name in the config: the folder's face/ sub-folder
 SPLIT = 3000  # texts in val and in trn3k (a tenth of the corpus when that is fewer)

@@ -25,22 +25,8 @@ from memodb.feature.sources import empty_arrays, open_source, probe_dims
 from memodb.feature.trans2npz import trans2npz
 from memodb.store.codec import encode_value
 
-from .common import (
-    MB,
-    OUT,
-    cores,
-    cprofile,
-    cpu_seconds,
-    db_stats,
-    make_h5,
-    met,
-    parser,
-    ratio,
-    report,
-    scratch,
-    timed,
-    warm,
-)
+from .common import (MB, OUT, cores, cprofile, cpu_seconds, db_stats, make_h5, met, parser, ratio,
+                     report, scratch, timed, warm)
 
 CONF_TH, MAX_BB = 0.5, 36
 

@@ -23,24 +23,8 @@ from memodb.store.textcodec import decode_example
 from memodb.text.txtdb import create_txtdb
 from memodb.text.wordpiece import WordPieceTokenizer, bundled_vocab_dir, load_vocab
 
-from .common import (
-    MIB,
-    OUT,
-    cores,
-    cprofile,
-    db_stats,
-    in_child,
-    make_captions,
-    make_lexicon,
-    met,
-    parser,
-    ratio,
-    report,
-    scratch,
-    summarize,
-    timed,
-    warm,
-)
+from .common import (MIB, OUT, cores, cprofile, db_stats, in_child, make_captions, make_lexicon,
+                     met, parser, ratio, report, scratch, summarize, timed, warm)
 
 MAX_LEN = 100_000  # memo's max_len: far above any generated text, so nothing is truncated
 GOAL = 3

@@ -16,13 +16,8 @@ from pathlib import Path
 
 from memodb import CheckReport, build_dataset, trans2npz
 from memodb.describe import feature_stats
-from memodb.synth import (
-    make_captions,
-    make_emotion_corpus,
-    make_h5_corpus,
-    make_lexicon,
-    make_openface,
-)
+from memodb.synth import (make_captions, make_emotion_corpus, make_h5_corpus, make_lexicon,
+                          make_openface)
 
 MOVIES, SEGMENTS, CLIPS = 4, 25, 6
 CONFIG = {

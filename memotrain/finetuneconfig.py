@@ -14,13 +14,8 @@ from pydantic.dataclasses import dataclass
 
 from memodb.config import STRICT, read_config
 from memotrain.config import ModelConfig
-from memotrain.trainconfig import (
-    DEVICES,
-    PRECISIONS,
-    OptimConfig,
-    TrainConfigError,
-    base_model_config,
-)
+from memotrain.trainconfig import (DEVICES, PRECISIONS, OptimConfig, TrainConfigError,
+                                   base_model_config)
 
 HEADS = ("emocls", "vqa", "prompt")
 MODALITIES = ("text", "faces", "speech")

@@ -17,14 +17,7 @@ from memodb.store.reader import FeatureDB
 from memodb.store.textdb import TextDB
 from memodb.synth import WORDS, make_h5_corpus, make_lexicon
 from memodb.text.txtdb import create_txtdb
-from memotrain.data import (
-    ConcatDataset,
-    ConcatIndex,
-    DataError,
-    MemoDataset,
-    StringArray,
-    collate,
-)
+from memotrain.data import ConcatDataset, ConcatIndex, DataError, MemoDataset, StringArray, collate
 from memotrain.sampler import BucketBatchSampler
 
 LONG = 3  # texts of 30 words, over max_text_len 20

@@ -9,12 +9,7 @@ from PIL import Image
 
 from memo.cli import main
 from memodb.errors import BadInputError, OutputExistsError
-from memotrain.checkpoint import (
-    CheckpointError,
-    load_face_cnn,
-    load_face_features,
-    save_face_cnn,
-)
+from memotrain.checkpoint import CheckpointError, load_face_cnn, load_face_features, save_face_cnn
 from memotrain.config import ConfigError
 from memotrain.facecnn import FERPLUS_CLASSES, DenseNetBC
 from memotrain.facedata import augment, ferplus_labels, read_face_data, read_fer_csv

@@ -17,13 +17,8 @@ from memodb.errors import DatabaseError
 from memodb.feature.rawimg import rawimg_db
 from memodb.synth import make_captions, make_openface
 from memodb.text.txtdb import create_txtdb
-from memotrain.checkpoint import (
-    CheckpointError,
-    load_face_features,
-    load_model,
-    save_checkpoint,
-    save_face_cnn,
-)
+from memotrain.checkpoint import (CheckpointError, load_face_features, load_model, save_checkpoint,
+                                  save_face_cnn)
 from memotrain.config import ConfigError, preset
 from memotrain.data import DataError, MemoDataset, collate
 from memotrain.engine import Optim, TrainError

@@ -7,14 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memotrain.masking import (
-    IGNORE,
-    choose_frames,
-    choose_spans,
-    choose_tokens,
-    corrupt_tokens,
-    itm_pairs,
-)
+from memotrain.masking import (IGNORE, choose_frames, choose_spans, choose_tokens, corrupt_tokens,
+                               itm_pairs)
 
 MASK, V_RANGE = 103, (999, 30522)
 

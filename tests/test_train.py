@@ -23,12 +23,7 @@ from memotrain.model import MemoBert
 from memotrain.recipes.pretrain import pretrain
 from memotrain.sampler import BatchLimitError
 from memotrain.tasks import Pretrainer
-from memotrain.trainconfig import (
-    TrainConfigError,
-    check_model,
-    load_train_config,
-    parse_overrides,
-)
+from memotrain.trainconfig import TrainConfigError, check_model, load_train_config, parse_overrides
 
 # 6 updates of mlm 2 : mrfr 1 : itm 1, tiny model, seed 0, lr 1e-3, warmup 2, batch 4 (CPU fp32)
 GOLDEN = [(1, "mrfr", 1.03952956199646), (2, "itm", 0.6939603686332703),

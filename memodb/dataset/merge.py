@@ -25,15 +25,8 @@ from ..store.codec import decode_value, encode_value
 from ..store.ids import KEYS_KEY
 from ..store.manifest import Checksum, read_manifest
 from ..store.reader import open_env
-from .build import (
-    DatasetResult,
-    build_texts,
-    check_folder,
-    check_goes_stale,
-    feature_summary,
-    stale_databases,
-    write_dataset_file,
-)
+from .build import (DatasetResult, build_texts, check_folder, check_goes_stale, feature_summary,
+                    stale_databases, write_dataset_file)
 from .shard import prepare_folder, read_shard_file
 
 CHUNK = 64  # values per task

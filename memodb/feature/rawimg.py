@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import is_integer, is_number
 from ..errors import BadInputError, BadInputsError
 from ..parallel import chunked, ordered_map
 from ..progress import progress_bar
 from ..store.build import BuildResult
 from ..store.ids import id_to_key
 from ..store.manifest import fingerprint_files
-from ..config import is_integer, is_number
 from .frames import keep_index, selection_options
 from .imgdb import build_db
 from .sources import Segment, checked_segments

@@ -15,8 +15,7 @@ from ..parallel import chunked, ordered_map
 from ..progress import progress_bar
 from ..store.codec import canonical_arrays
 from ..store.files import atomic_write
-from ..store.ids import (case_collisions, collisions_record, collisions_warning, id_to_key,
-                         key_to_id)
+from ..store.ids import case_collisions, collisions_record, collisions_warning, id_to_key, key_to_id
 from ..store.manifest import write_json_atomic
 from .frames import check_lengths
 from .sources import Segment, Source, empty_arrays, open_source, probe_dims

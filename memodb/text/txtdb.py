@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring
 from pathlib import Path
 
-from ..errors import BadInputError
 from ..config import is_integer
+from ..errors import BadInputError
 from ..parallel import ordered_map
 from ..progress import progress_bar
 from ..store.build import Build, Written

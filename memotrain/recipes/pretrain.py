@@ -23,40 +23,17 @@ from torch import nn
 
 from memodb.config import changes
 from memodb.store.manifest import write_json_atomic
-from memotrain.checkpoint import (
-    CheckpointError,
-    atomic_save,
-    load_checkpoint,
-    load_face_features,
-    load_model,
-    save_checkpoint,
-    verify_torch_file,
-)
+from memotrain.checkpoint import (CheckpointError, atomic_save, load_checkpoint, load_face_features,
+                                  load_model, save_checkpoint, verify_torch_file)
 from memotrain.config import ConfigError, ModelConfig
 from memotrain.data import ConcatDataset, MemoDataset, collate
-from memotrain.engine import (
-    NonFiniteError,
-    Optim,
-    Stepper,
-    TrainError,
-    append_jsonl,
-    autocast,
-    grad_scaler,
-    param_groups,
-    resolve_device,
-    resolve_precision,
-    seed_for,
-    to_device,
-)
+from memotrain.engine import (NonFiniteError, Optim, Stepper, TrainError, append_jsonl, autocast,
+                              grad_scaler, param_groups, resolve_device, resolve_precision,
+                              seed_for, to_device)
 from memotrain.model import MemoBert
 from memotrain.sampler import BucketBatchSampler
 from memotrain.tasks import Pretrainer
-from memotrain.trainconfig import (
-    TrainConfig,
-    TrainConfigError,
-    check_model,
-    load_train_config,
-)
+from memotrain.trainconfig import TrainConfig, TrainConfigError, check_model, load_train_config
 
 log = logging.getLogger(__name__)
 
