@@ -108,6 +108,15 @@ def feature_db(tmp_path, h5_root):
     return create_imgdb(h5_root, tmp_path / "img", workers=1).path
 
 
+def rewrite_csv(openface_dir, clip: str, confs) -> Path:
+    """Rewrite an OpenFace clip's csv with one successful face per frame at ``confs``."""
+    csv_path = openface_dir / f"{clip}.csv"
+    rows = ["frame, face_id, timestamp, confidence, success"]
+    rows += [f"{fr}, 0, {fr / 10:.1f}, {c}, 1" for fr, c in enumerate(confs, start=1)]
+    csv_path.write_text("\n".join(rows) + "\n")
+    return csv_path
+
+
 def run_and_kill(code: str, args, ready, timeout=30.0) -> None:
     """Run ``python -c code args`` in its own process group; SIGKILL the group once
     ``ready()`` is true. Fails if the process ended before that."""

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import SUBPROCESS_ENV, run_and_kill, write_npz
+from conftest import SUBPROCESS_ENV, rewrite_csv, run_and_kill, write_npz
 from memo.cli import main
 from memodb.checks.run import check
 from memodb.errors import BadInputError, BadInputsError, DatabaseError, OutputExistsError
@@ -593,14 +593,6 @@ def test_trans2npz_other_feature(tmp_path, h5_root):
 
 # --------------------------------------------------------------------------------------------
 # 11. rawimg-db
-
-
-def rewrite_csv(openface_dir, clip: str, confs) -> Path:
-    csv_path = openface_dir / f"{clip}.csv"
-    rows = ["frame, face_id, timestamp, confidence, success"]
-    rows += [f"{fr}, 0, {fr / 10:.1f}, {c:.3f}, 1" for fr, c in enumerate(confs, start=1)]
-    csv_path.write_text("\n".join(rows) + "\n")
-    return csv_path
 
 
 CLIP = "No0000.Movie_0_2"

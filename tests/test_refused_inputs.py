@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import write_npz
+from conftest import rewrite_csv, write_npz
 from memo.cli import main
 from memodb.dataset.build import build_dataset
 from memodb.dataset.config import load_config
@@ -65,14 +65,6 @@ def nothing_written(out: Path) -> None:
 def openface(tmp_path):
     make_openface(tmp_path / "openface", clips=3, frames=8, size=48, seed=2)
     return tmp_path / "openface"
-
-
-def rewrite_csv(openface_dir, clip: str, confs) -> Path:
-    csv_path = openface_dir / f"{clip}.csv"
-    rows = ["frame, face_id, timestamp, confidence, success"]
-    rows += [f"{fr}, 0, {fr / 10:.1f}, {c}, 1" for fr, c in enumerate(confs, start=1)]
-    csv_path.write_text("\n".join(rows) + "\n")
-    return csv_path
 
 
 # --------------------------------------------------------------------------------------------
