@@ -18,8 +18,7 @@ from pathlib import Path
 
 import lmdb
 
-from memodb.checks.run import check
-from memodb.dataset.build import build_dataset
+from memodb import build_dataset, check
 
 from .common import (MIB, OUT, cores, cprofile, in_child, make_captions, make_lexicon, make_npz,
                      met, npz_ids, parser, ratio, report, scratch, summarize, timed, warm,

@@ -65,7 +65,7 @@ def write_config(d: Path, segments: int) -> Path:
 # --- the stages, each called in a child process (bench.common.in_child) -------------------
 def memo_build(config, out, workers) -> dict:
     """What `memo db build CONFIG OUT --workers N` runs (the summary table not printed)."""
-    from memodb.dataset.build import build_dataset
+    from memodb import build_dataset
 
     res = build_dataset(config, out, workers=workers)
     return {"steps": [[s.stage, s.name, s.seconds, s.summary] for s in res.steps],

@@ -513,8 +513,6 @@ def finetune_cmd(ctx, config, folds, seeds, print_config):
     evaluate the selected model on test, print and save the results table
     (output_dir/results.json, results.tsv). Extra --key value pairs override the config.
     Finished runs are reused when the command is run again."""
-    from memotrain.recipes.finetune import finetune
-
     overrides = [(k, v) for k, v in (("folds", _id_list(folds, "--folds")),
                                      ("seeds", _id_list(seeds, "--seeds"))) if v is not None]
     if ctx.args:
@@ -523,6 +521,8 @@ def finetune_cmd(ctx, config, folds, seeds, print_config):
     if print_config:
         from memotrain.finetuneconfig import load_finetune_config
         return _print_config(load_finetune_config(config, overrides))
+    from memotrain.recipes.finetune import finetune
+
     s = finetune(config, overrides=overrides)
     m = s["summary"]["mean"]
     click.echo(f"{s['summary']['n_runs']} run(s); {s['summary']['split']} mean "

@@ -15,7 +15,7 @@ from pydantic.dataclasses import dataclass
 from memodb.config import STRICT, read_config
 from memotrain.config import ModelConfig
 from memotrain.trainconfig import (DEVICES, PRECISIONS, OptimConfig, TrainConfigError,
-                                   base_model_config)
+                                   base_model_config, check_optim)
 
 HEADS = ("emocls", "vqa", "prompt")
 MODALITIES = ("text", "faces", "speech")
@@ -200,10 +200,7 @@ def check(cfg: FinetuneConfig) -> None:
     need(d.batch_size is None or d.batch_size >= 1, "data.batch_size must be >= 1")
     need(d.max_tokens is None or d.max_tokens >= 1, "data.max_tokens must be >= 1")
     need(d.num_workers >= 0, f"data.num_workers must be >= 0, not {d.num_workers}")
-    need(o.lr > 0, f"optim.lr must be > 0, not {o.lr}")
-    need(o.grad_accum >= 1, f"optim.grad_accum must be >= 1, not {o.grad_accum}")
-    need(0 <= o.warmup_ratio <= 1, "optim.warmup_ratio must be in [0, 1]")
-    need(o.warmup_steps is None or o.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
+    check_optim(o)
     need(cfg.epochs >= 1, f"epochs must be >= 1, not {cfg.epochs}")
     need(s.metric in METRICS, f"select.metric {s.metric!r} is not one of {', '.join(METRICS)}")
     need(s.patience >= 0, "select.patience must be >= 0 (0: no early stopping)")

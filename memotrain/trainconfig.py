@@ -223,6 +223,21 @@ def load_train_config(source, overrides=()) -> TrainConfig:
     return cfg
 
 
+def check_optim(o: OptimConfig) -> None:
+    """The ``optim`` section (pre-training and fine-tuning share it)."""
+    def need(ok, what):
+        if not ok:
+            raise TrainConfigError(what)
+
+    need(o.lr > 0, f"optim.lr must be > 0, not {o.lr}")
+    need(all(0 <= b < 1 for b in o.betas), f"optim.betas must be in [0, 1), not {o.betas}")
+    need(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, not {o.weight_decay}")
+    need(o.warmup_steps is None or o.warmup_steps >= 0,
+         f"optim.warmup_steps must be >= 0, not {o.warmup_steps}")
+    need(0 <= o.warmup_ratio <= 1, f"optim.warmup_ratio must be in [0, 1], not {o.warmup_ratio}")
+    need(o.grad_accum >= 1, f"optim.grad_accum must be >= 1, not {o.grad_accum}")
+
+
 def check(cfg: TrainConfig) -> None:
     """Checks that need no model nor data (``check_model`` does the model's)."""
     def need(ok, what):
@@ -295,13 +310,7 @@ def check(cfg: TrainConfig) -> None:
     need(d.max_tokens is None or d.max_tokens >= 1,
          f"data.max_tokens (token budget per batch) must be >= 1, not {d.max_tokens}")
     need(d.num_workers >= 0, f"data.num_workers must be >= 0, not {d.num_workers}")
-    need(o.lr > 0, f"optim.lr must be > 0, not {o.lr}")
-    need(all(0 <= b < 1 for b in o.betas), f"optim.betas must be in [0, 1), not {o.betas}")
-    need(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, not {o.weight_decay}")
-    need(o.warmup_steps is None or o.warmup_steps >= 0,
-         f"optim.warmup_steps must be >= 0, not {o.warmup_steps}")
-    need(0 <= o.warmup_ratio <= 1, f"optim.warmup_ratio must be in [0, 1], not {o.warmup_ratio}")
-    need(o.grad_accum >= 1, f"optim.grad_accum must be >= 1, not {o.grad_accum}")
+    check_optim(o)
     need(cfg.steps >= 1, f"steps must be >= 1, not {cfg.steps}")
     need(cfg.warmup <= cfg.steps, f"warmup {cfg.warmup} is longer than steps {cfg.steps}")
     need(cfg.cnn_warmup <= cfg.steps,

@@ -268,6 +268,8 @@ def test_balanced_class_weights():
     ({"head": "prompt", "prompt": {"template": "i am ."}}, r"\[MASK\] exactly once"),
     ({"seeds": [1, 1]}, "repeat a seed"),
     ({"init_checkpoint": "x.pt"}, "exactly one"),
+    ({"optim": {"betas": [1.5, 0.9]}}, r"optim.betas must be in \[0, 1\)"),
+    ({"optim": {"weight_decay": -1}}, "optim.weight_decay must be >= 0"),
 ])
 def test_config_errors(emo, tmp_path, change, match):
     with pytest.raises(TrainConfigError, match=match):

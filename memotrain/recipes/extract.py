@@ -22,6 +22,7 @@ from memodb.errors import MemoError, OutputExistsError
 from memodb.progress import progress_bar
 from memodb.store.build import Build, Written
 from memodb.store.codec import encode_value
+from memodb.store.files import fsync_dir
 from memodb.store.ids import id_to_key
 from memodb.store.manifest import write_json_atomic
 from memodb.store.textdb import TextDB
@@ -227,11 +228,7 @@ class _Staged:
                                     "process wrote it); it was left alone and this result "
                                     "discarded: delete it or choose another output path")
         os.rename(self.partial, self.final)
-        fd = os.open(self.final.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(self.final.parent)
 
     def __exit__(self, exc_type, exc, tb):
         try:

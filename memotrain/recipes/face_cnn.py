@@ -102,7 +102,7 @@ def train_face_cnn(src, out, *, ferplus=None, classes=None, image_size: int = 64
                 raise FaceTrainError(f"the loss is {update.loss} at epoch {epoch}, update "
                                      f"{step + 1}; training diverged (fix: lower --lr)")
             step += 1
-            loss_sum += loss.item() * len(idx)
+            loss_sum += update.loss * len(idx)  # grad_accum 1: the batch's loss
             correct += int((logits.argmax(1) == y).sum())
         val = accuracy(model, *split["val"], mean, std, batch_size, device)
         rec = {"epoch": epoch, "loss": loss_sum / len(order), "train_accuracy":
