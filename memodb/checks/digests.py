@@ -16,7 +16,7 @@ def locate_changes(rep: DbReport, path, manifest: dict, pairs: list, checksum_ok
     if entry is None:
         return
     try:
-        recorded = read_digests(path, entry)
+        recorded = read_digests(path, entry, parse=not checksum_ok)  # parsed when needed
     except ValueError as exc:
         rep.problem("digests_unreadable", f"{exc}; damaged segments cannot be named (rebuild "
                     "the database)")

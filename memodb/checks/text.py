@@ -21,7 +21,7 @@ from ..store.manifest import Checksum, read_manifest
 from ..store.reader import FeatureDB, open_env
 from ..store.textcodec import decode_example
 from ..store.textdb import ID2LEN, IMG2TXTS, META, TXT2IMG
-from ..text.wordpiece import SPECIALS, load_vocab
+from ..text.wordpiece import SPECIALS, load_vocab, vocab_tokens
 from .digests import locate_changes
 from .report import DbReport, manifest_fields, utf8_keys
 
@@ -234,7 +234,7 @@ def _manifest_deleted(rep: DbReport, img_path: Path, recorded) -> bool:
 
 def _vocab_index(data: bytes) -> dict:
     index: dict[str, int] = {}
-    for i, tok in enumerate(data.decode("utf-8", "replace").splitlines()):
+    for i, tok in enumerate(vocab_tokens(data.decode("utf-8", "replace"))):
         index.setdefault(tok, i)
     return index
 

@@ -66,10 +66,16 @@ def check_confidence(conf, *, file=None, segment=None) -> None:
                                 "probability from 0 to 1) or remove it from the source")
 
 
-def above_threshold(conf, conf_th: float) -> np.ndarray:
-    """Which frames pass ``conf_th``: ``confidence > conf_th`` (strict), compared after
-    rounding to float16 (the precision the confidence is stored with)."""
-    return np.asarray(conf).astype(np.float16).astype(np.float64) > float(conf_th)
+def stored_confidence(conf) -> np.ndarray:
+    """The confidence as compared: rounded to float16 (the precision it is stored with), as
+    float64."""
+    return np.asarray(conf).astype(np.float16).astype(np.float64)
+
+
+def above_threshold(conf64: np.ndarray, conf_th: float) -> np.ndarray:
+    """Which frames pass ``conf_th``: ``confidence > conf_th`` (strict), on
+    :func:`stored_confidence` values."""
+    return conf64 > float(conf_th)
 
 
 def keep_index(conf, n: int, conf_th: float, max_bb: int, *, file=None, segment=None):
@@ -77,7 +83,7 @@ def keep_index(conf, n: int, conf_th: float, max_bb: int, *, file=None, segment=
     confidence that is not finite is a BadInputError naming ``file`` and ``segment``."""
     if conf is None:
         return slice(0, min(n, max_bb))
-    conf64 = np.asarray(conf).astype(np.float16).astype(np.float64)
+    conf64 = stored_confidence(conf)
     check_confidence(conf64, file=file, segment=segment)
     idx = np.flatnonzero(above_threshold(conf64, conf_th))[:max_bb]
     return slice(0, len(idx)) if len(idx) == 0 or idx[-1] == len(idx) - 1 else idx
@@ -128,7 +134,7 @@ def selection_faults(arrays: dict, conf_th: float, max_bb: int, min_bb: int = 0)
     # reduction for the usual segment, the rule itself to name the frames otherwise
     if conf is not None and conf.ndim == 1 and len(conf) == n and n \
             and not float(np.float16(conf.min())) > conf_th:
-        low = np.flatnonzero(~above_threshold(conf, conf_th))
+        low = np.flatnonzero(~above_threshold(stored_confidence(conf), conf_th))
         if len(low):
             faults.append(("frame_below_conf_th", f"kept frame(s) {low[:10].tolist()} have "
                            f"confidence {float(conf[low[0]])!r}{' ...' if len(low) > 1 else ''}"

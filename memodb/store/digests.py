@@ -48,8 +48,9 @@ class DigestList:
                 "bytes": len(data), "entries": self.count, "digest_size": DIGEST_SIZE}
 
 
-def read_digests(folder, entry: dict) -> dict[bytes, bytes]:
-    """key -> truncated digest from the file a manifest's ``digests`` entry describes. Raises
+def read_digests(folder, entry: dict, parse: bool = True) -> dict[bytes, bytes] | None:
+    """key -> truncated digest from the file a manifest's ``digests`` entry describes (with
+    ``parse=False`` the file is only verified against the manifest, and None returned). Raises
     ValueError naming what is wrong (missing, changed, malformed)."""
     if not isinstance(entry, dict) or entry.get("file") != DIGESTS \
             or not isinstance(entry.get("digest_size"), int) or not 0 < entry["digest_size"] <= 32:
@@ -63,6 +64,8 @@ def read_digests(folder, entry: dict) -> dict[bytes, bytes]:
     if len(data) != entry.get("bytes") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
         raise ValueError(f"{path} differs from the manifest's record of it (size {len(data)}, "
                          f"the manifest says {entry.get('bytes')}): it changed after the build")
+    if not parse:
+        return None
     size, out, pos = entry["digest_size"], {}, 0
     while pos < len(data):
         n = _LEN.unpack_from(data, pos)[0] if pos + 2 <= len(data) else -1

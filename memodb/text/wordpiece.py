@@ -49,6 +49,15 @@ class Vocab:
                 "vocab_size": self.size}
 
 
+def vocab_tokens(text: str) -> list[str]:
+    """The tokens of a vocab.txt in id order: one per "\n"-terminated line, trailing whitespace
+    trimmed, as `tokenizers` reads it (the build and the check use this one rule)."""
+    tokens = [t.rstrip() for t in text.split("\n")]
+    if tokens and tokens[-1] == "":
+        tokens.pop()
+    return tokens
+
+
 def load_vocab(path) -> Vocab:
     """Read and check a BERT vocabulary: a folder holding ``vocab.txt`` or the file itself.
 
@@ -67,10 +76,7 @@ def load_vocab(path) -> Vocab:
     except UnicodeDecodeError as exc:
         raise BadInputError(f"not a UTF-8 text file (byte {exc.start})", file=file,
                             fix=fix, options=("vocab",)) from None
-    # one token per "\n"-terminated line, trailing whitespace trimmed: as `tokenizers` reads it
-    tokens = [t.rstrip() for t in text.split("\n")]
-    if tokens and tokens[-1] == "":
-        tokens.pop()
+    tokens = vocab_tokens(text)
     index: dict[str, int] = {}
     for i, tok in enumerate(tokens):
         index.setdefault(tok, i)
