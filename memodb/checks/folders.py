@@ -13,9 +13,9 @@ from ..dataset.shard import SHARD_FILE, read_shard_file, shard_label
 from ..errors import DatabaseError, MemoError
 from ..parallel import WorkerDied, run_isolated
 from ..store.manifest import DATASET_FILE, read_manifest
+from ..store.reader import stored_ids
 from ..text.splits import SPLITS_FILE
 from .report import DbReport
-from .text import stored_ids
 
 ROLES = ("train", "heldout", "monitor")
 

@@ -6,6 +6,7 @@ it checks."""
 from __future__ import annotations
 
 import os
+from functools import partial
 
 from ..parallel import WorkerDied, run_isolated
 from ..store.textdb import is_text_db
@@ -68,18 +69,13 @@ def check_db_isolated(db, *, workers=None, progress=False, links=None):
     try:
         if kind == "text":
             prefetch_link(db, links)
-            return run_isolated(_check_text, db, workers, progress, links)
-        return run_isolated(_check_feature, db, workers, progress), None
+            return run_isolated(partial(check_text_db, db, workers=workers, progress=progress,
+                                        links=links))
+        return run_isolated(partial(check_feature_db, db, workers=workers,
+                                    progress=progress)), None
     except WorkerDied as exc:
         rep = DbReport(str(db), kind=kind)
         rep.problem("unreadable", f"reading {db} stopped the check ({exc}): the database is "
                     "damaged (a damaged LMDB page?); re-copy or rebuild it")
         return rep, None
 
-
-def _check_text(db, workers, progress, links):
-    return check_text_db(db, workers=workers, progress=progress, links=links)
-
-
-def _check_feature(db, workers, progress):
-    return check_feature_db(db, workers=workers, progress=progress)

@@ -18,7 +18,7 @@ from ..parallel import WorkerDied, chunked, ordered_map, run_isolated
 from ..progress import progress_bar
 from ..store.ids import KEYS_KEY
 from ..store.manifest import Checksum, read_manifest
-from ..store.reader import FeatureDB, open_env
+from ..store.reader import FeatureDB, open_env, stored_ids
 from ..store.textcodec import decode_example
 from ..store.textdb import ID2LEN, IMG2TXTS, META, TXT2IMG
 from ..text.wordpiece import SPECIALS, load_vocab, vocab_tokens
@@ -538,9 +538,3 @@ def _check_img_link(rep: DbReport, path: Path, link: dict, txt2img: dict, links)
                 rep.problem("img_too_few_faces", f"its segment {img!r} has {n} frame(s) in "
                             f"the feature database, the build required {min_faces}", t)
 
-
-def stored_ids(db: Path) -> set:
-    env = open_env(db)
-    with env.begin() as txn:
-        return {bytes(k).decode("utf-8", "replace")
-                for k in txn.cursor().iternext(values=False) if k != KEYS_KEY}

@@ -140,8 +140,7 @@ class FeatureDB:
                     raise DatabaseError(f"{self.path}: __keys__ is not JSON ({exc}); "
                                         "rebuild the database") from exc
             else:
-                self._keys = [bytes(k).decode("utf-8")
-                              for k in txn.cursor().iternext(values=False) if k != KEYS_KEY]
+                self._keys = scan_keys(txn)
         return self._keys
 
     def __len__(self) -> int:
@@ -173,3 +172,15 @@ def close_all() -> None:
     for env in _envs.values():
         env.close()
     _envs.clear()
+
+
+def scan_keys(txn, errors: str = "strict") -> list[str]:
+    """Every key a database stores (``__keys__`` left out), by walking its cursor."""
+    return [bytes(k).decode("utf-8", errors)
+            for k in txn.cursor().iternext(values=False) if k != KEYS_KEY]
+
+
+def stored_ids(db) -> set[str]:
+    """The keys actually stored in the database at ``db`` (not what ``__keys__`` says)."""
+    with open_env(db).begin() as txn:
+        return set(scan_keys(txn, "replace"))
