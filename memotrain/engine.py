@@ -77,9 +77,14 @@ def grad_scaler(device: torch.device, precision: str = "fp32") -> torch.amp.Grad
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
+HOST_KEYS = ("text_lens", "face_lens", "speech_lens")
+
+
 def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()}
+    """The batch's tensors on ``device``, except the lengths (``HOST_KEYS``): the model builds
+    its layout from them on the host, without reading the device back."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor)
+            and k not in HOST_KEYS else v for k, v in batch.items()}
 
 
 def seed_for(*parts: int) -> int:
@@ -173,13 +178,15 @@ class Stepper:
 
     def __init__(self, optims: list[Optim], scaler: torch.amp.GradScaler, grad_accum: int = 1):
         self.optims, self.scaler, self.grad_accum = list(optims), scaler, grad_accum
-        self._finite, self._loss = True, 0.0
+        self._loss = None  # the micro-batch losses summed in float64 on their device
 
     def backward(self, loss: torch.Tensor) -> None:
+        """Nothing is read back here: the loss is summed on its device (float64, as a Python
+        float would), and :meth:`step` reads it once per update."""
         loss = loss / self.grad_accum
-        self._finite &= bool(torch.isfinite(loss))
+        part = loss.detach().double()
+        self._loss = part if self._loss is None else self._loss + part
         self.scaler.scale(loss).backward()
-        self._loss += float(loss.detach())
 
     def step(self, agree=None) -> Update:
         """``agree(finite, loss) -> (finite, loss)``: the verdict all processes share (the
@@ -188,8 +195,14 @@ class Stepper:
             self.scaler.unscale_(op.optimizer)
         norms = {op.name: torch.nn.utils.clip_grad_norm_(
             op.params, op.clip if op.clip > 0 else math.inf) for op in self.optims}
-        finite = self._finite and all(bool(torch.isfinite(n)) for n in norms.values())
-        loss = self._loss
+        # one read-back per update: the summed loss, and whether it and every norm are finite
+        # (a sum of float32 losses in float64 is finite exactly when each of them is)
+        total = torch.zeros((), dtype=torch.float64) if self._loss is None else self._loss
+        ok = torch.isfinite(total)
+        for n in norms.values():
+            ok = ok & torch.isfinite(n).to(ok.device)
+        loss, finite = torch.stack([total, ok.double()]).tolist()
+        finite = bool(finite)
         if agree is not None:
             finite, loss = agree(finite, loss)
         lrs = {op.name: op.optimizer.param_groups[0]["lr"] for op in self.optims}
@@ -204,7 +217,7 @@ class Stepper:
                 with warnings.catch_warnings():  # a skipped update moves the schedule too
                     warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
                     op.scheduler.step()
-        self._finite, self._loss = True, 0.0
+        self._loss = None
         return Update(finite, loss, norms, lrs)
 
 

@@ -205,25 +205,37 @@ class MLMHead(nn.Module):
 class Layout:
     """Where each example's modalities lie in the compact sequence (text | faces | speech | pad).
 
-    ``lens[m]`` (B,) real lengths, ``widths[m]`` the padded input widths, ``index`` (B, T) the
-    gather index into the concatenated padded embeddings, ``attention_mask`` (B, T) bool.
+    ``lens[m]`` (B,) real lengths on the model's device, ``host_lens[m]`` the same as a list,
+    ``widths[m]`` the padded input widths, ``index`` (B, T) the gather index into the
+    concatenated padded embeddings, ``attention_mask`` (B, T) bool, ``full``: no example is
+    padded (known on the host).
     """
 
     lens: dict
     widths: dict
     index: torch.Tensor
     attention_mask: torch.Tensor
+    host_lens: dict
+    full: bool
 
     @classmethod
     def build(cls, lens: dict, widths: dict, device) -> Layout:
-        tl, fl, sl = (lens[m][:, None] for m in MODALITIES)
+        """``lens``: host-side lengths (lists), so that the sequence width T and whether
+        anything is padded are known without reading the device back."""
+        host = {m: list(lens[m]) for m in MODALITIES}
+        totals = [sum(n) for n in zip(*(host[m] for m in MODALITIES))]
+        T = max(totals)
+        # one host-to-device copy; the index is computed on the device from it
+        stacked = torch.tensor([host[m] for m in MODALITIES], dtype=torch.long)
+        stacked = stacked.to(device, non_blocking=True)
+        dev = dict(zip(MODALITIES, stacked.unbind(0)))
+        tl, fl, sl = (dev[m][:, None] for m in MODALITIES)
         total = tl + fl + sl
-        T = int(total.max())
         p = torch.arange(T, device=device)[None]
         wt, wf = widths["text"], widths["faces"]
         index = torch.where(p < tl, p, torch.where(
             p < tl + fl, wt + p - tl, torch.where(p < total, wt + wf + p - tl - fl, 0)))
-        return cls(lens, widths, index, p < total)
+        return cls(dev, widths, index, p < total, host, min(totals) == T)
 
     def offsets(self, modality: str) -> torch.Tensor:
         """(B,) compact position of each example's first element of ``modality``."""
@@ -251,7 +263,7 @@ class Layout:
 
     def split(self, hidden) -> list[dict]:
         """Per example ``{"text": (tl, H), "faces": (fl, H), "speech": (sl, H)}`` (real lengths)."""
-        lens = {m: self.lens[m].tolist() for m in MODALITIES}
+        lens = self.host_lens
         out = []
         for b in range(hidden.shape[0]):
             d, start = {}, 0
@@ -328,15 +340,19 @@ class MemoBert(nn.Module):
 
     def encode_faces(self, crops, face_lens) -> torch.Tensor:
         """(B, F, face_dim): the face CNN on the real crops of ``crops`` (B, F, S, S) only,
-        in one call, scattered back into a zero-padded tensor (docs/TRAINER.md "The model")."""
+        in one call, scattered back into a zero-padded tensor (docs/TRAINER.md "The model").
+        ``face_lens``: host-side lengths (a device tensor is read back)."""
         B, W = crops.shape[:2]
-        real = torch.arange(W, device=crops.device)[None] < face_lens[:, None]
+        lens = torch.as_tensor(face_lens).cpu()
+        real = torch.arange(W)[None] < lens[:, None]  # on the host: no read-back of a mask
         out = crops.new_zeros((B, W, self.config.face_dim),
                               dtype=self.face_cnn.features.conv0.weight.dtype)
         if real.any():
-            x = crops[real].to(out.dtype)  # (N, S, S): padding never reaches the CNN
+            rows, cols = (i.to(crops.device, non_blocking=True)
+                          for i in real.nonzero(as_tuple=True))
+            x = crops[rows, cols].to(out.dtype)  # (N, S, S): padding never reaches the CNN
             enc = self.face_cnn.encode(x)
-            out = out.index_put((real,), enc.to(out.dtype))
+            out = out.index_put((rows, cols), enc.to(out.dtype))
         return out
 
     def forward(self, input_ids, text_lens=None, faces=None, face_lens=None, face_mask=None,
@@ -347,7 +363,7 @@ class MemoBert(nn.Module):
         parts = [self.embeddings(input_ids)]
         if faces is not None:
             if self.face_cnn is not None:
-                faces = self.encode_faces(faces, layout.lens["faces"])
+                faces = self.encode_faces(faces, layout.host_lens["faces"])
             parts.append(self.face_embeddings(
                 faces, face_mask, self.embeddings.token_type_embeddings.weight[1]))
         if speech is not None:
@@ -357,14 +373,18 @@ class MemoBert(nn.Module):
         H = x.shape[-1]
         x = x.gather(1, layout.index[..., None].expand(*layout.index.shape, H))
         # key padding mask; None when nothing is padded (SDPA's faster unmasked path)
-        full = bool(layout.attention_mask.all())
-        attn_mask = None if full else layout.attention_mask[:, None, None, :]
+        attn_mask = None if layout.full else layout.attention_mask[:, None, None, :]
         hidden, states = self.encoder(x, attn_mask, output_hidden_states)
         return MemoOutput(hidden, self.pooler(hidden), layout, states, faces)
 
     def layout(self, input_ids, text_lens=None, faces=None, face_lens=None, face_mask=None,
                speech=None, speech_lens=None, speech_mask=None) -> Layout:
-        """Check the batch (clear errors, no device asserts) and compute its compact layout."""
+        """Check the batch (clear errors, no device asserts) and compute its compact layout.
+
+        Nothing is read back from the device: the lengths are host-side (lists or CPU
+        tensors; a device tensor is read back, a synchronisation) and the token ids are
+        checked here only when they are on the CPU (callers on an accelerator check their
+        host batch with :meth:`check_ids` before moving it, as the recipes do)."""
         cfg = self.config
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
             raise InputError(f"input_ids must be (batch, length) integers, not "
@@ -373,10 +393,8 @@ class MemoBert(nn.Module):
         if B == 0 or Lt == 0:
             raise InputError(f"empty batch: input_ids is {tuple(input_ids.shape)} (each "
                              "example needs at least [CLS])")
-        lo, hi = (int(v) for v in torch.aminmax(input_ids))
-        if lo < 0 or hi >= cfg.vocab_size:
-            raise InputError(f"input_ids hold {lo if lo < 0 else hi}, outside the vocabulary "
-                             f"[0, {cfg.vocab_size})")
+        if input_ids.device.type == "cpu":
+            self.check_ids(input_ids)
         lens = {"text": _lengths(text_lens, B, Lt, "text", 1)}
         widths = {"text": Lt}
         for m, feats, ln, mask, dim, emb in (
@@ -418,9 +436,18 @@ class MemoBert(nn.Module):
                     f"{limit} ({len(over)} example(s) too long; lengths {parts}, text "
                     f"counting [CLS] and [SEP]); drop or truncate such examples "
                     f"(max_txt_len / max_bb) or use a config with a larger {field}")
-        device = input_ids.device
-        lens = {m: torch.tensor(v, dtype=torch.long, device=device) for m, v in lens.items()}
-        return Layout.build(lens, widths, device)
+        return Layout.build(lens, widths, input_ids.device)
+
+
+    def check_ids(self, input_ids: torch.Tensor) -> None:
+        """InputError when a token id lies outside the vocabulary (reads ``input_ids``: call
+        it on the host copy of a batch)."""
+        if not input_ids.numel():
+            return
+        lo, hi = (int(v) for v in torch.aminmax(input_ids))
+        if lo < 0 or hi >= self.config.vocab_size:
+            raise InputError(f"input_ids hold {lo if lo < 0 else hi}, outside the vocabulary "
+                             f"[0, {self.config.vocab_size})")
 
 
 def _lengths(lens, B, width, what, minimum) -> list[int]:

@@ -18,6 +18,7 @@ from torch import nn
 
 from memodb.errors import MemoError
 from memotrain import masking
+from memotrain.engine import HOST_KEYS, to_device
 
 TASKS = ("mlm", "mlm_wwm", "melm", "itm", "mrfr", "mrckl", "mspanrfr", "mspanrckl", "msrfr",
          "vnce")
@@ -33,6 +34,8 @@ SPAN_RATIO = 0.2
 SPAN_LEN = 3
 ITM_PROB = 0.5
 VNCE_TEMPERATURE = 0.07
+# what the masks are drawn from, on the host (the lengths, the text and the soft labels)
+HOST_NEEDS = (*HOST_KEYS, "input_ids", "word_ids", "emo_type_ids", "soft_labels")
 
 
 class TaskError(MemoError, ValueError):
@@ -43,7 +46,14 @@ class TaskError(MemoError, ValueError):
 class TaskOutput:
     loss: torch.Tensor  # scalar, averaged over the targets
     n_targets: int  # masked tokens / masked frames / examples (itm)
-    metrics: dict = field(default_factory=dict)  # str -> float: acc, mse, kl, fallback
+    # str -> detached scalar tensor (or float): acc, mse, kl, fallback; left on the device so
+    # that the forward pass never waits for it
+    values: dict = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> dict:
+        """str -> float: the ``values`` read back (a synchronisation: ask only when logging)."""
+        return {k: float(v) for k, v in self.values.items()}
 
 
 # ----------------------------------------------------------------------------- heads
@@ -81,7 +91,7 @@ class ContrastiveHeads(nn.Module):
         return F.normalize(self.query_out(self.query_transform(h)).float(), dim=-1)
 
     def keys(self, feats):
-        return F.normalize(self.key(feats).float(), dim=-1)
+        return F.normalize(self.key(feats.to(self.key.weight.dtype)).float(), dim=-1)
 
 
 class SoftLabelClassifier(nn.Module):
@@ -171,6 +181,9 @@ class Pretrainer(nn.Module):
             nn.init.zeros_(head.bias)  # head.weight belongs to the projection: left as it is
 
     def forward(self, task: str, batch: dict, generator: torch.Generator) -> TaskOutput:
+        """One task's loss on ``batch``: the collated batch on the host (it is moved to the
+        model's device here, after the masks are drawn on the host: nothing is read back from
+        the device); a batch already on the device works too, read back where needed."""
         if task not in self.tasks:
             if task not in TASKS:
                 raise TaskError(f"unknown pre-training task {task!r} (known: {', '.join(TASKS)})")
@@ -179,15 +192,20 @@ class Pretrainer(nn.Module):
         if generator.device.type != "cpu":
             raise TaskError(f"the task generator must be a CPU torch.Generator, not one on "
                             f"{generator.device}")
+        host = {k: v.cpu() if isinstance(v, torch.Tensor) else v
+                for k, v in batch.items() if k in HOST_NEEDS}
+        self.model.check_ids(host["input_ids"])
+        batch = to_device(batch, self.model.embeddings.word_embeddings.weight.device)
+        batch.update((k, host[k]) for k in HOST_KEYS if k in host)  # the layout reads them
         if task in MLM_TASKS:
-            return self._mlm(task, batch, generator)
+            return self._mlm(task, batch, host, generator)
         if task == "itm":
-            return self._itm(batch, generator)
+            return self._itm(batch, host, generator)
         if task in FACE_TASKS:
-            return self._faces(task, batch, generator)
+            return self._faces(task, batch, host, generator)
         if task == "vnce":
-            return self._vnce(batch, generator)
-        return self._speech(task, batch, generator)
+            return self._vnce(batch, host, generator)
+        return self._speech(task, batch, host, generator)
 
     # ------------------------------------------------------------------------- helpers
 
@@ -200,17 +218,22 @@ class Pretrainer(nn.Module):
             b.get("speech"), b.get("speech_lens"), speech_mask)
 
     @staticmethod
+    def _indices(mask: torch.Tensor, device):
+        """(rows, cols) of a host-side bool mask, on ``device`` (no read-back of a device
+        mask's size)."""
+        return tuple(i.to(device, non_blocking=True) for i in mask.nonzero(as_tuple=True))
+
+    @staticmethod
     def _no_target(task, why):
         return TaskError(f"task {task!r}: the batch has no target ({why}); filter such "
                          "examples out of this task's data")
 
     # ------------------------------------------------------------------------- text
 
-    def _mlm(self, task, batch, gen) -> TaskOutput:
-        ids = batch["input_ids"]
-        device = ids.device
-        ids_cpu = ids.detach().cpu()
-        text_lens = torch.as_tensor(batch["text_lens"]).cpu()
+    def _mlm(self, task, batch, host, gen) -> TaskOutput:
+        device = batch["input_ids"].device
+        ids_cpu = host["input_ids"]
+        text_lens = torch.as_tensor(host["text_lens"])
         B, T = ids_cpu.shape
         pos = torch.arange(T)[None, :]
         cands = (pos >= 1) & (pos < text_lens[:, None] - 1)  # not [CLS], [SEP], padding
@@ -220,13 +243,13 @@ class Pretrainer(nn.Module):
         if task == "mlm":
             chosen = masking.choose_tokens(cands, MLM_PROB, gen)
         elif task == "mlm_wwm":
-            word_ids = batch.get("word_ids")
+            word_ids = host.get("word_ids")
             if word_ids is None:
                 raise TaskError("task 'mlm_wwm' needs the batch's word_ids (whole words)")
-            chosen = masking.choose_tokens(cands, MLM_PROB, gen, groups=word_ids.cpu())
+            chosen = masking.choose_tokens(cands, MLM_PROB, gen, groups=word_ids)
         else:  # melm
-            emo = batch.get("emo_type_ids")
-            emo_cands = (cands & (emo.cpu() > 0)) if emo is not None else torch.zeros_like(cands)
+            emo = host.get("emo_type_ids")
+            emo_cands = (cands & (emo > 0)) if emo is not None else torch.zeros_like(cands)
             has_emo = emo_cands.any(1)
             chosen = masking.choose_tokens(emo_cands, MELM_PROB, gen)
             fallback = cands.any(1) & ~has_emo
@@ -239,18 +262,18 @@ class Pretrainer(nn.Module):
                                   "text tokens?)" if task == "mlm_wwm" else "nothing chosen")
         corrupted, _ = masking.corrupt_tokens(ids_cpu, chosen, self.mask_id, self.v_range, gen)
         rows, cols = chosen.nonzero(as_tuple=True)
-        labels = ids_cpu[rows, cols].to(device)
-        out = self._run(batch, input_ids=corrupted.to(device))
-        rows, cols = rows.to(device), cols.to(device)
+        labels = ids_cpu[rows, cols].to(device, non_blocking=True)
+        out = self._run(batch, input_ids=corrupted.to(device, non_blocking=True))
+        rows, cols = rows.to(device, non_blocking=True), cols.to(device, non_blocking=True)
         # text sits first in the compact order: text position t is compact position t
         logits = self.model.mlm(out.hidden[rows, cols])  # (N, vocab): masked positions only
         loss = F.cross_entropy(logits.float(), labels)
-        metrics["acc"] = float((logits.argmax(-1) == labels).float().mean())
+        metrics["acc"] = (logits.argmax(-1) == labels).float().mean().detach()
         return TaskOutput(loss, int(labels.numel()), metrics)
 
     # ------------------------------------------------------------------------- itm
 
-    def _itm(self, batch, gen) -> TaskOutput:
+    def _itm(self, batch, host, gen) -> TaskOutput:
         if batch.get("faces") is None and batch.get("speech") is None:
             raise self._no_target("itm", "neither faces nor speech to swap")
         device = batch["input_ids"].device
@@ -260,46 +283,45 @@ class Pretrainer(nn.Module):
         frames = torch.zeros(B, dtype=torch.long)
         for name, lens in (("faces", "face_lens"), ("speech", "speech_lens")):
             if batch.get(name) is not None:
-                n = batch.get(lens)
-                frames = frames + (torch.as_tensor(n).cpu() if n is not None
+                n = host.get(lens)
+                frames = frames + (torch.as_tensor(n) if n is not None
                                    else torch.full((B,), batch[name].shape[1]))
         void = (frames == 0) & (frames[source] == 0)
         if void.all():
             raise self._no_target("itm", "no example has a face or a speech frame")
         labels = labels.masked_fill(void, masking.IGNORE)
         n_targets = int((~void).sum())
-        labels, source = labels.to(device), source.to(device)
+        pos = float(labels[~void].float().mean())
+        kept = (~void).to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
         swap = {}
         for name, lens in (("faces", "face_lens"), ("speech", "speech_lens")):
             if batch.get(name) is not None:
-                swap[name] = batch[name][source]
-                if batch.get(lens) is not None:
-                    swap[lens] = torch.as_tensor(batch[lens], device=device)[source]
+                swap[name] = batch[name][source.to(device, non_blocking=True)]
+                if host.get(lens) is not None:  # lengths stay on the host
+                    swap[lens] = torch.as_tensor(host[lens])[source]
         out = self._run(batch, **swap)
         logits = self.itm_head(out.pooled)
         loss = F.cross_entropy(logits.float(), labels, ignore_index=masking.IGNORE)
-        kept = labels != masking.IGNORE
-        acc = float((logits.argmax(-1) == labels)[kept].float().mean())
-        pos = float(labels[kept].float().mean())
+        acc = (((logits.argmax(-1) == labels) & kept).float().sum() / n_targets).detach()
         return TaskOutput(loss, n_targets, {"acc": acc, "pos": pos})
 
     # ------------------------------------------------------------------------- frames
 
-    def _frame_targets(self, out, modality, mask):
-        """Hidden states (N, H) at the masked frames of ``modality`` (mask (B, W) on device)."""
-        rows, cols = mask.nonzero(as_tuple=True)
+    def _frame_targets(self, out, modality, rows, cols):
+        """Hidden states (N, H) at frames ``(rows, cols)`` of ``modality`` (on the device)."""
         return out.hidden[rows, out.layout.offsets(modality)[rows] + cols]
 
-    def _faces(self, task, batch, gen) -> TaskOutput:
+    def _faces(self, task, batch, host, gen) -> TaskOutput:
         faces = batch.get("faces")
         if faces is None:
             raise self._no_target(task, "the batch has no faces")
         device = faces.device
-        face_lens = torch.as_tensor(batch["face_lens"]).cpu()
+        face_lens = torch.as_tensor(host["face_lens"])
         if not (face_lens > 0).any():
             raise self._no_target(task, "every example has 0 faces")
         kl = task in ("mrckl", "mspanrckl")
-        soft = batch.get("soft_labels")
+        soft = host.get("soft_labels")
         if kl:
             if soft is None:
                 raise self._no_target(task, "the batch has no soft_labels (the face database "
@@ -312,30 +334,30 @@ class Pretrainer(nn.Module):
             mask = masking.choose_spans(face_lens, W, SPAN_RATIO, SPAN_LEN, gen)
         else:
             mask = masking.choose_frames(face_lens, W, FRAME_PROB, gen)
-        mask = mask.to(device)
         target_mask = mask
         if kl:
             target_mask = mask & (soft.sum(-1) > 0)
             if not target_mask.any():
                 raise self._no_target(task, "no masked face has a soft label")
-        out = self._run(batch, face_mask=mask)
-        h = self._frame_targets(out, "faces", target_mask)
+        rows, cols = self._indices(target_mask, device)
+        out = self._run(batch, face_mask=mask.to(device, non_blocking=True))
+        h = self._frame_targets(out, "faces", rows, cols)
         if kl:
-            target = soft[target_mask].float()
+            target = batch["soft_labels"][rows, cols].float()
             pred = self.mrckl_head(h).float()
             loss = F.kl_div(F.log_softmax(pred, -1), target, reduction="batchmean")
-            return TaskOutput(loss, int(target.shape[0]), {"kl": float(loss.detach())})
-        target = faces[target_mask].float()
+            return TaskOutput(loss, int(target.shape[0]), {"kl": loss.detach()})
+        target = faces[rows, cols].float()
         pred = self.mrfr_head(h).float()
         loss = F.mse_loss(pred, target)
-        return TaskOutput(loss, int(target.shape[0]), {"mse": float(loss.detach())})
+        return TaskOutput(loss, int(target.shape[0]), {"mse": loss.detach()})
 
-    def _vnce(self, batch, gen) -> TaskOutput:
+    def _vnce(self, batch, host, gen) -> TaskOutput:
         faces = batch.get("faces")
         if faces is None:
             raise self._no_target("vnce", "the batch has no faces")
         device = faces.device
-        face_lens = torch.as_tensor(batch["face_lens"]).cpu()
+        face_lens = torch.as_tensor(host["face_lens"])
         if int(face_lens.sum()) < 2:
             raise self._no_target("vnce", f"{int(face_lens.sum())} face(s) in the whole batch: "
                                   "nothing to contrast a masked face with")
@@ -344,31 +366,33 @@ class Pretrainer(nn.Module):
         real = torch.arange(W)[None, :] < face_lens[:, None]
         # index of each masked frame among the batch's real frames (row-major, as real.nonzero)
         order = (real.flatten().cumsum(0) - 1).view(real.shape)
-        labels = order[mask].to(device)
-        mask, real = mask.to(device), real.to(device)
-        out = self._run(batch, face_mask=mask)
-        q = self.vnce_head.queries(self._frame_targets(out, "faces", mask))  # (M, hidden)
+        labels = order[mask].to(device, non_blocking=True)
+        rows, cols = self._indices(mask, device)
+        real_rows, real_cols = self._indices(real, device)
+        out = self._run(batch, face_mask=mask.to(device, non_blocking=True))
+        q = self.vnce_head.queries(self._frame_targets(out, "faces", rows, cols))  # (M, hidden)
         # (N, hidden): every real frame, stop-gradient at the encodings (docs/TRAINER.md)
-        k = self.vnce_head.keys(out.face_feats[real].detach())
+        k = self.vnce_head.keys(out.face_feats[real_rows, real_cols].detach())
         with torch.autocast(device.type, enabled=False):  # similarities in fp32
             logits = q @ k.t() / self.vnce_temperature
         loss = F.cross_entropy(logits, labels)
-        acc = float((logits.argmax(-1) == labels).float().mean())
+        acc = (logits.argmax(-1) == labels).float().mean().detach()
         return TaskOutput(loss, int(labels.numel()), {"acc": acc})
 
-    def _speech(self, task, batch, gen) -> TaskOutput:
+    def _speech(self, task, batch, host, gen) -> TaskOutput:
         speech = batch.get("speech")
         if speech is None:
             raise self._no_target(task, "the batch has no speech")
         device = speech.device
-        lens = batch.get("speech_lens")
+        lens = host.get("speech_lens")
         lens = (torch.full((speech.shape[0],), speech.shape[1]) if lens is None
-                else torch.as_tensor(lens).cpu())
+                else torch.as_tensor(lens))
         if not (lens > 0).any():
             raise self._no_target(task, "every example has 0 speech frames")
-        mask = masking.choose_frames(lens, speech.shape[1], FRAME_PROB, gen).to(device)
-        out = self._run(batch, speech_mask=mask)
-        h = self._frame_targets(out, "speech", mask)
-        target = speech[mask].float()
+        mask = masking.choose_frames(lens, speech.shape[1], FRAME_PROB, gen)
+        rows, cols = self._indices(mask, device)
+        out = self._run(batch, speech_mask=mask.to(device, non_blocking=True))
+        h = self._frame_targets(out, "speech", rows, cols)
+        target = speech[rows, cols].float()
         loss = F.mse_loss(self.msrfr_head(h).float(), target)
-        return TaskOutput(loss, int(target.shape[0]), {"mse": float(loss.detach())})
+        return TaskOutput(loss, int(target.shape[0]), {"mse": loss.detach()})

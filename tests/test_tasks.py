@@ -276,6 +276,7 @@ def test_itm_skips_examples_without_any_frame_and_fails_when_none_has_one():
         pre("itm", b, gen())
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("task", TASKS)
 def test_tasks_on_cuda_match_cpu(task):

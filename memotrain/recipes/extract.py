@@ -140,11 +140,12 @@ def _forward(model, items: list, layer: int, device) -> list:
     [, speech]: float32 numpy (rows, H)})``."""
     b = collate(items)
     faces, speech = b.get("faces"), b.get("speech")
-    out = model(b["input_ids"].to(device), b["text_lens"].to(device),
+    model.check_ids(b["input_ids"])  # on the host; the lengths stay there too (no read-back)
+    out = model(b["input_ids"].to(device), b["text_lens"],
                 faces=None if faces is None else faces.to(device),
-                face_lens=None if faces is None else b["face_lens"].to(device),
+                face_lens=None if faces is None else b["face_lens"],
                 speech=None if speech is None else speech.to(device),
-                speech_lens=None if speech is None else b["speech_lens"].to(device),
+                speech_lens=None if speech is None else b["speech_lens"],
                 output_hidden_states=layer != model.config.layers)
     hidden = out.hidden if out.hidden_states is None else out.hidden_states[layer]
     parts = out.layout.split(hidden.float().cpu())

@@ -202,6 +202,7 @@ def run_one(cfg: FinetuneConfig, fold, seed: int, run_dir: Path, device, precisi
                 batch = next(batches, None)
                 if batch is None:
                     break
+                clf.model.check_ids(batch["input_ids"])  # on the host: no read-back
                 batch = to_device(batch, device)
                 with autocast(device, precision):
                     logits = clf(batch)
@@ -303,7 +304,9 @@ def evaluate(clf: Classifier, ds: MemoDataset, batcher: Batcher, cfg, device, pr
                                  max_tokens=cfg.data.max_tokens, shuffle=False)
     ids, labels, preds = [], [], []
     for idx in sampler:
-        batch = to_device(batcher([ds[i] for i in idx]), device)
+        batch = batcher([ds[i] for i in idx])
+        clf.model.check_ids(batch["input_ids"])  # on the host: no read-back
+        batch = to_device(batch, device)
         with autocast(device, precision):
             logits = clf(batch)
         preds.append(logits.float().argmax(-1).cpu())

@@ -29,7 +29,7 @@ from memotrain.config import ConfigError, ModelConfig
 from memotrain.data import ConcatDataset, MemoDataset, collate
 from memotrain.engine import (NonFiniteError, Optim, Stepper, TrainError, append_jsonl, autocast,
                               grad_scaler, param_groups, resolve_device, resolve_precision,
-                              seed_for, to_device)
+                              seed_for)
 from memotrain.model import MemoBert
 from memotrain.sampler import BucketBatchSampler
 from memotrain.tasks import Pretrainer
@@ -169,9 +169,10 @@ def _run(cfg: TrainConfig, proc: Proc, resume: bool, stop_after, console) -> dic
               grad_scaler(device, precision), streams)
     net = pretrainer
     if world > 1:
+        # no device_ids: DDP would move the batch to the device itself, and the Pretrainer
+        # needs it on the host (it draws the masks there, then moves it)
         net = nn.parallel.DistributedDataParallel(
-            pretrainer, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True)  # each task uses only its heads
+            pretrainer, find_unused_parameters=True)  # each task uses only its heads
     if resume:
         _load_state(run, latest)
     for op in run.optims:  # the learning rates are functions of the update number
@@ -201,7 +202,7 @@ def _run(cfg: TrainConfig, proc: Proc, resume: bool, stop_after, console) -> dic
         torch.manual_seed(seed_for(cfg.seed, rank, step, 1))  # dropout of this update
         gen = torch.Generator().manual_seed(seed_for(cfg.seed, rank, step, 2))  # masks
         for micro in range(stepper.grad_accum):
-            batch = to_device(streams[task].next(), device)
+            batch = streams[task].next()  # on the host: the Pretrainer moves it
             examples += len(batch["ids"])
             sync = micro == stepper.grad_accum - 1 or world == 1
             with (contextlib.nullcontext() if sync else net.no_sync()), \
@@ -274,7 +275,7 @@ def validate(pretrainer: Pretrainer, val_sets: dict, cfg: TrainConfig, proc: Pro
             gen = torch.Generator().manual_seed(seed_for(cfg.seed, 0x5A1))
             totals, n = {}, 0
             for idx in sampler:
-                batch = to_device(collate([ds[i] for i in idx]), proc.device)
+                batch = collate([ds[i] for i in idx])  # on the host: the Pretrainer moves it
                 with autocast(proc.device, precision):
                     res = pretrainer(t, batch, gen)
                 w = res.n_targets
