@@ -22,7 +22,11 @@ from memodb.store.textdb import TextDB
 
 log = logging.getLogger(__name__)
 
+# the batch's lengths: they stay on the host (to_device), where the model builds its layout
+HOST_KEYS = ("text_lens", "face_lens", "speech_lens")
 IGNORE_TARGET = -100  # torch.nn.functional.cross_entropy's default ignore_index
+# frame features are handed on in their stored dtype when it is one of these (the model casts)
+FRAME_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 MAX_LISTED = 5  # ids named per kind of dropped text
 
 
@@ -349,10 +353,12 @@ class MemoDataset(torch.utils.data.Dataset):
                 None if self.speech_path is None else FeatureDB(self.speech_path))
         return r
 
-    def _frames(self, db, key, n, name, array_names, dtype=np.float32):
+    def _frames(self, db, key, n, array_names):
+        """The first ``n`` frames of each ``(stored name, item name, dtype)`` of ``key``;
+        dtype None: as stored when float16 or float32 (lossless), else float32."""
         arrays = db[key]
         out = {}
-        for src, dst in array_names:
+        for src, dst, dtype in array_names:
             a = arrays.get(src)
             if a is None:
                 if src == "features":
@@ -362,6 +368,8 @@ class MemoDataset(torch.utils.data.Dataset):
                 raise DatabaseError(f"{db.path}: segment {key!r} has {len(a)} {src} frames, its "
                                     f"index says {n}; the database changed since the dataset "
                                     "was built")
+            if dtype is None:
+                dtype = a.dtype if a.dtype in FRAME_DTYPES else np.float32
             out[dst] = np.asarray(a[:n], dtype=dtype)
         return out
 
@@ -391,19 +399,20 @@ class MemoDataset(torch.utils.data.Dataset):
         if img is not None or speech is not None:
             key = self.img_keys[i] if self.img_keys is not None else id_to_key(text_id)
         if img is not None and self.crops:
-            item.update(self._frames(img, key, int(self.face_lens[i]), "faces",
-                                     (("features", "faces"),), np.float16))
+            item.update(self._frames(img, key, int(self.face_lens[i]),
+                                     (("features", "faces", np.float16),)))
             if item["faces"].shape[1:] != (self.crop_size, self.crop_size):
                 raise DatabaseError(f"{self.img_path}: segment {key!r} holds crops of shape "
                                     f"{item['faces'].shape[1:]}, its manifest says "
                                     f"{self.crop_size}x{self.crop_size}; rebuild it with memo "
                                     "db rawimg-db")
-        elif img is not None:
-            item.update(self._frames(img, key, int(self.face_lens[i]), "faces",
-                                     (("features", "faces"), ("soft_labels", "soft_labels"))))
+        elif img is not None:  # features as stored (float16 from memo's builds)
+            item.update(self._frames(img, key, int(self.face_lens[i]),
+                                     (("features", "faces", None),
+                                      ("soft_labels", "soft_labels", np.float32))))
         if speech is not None:
-            item.update(self._frames(speech, key, int(self.speech_lens[i]), "speech",
-                                     (("features", "speech"),)))
+            item.update(self._frames(speech, key, int(self.speech_lens[i]),
+                                     (("features", "speech", None),)))
         return item
 
 
@@ -442,7 +451,8 @@ def _pad(arrays, width, fill, dtype, tail=()):
 
 def _frames(items, name, lens_name, batch):
     """Pad one frame modality (``faces`` / ``speech``) when any item has it: feature vectors
-    (n, D) float32, or raw crops (n, S, S) float16 (kept in their dtype)."""
+    (n, D) or raw crops (n, S, S), in the items' dtype (float16 as memo's databases store
+    them: half the bytes through the worker queue; the widest when items differ)."""
     have = [it.get(name) for it in items]
     if all(a is None for a in have):
         return
@@ -453,7 +463,7 @@ def _frames(items, name, lens_name, batch):
                         f"{[it['id'] for it in items]}); mix only corpora with the same "
                         "feature extractor (or the same crop size)")
     tail = tails.pop()
-    dtype = np.float16 if len(tail) == 2 else np.float32  # raw crops stay float16
+    dtype = np.result_type(*(a.dtype for a in have if a is not None))
     have = [np.zeros((0, *tail), dtype) if a is None else a for a in have]
     lens = [len(a) for a in have]
     width = max(lens)
@@ -486,3 +496,10 @@ def collate(items: list[dict]) -> dict:
         batch["targets"] = None
     batch["ids"] = [it["id"] for it in items]
     return batch
+
+
+def to_device(batch: dict, device) -> dict:
+    """The batch's tensors on ``device``, except the lengths (``HOST_KEYS``): the model builds
+    its layout from them on the host, without reading the device back."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor)
+            and k not in HOST_KEYS else v for k, v in batch.items()}

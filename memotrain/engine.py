@@ -77,16 +77,6 @@ def grad_scaler(device: torch.device, precision: str = "fp32") -> torch.amp.Grad
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
-HOST_KEYS = ("text_lens", "face_lens", "speech_lens")
-
-
-def to_device(batch: dict, device) -> dict:
-    """The batch's tensors on ``device``, except the lengths (``HOST_KEYS``): the model builds
-    its layout from them on the host, without reading the device back."""
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor)
-            and k not in HOST_KEYS else v for k, v in batch.items()}
-
-
 def seed_for(*parts: int) -> int:
     """A 63-bit seed from integers (a fixed mix, the same on every platform)."""
     h = 0x9E3779B97F4A7C15

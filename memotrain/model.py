@@ -438,7 +438,6 @@ class MemoBert(nn.Module):
                     f"(max_txt_len / max_bb) or use a config with a larger {field}")
         return Layout.build(lens, widths, input_ids.device)
 
-
     def check_ids(self, input_ids: torch.Tensor) -> None:
         """InputError when a token id lies outside the vocabulary (reads ``input_ids``: call
         it on the host copy of a batch)."""

@@ -18,7 +18,7 @@ from torch import nn
 
 from memodb.errors import MemoError
 from memotrain import masking
-from memotrain.engine import HOST_KEYS, to_device
+from memotrain.data import HOST_KEYS, to_device
 
 TASKS = ("mlm", "mlm_wwm", "melm", "itm", "mrfr", "mrckl", "mspanrfr", "mspanrckl", "msrfr",
          "vnce")

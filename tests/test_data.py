@@ -65,8 +65,10 @@ def test_items_carry_cls_sep_and_the_feature_dbs_arrays(dbs):
         assert item["target"] == ex["target"]
         stored = img[item["id"]]
         n = img.nbb()[item["id"] + ".npz"]
-        assert item["faces"].dtype == np.float32 and item["faces"].shape == (n, 342)
-        np.testing.assert_array_equal(item["faces"], stored["features"][:n].astype(np.float32))
+        # float16 as stored: the same values, half the bytes through the loader's queue
+        assert stored["features"].dtype == np.float16
+        assert item["faces"].dtype == np.float16 and item["faces"].shape == (n, 342)
+        np.testing.assert_array_equal(item["faces"], stored["features"][:n])
         np.testing.assert_array_equal(item["soft_labels"],
                                       stored["soft_labels"][:n].astype(np.float32))
         assert ds.lengths[i] == len(item["input_ids"]) + n
@@ -97,8 +99,8 @@ def test_speech_db_adds_speech_and_drops_texts_without_it(dbs):
     assert len(ds) == 19 and ds.max_speech == 64 and ds.speech_dim == SPEECH_DIM
     for i in range(len(ds)):
         item = ds[i]
-        np.testing.assert_array_equal(item["speech"], sp[item["id"]]["features"].astype(
-            np.float32))
+        assert item["speech"].dtype == np.float16
+        np.testing.assert_array_equal(item["speech"], sp[item["id"]]["features"])
         assert ds.lengths[i] == len(item["input_ids"]) + len(item["faces"]) + len(
             item["speech"])
     text_only = MemoDataset(dbs["txt"], speech_db=dbs["speech"], max_text_len=100)
@@ -117,7 +119,8 @@ def test_collate_pads_every_modality_and_keeps_real_lengths(dbs):
     sl = [len(it["speech"]) for it in items]
     assert b["input_ids"].shape == (B, max(tl)) and b["input_ids"].dtype == torch.long
     assert b["text_lens"].tolist() == tl and b["text_lens"].dtype == torch.long
-    assert b["faces"].shape == (B, max(fl), 342) and b["faces"].dtype == torch.float32
+    assert b["faces"].shape == (B, max(fl), 342) and b["faces"].dtype == torch.float16
+    assert b["speech"].dtype == torch.float16 and b["soft_labels"].dtype == torch.float32
     assert b["face_lens"].tolist() == fl and b["soft_labels"].shape == (B, max(fl), 8)
     assert b["speech"].shape == (B, max(sl), SPEECH_DIM) and b["speech_lens"].tolist() == sl
     assert b["word_ids"].shape == b["emo_type_ids"].shape == b["input_ids"].shape
@@ -151,6 +154,25 @@ def test_collate_targets_and_errors():
         collate([item(1, dim=4), item(2, dim=5)])
     with pytest.raises(DataError, match="empty batch"):
         collate([])
+
+
+def test_collate_keeps_the_stored_float_dtype():
+    """float16 frames stay float16 (half the bytes through the worker queue); a batch mixing
+    them with float32 frames (a database written by memo extract --dtype float32) is float32,
+    every value exact."""
+    def item(n, dtype):
+        return {"id": f"x{n}", "input_ids": np.array([101, 7, 102]),
+                "word_ids": np.array([-1, 0, -1]),
+                "faces": (np.arange(n * 3, dtype=np.float32).reshape(n, 3) / 7).astype(dtype)}
+
+    half = [item(2, np.float16), item(1, np.float16)]
+    assert collate(half)["faces"].dtype == torch.float16
+    mixed = [item(2, np.float16), item(1, np.float32)]
+    b = collate(mixed)
+    assert b["faces"].dtype == torch.float32
+    for k, it in enumerate(mixed):
+        assert torch.equal(b["faces"][k, :len(it["faces"])],
+                           torch.from_numpy(it["faces"].astype(np.float32)))
 
 
 def test_forked_dataloader_workers_read_the_same_batches(dbs):

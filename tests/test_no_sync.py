@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from memotrain.config import preset
-from memotrain.engine import HOST_KEYS, to_device
+from memotrain.data import HOST_KEYS, to_device
 from memotrain.model import MemoBert
 from memotrain.tasks import TASKS, Pretrainer
 from test_joint import TINY_CNN, WIDTH, crops_batch

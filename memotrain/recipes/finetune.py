@@ -24,9 +24,9 @@ from memotrain import metrics as M
 from memotrain import results as R
 from memotrain.checkpoint import load_model, save_checkpoint
 from memotrain.classifier import Batcher, Classifier, FinetuneError, Prompt, load_classifier
-from memotrain.data import IGNORE_TARGET, MemoDataset, default_frame_limit
+from memotrain.data import IGNORE_TARGET, MemoDataset, default_frame_limit, to_device
 from memotrain.engine import (NonFiniteError, Optim, Stepper, append_jsonl, autocast, grad_scaler,
-                              param_groups, resolve_device, resolve_precision, seed_for, to_device)
+                              param_groups, resolve_device, resolve_precision, seed_for)
 from memotrain.finetuneconfig import (MODALITIES, FinetuneConfig, load_finetune_config, run_name,
                                       same_database)
 from memotrain.model import MemoBert
