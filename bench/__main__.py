@@ -16,6 +16,9 @@ Scales (the arguments each benchmark gets are in :data:`SCALES`):
   hour on 2 cores (estimated from the scripts' own run times), and ~20 GB of scratch space
   under ``--tmp`` at its peak (end_to_end).
 
+``gpu`` measures on a CUDA device at ``full`` scale on a machine with one; otherwise (``small``
+passes ``--tiny``, or no CUDA) it runs its tiny CPU smoke run.
+
 ``--out FILE`` (default bench/out/ALL.md) gets the command line, the machine, the git revision,
 a contents table (seconds per benchmark) and every table; each table is also written beside it
 as ``<name>.md``. A benchmark that fails is named at the top of the file and the suite exits 1
@@ -57,6 +60,7 @@ SCALES = {
                      "--repeat", "1"],
         "joint_memory": ["--batches", "1,2", "--faces", "2", "--frozen", "2", "--warmup",
                          "0", "--steps", "1"],
+        "gpu": ["--tiny"],
     },
     "full": {
         "imgdb_build": [],  # 3,000 segments, best of 5
@@ -71,6 +75,7 @@ SCALES = {
         "extract": [],  # tiny on 2,000 segments, base on 64
         "finetune": ["--presets", "tiny:2000,base:100", "--batch-size", "16", "--steps", "3"],
         "joint_memory": [],
+        "gpu": [],  # the CUDA device when there is one, else its tiny CPU run
     },
 }
 NAMES = list(SCALES["full"])

@@ -172,3 +172,36 @@ def test_parallel_h5_corpus_does_not_depend_on_workers(tmp_path):
                     np.testing.assert_array_equal(seg_a[k][()], seg_b[k][()])
                 assert (len(seg_a["feat"]) == 0) == (s % 9 == 0)
                 assert seg_a["feat"].shape[1:] == (342,)
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_every_case_on_the_cpu(tmp_path):
+    """``python -m bench.gpu --tiny``, the run a machine without CUDA gets: the CUDA tests
+    (skipped here), every case with its ratio, DDP over gloo, one table in the --out file."""
+    out = tmp_path / "gpu_tiny.md"
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu", "--tiny", "--out", str(out),
+                           "--tmp", str(tmp_path)], cwd=ROOT, env=SUBPROCESS_ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    md = out.read_text()
+    assert md in proc.stdout and not list(tmp_path.glob("memo-bench-*"))
+    (table,) = tables(md)
+    rows = {r[0]: r for r in table[1:]}
+    assert list(rows) == [
+        "transformers BertModel, input_ids (baseline)",
+        "memo MemoBert (text ids + float16 faces)", "memo pre-training update, task mlm",
+        "memo pre-training update, task mrfr", "joint CNN update (vnce), 0 frozen blocks",
+        "joint CNN update (vnce), 2 frozen blocks", "DDP, 2 processes (gloo), task mlm"]
+    assert rows["transformers BertModel, input_ids (baseline)"][3] == "1.00x"
+    assert all(RATIO.fullmatch(r[3]) and r[1] == "10" for k, r in rows.items()
+               if not k.startswith("DDP"))
+    assert rows["DDP, 2 processes (gloo), task mlm"][1] == "20"
+    assert "batch 10 = token budget 680 // 68" in md and "not measurements" in md
+    assert re.search(r"CUDA tests: `pytest -m cuda` over \d+ files: \d+ skipped", md)
+
+
+def test_gpu_script_refuses_a_budget_without_an_example():
+    from bench import gpu
+
+    with pytest.raises(SystemExit, match="holds no example of 68 positions"):
+        gpu.main(["--tiny", "--max-tokens", "60"])
