@@ -4,7 +4,7 @@
 turns one collated batch into one task's loss::
 
     pre = Pretrainer(model, ["mlm_wwm", "mspanrfr", "mspanrckl"], ds.mask_id, ds.v_range)
-    out = pre("mlm_wwm", batch, generator)   # TaskOutput(loss, n_targets, metrics)
+    out = pre("mlm_wwm", batch, generator)   # TaskOutput(loss, n_targets, values)
 
 What each task masks and scores: docs/TRAINER.md "Pre-training tasks".
 """
