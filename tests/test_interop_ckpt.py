@@ -24,62 +24,68 @@ EPS = 1e-12  # the original's LayerNorm epsilon
 # width, speech width, emotion types, soft labels, fine-tuned classes
 V, H, L, NH, I, P, D, S, K, C, N = 50, 32, 2, 4, 64, 40, 12, 10, 5, 8, 4
 
-# The original checkpoint's keys and shapes (a bare state dict). "LN" expands to .weight and
-# .bias (H,); "Lin(o, i)" to .weight (o, i) and .bias (o,). Groups: the model, the emotion-type
-# table (emotion-type MELM), speech (three-modality), pre-training heads, fine-tuned heads.
+# The original checkpoint's keys and shapes (a bare state dict), in the size names of SIZES.
+# "LN" expands to .weight and .bias (H,) ("LN2": (2H,)); ("Lin", o, i) to .weight (o, i) and
+# .bias (o,). Groups: the model, the emotion-type table (emotion-type MELM), speech
+# (three-modality), pre-training heads, fine-tuned heads (emocls, vqa).
+SIZES = {"V": V, "H": H, "I": I, "P": P, "D": D, "S": S, "K": K, "C": C, "N": N, "2H": 2 * H,
+         "1": 1, "2": 2}
 MODEL = {
-    "uniter.embeddings.word_embeddings.weight": (V, H),
-    "uniter.embeddings.position_embeddings.weight": (P, H),
-    "uniter.embeddings.token_type_embeddings.weight": (2, H),
+    "uniter.embeddings.word_embeddings.weight": ("V", "H"),
+    "uniter.embeddings.position_embeddings.weight": ("P", "H"),
+    "uniter.embeddings.token_type_embeddings.weight": ("2", "H"),
     "uniter.embeddings.LayerNorm": "LN",
-    "uniter.img_embeddings.img_linear": ("Lin", H, D),
+    "uniter.img_embeddings.img_linear": ("Lin", "H", "D"),
     "uniter.img_embeddings.img_layer_norm": "LN",
-    "uniter.img_embeddings.position_embeddings.weight": (P, H),
+    "uniter.img_embeddings.position_embeddings.weight": ("P", "H"),
     "uniter.img_embeddings.LayerNorm": "LN",
-    "uniter.img_embeddings.mask_embedding.weight": (2, D),
+    "uniter.img_embeddings.mask_embedding.weight": ("2", "D"),
     **{f"uniter.encoder.layer.{n}.{k}": v for n in range(L) for k, v in {
-        "attention.self.query": ("Lin", H, H), "attention.self.key": ("Lin", H, H),
-        "attention.self.value": ("Lin", H, H), "attention.output.dense": ("Lin", H, H),
-        "attention.output.LayerNorm": "LN", "intermediate.dense": ("Lin", I, H),
-        "output.dense": ("Lin", H, I), "output.LayerNorm": "LN"}.items()},
-    "uniter.pooler.dense": ("Lin", H, H),
+        "attention.self.query": ("Lin", "H", "H"), "attention.self.key": ("Lin", "H", "H"),
+        "attention.self.value": ("Lin", "H", "H"), "attention.output.dense": ("Lin", "H", "H"),
+        "attention.output.LayerNorm": "LN", "intermediate.dense": ("Lin", "I", "H"),
+        "output.dense": ("Lin", "H", "I"), "output.LayerNorm": "LN"}.items()},
+    "uniter.pooler.dense": ("Lin", "H", "H"),
 }
-EMO = {"uniter.embeddings.emo_type_embeddings.weight": (K, H)}
+EMO = {"uniter.embeddings.emo_type_embeddings.weight": ("K", "H")}
 SPEECH = {
-    "uniter.speech_embeddings.speech_linear": ("Lin", H, S),
+    "uniter.speech_embeddings.speech_linear": ("Lin", "H", "S"),
     "uniter.speech_embeddings.speech_layer_norm": "LN",
-    "uniter.speech_embeddings.position_embeddings.weight": (P, H),
+    "uniter.speech_embeddings.position_embeddings.weight": ("P", "H"),
     "uniter.speech_embeddings.LayerNorm": "LN",
-    "uniter.speech_embeddings.mask_embedding.weight": (2, S),
-    "uniter.speech_embeddings.token_type_embeddings.weight": (1, H),
+    "uniter.speech_embeddings.mask_embedding.weight": ("2", "S"),
+    "uniter.speech_embeddings.token_type_embeddings.weight": ("1", "H"),
 }
 PRETRAIN = {  # cls.predictions.decoder.weight and feat_regress.weight: tied (added below)
-    "cls.predictions.transform.dense": ("Lin", H, H),
+    "cls.predictions.transform.dense": ("Lin", "H", "H"),
     "cls.predictions.transform.LayerNorm": "LN",
-    "cls.predictions.bias": (V,),
-    "itm_output": ("Lin", 2, H),
-    "feat_regress.net.0": ("Lin", H, H), "feat_regress.net.2": "LN", "feat_regress.bias": (D,),
-    "region_classifier.net.0": ("Lin", H, H), "region_classifier.net.2": "LN",
-    "region_classifier.net.3": ("Lin", C, H),
+    "cls.predictions.bias": ("V",),
+    "itm_output": ("Lin", "2", "H"),
+    "feat_regress.net.0": ("Lin", "H", "H"), "feat_regress.net.2": "LN",
+    "feat_regress.bias": ("D",),
+    "region_classifier.net.0": ("Lin", "H", "H"), "region_classifier.net.2": "LN",
+    "region_classifier.net.3": ("Lin", "C", "H"),
 }
-SPEECH_HEAD = {"speech_feat_regress.net.0": ("Lin", H, H), "speech_feat_regress.net.2": "LN",
-               "speech_feat_regress.bias": (S,)}
-EMOCLS = {"output.1": ("Lin", N, H)}  # Dropout, Linear
-VQA = {"output.0": ("Lin", 2 * H, H), "output.2": ("LN2",), "output.3": ("Lin", N, 2 * H)}
+SPEECH_HEAD = {"speech_feat_regress.net.0": ("Lin", "H", "H"),
+               "speech_feat_regress.net.2": "LN", "speech_feat_regress.bias": ("S",)}
+EMOCLS = {"output.1": ("Lin", "N", "H")}  # Dropout, Linear
+VQA = {"output.0": ("Lin", "2H", "H"), "output.2": "LN2", "output.3": ("Lin", "N", "2H")}
 
 
-def original(*groups, seed=0) -> dict:
-    """Random weights for the keys of ``groups`` (LayerNorm weights around 1)."""
+def original(*groups, seed=0, **sizes) -> dict:
+    """Random weights for the keys of ``groups`` (LayerNorm weights around 1); ``sizes``
+    change SIZES."""
     g = torch.Generator().manual_seed(seed)
+    size = {**SIZES, **sizes}
 
-    def rnd(*shape, mean=0.0):
-        return mean + 0.2 * torch.randn(*shape, generator=g)
+    def rnd(*names, mean=0.0):
+        return mean + 0.2 * torch.randn(*(size[n] for n in names), generator=g)
 
     sd = {}
     for group in groups:
         for key, spec in group.items():
-            if spec in ("LN",) or spec == ("LN2",):
-                w = H if spec == "LN" else 2 * H
+            if spec in ("LN", "LN2"):
+                w = "H" if spec == "LN" else "2H"
                 sd[key + ".weight"], sd[key + ".bias"] = rnd(w, mean=1.0), rnd(w)
             elif spec[0] == "Lin":
                 sd[key + ".weight"], sd[key + ".bias"] = rnd(spec[1], spec[2]), rnd(spec[1])
@@ -483,3 +489,25 @@ def test_cli_convert_and_export(tmp_path):
     assert (tmp_path / "out.json").is_file()
     res = run.invoke(main, ["train", "export-ckpt", "--help"])
     assert res.exit_code == 0 and "uniter3m" in res.output
+
+
+def test_pretraining_starts_from_the_imported_heads(pretrain_corpus, tmp_path):
+    from memotrain.recipes.pretrain import pretrain
+
+    sd = original(MODEL, PRETRAIN, seed=10, V=30522, D=342)  # the corpus's vocabulary, faces
+    convert_checkpoint(save_original(tmp_path / "ckpt", sd, config=uniter_json(vocab_size=30522)),
+                       tmp_path / "memo.pt")
+    c = pretrain_corpus
+    cfg = {"init_checkpoint": str(tmp_path / "memo.pt"),
+           "data": {"corpora": [{"txt_db": c["train"], "img_db": c["img"],
+                                 "tasks": {"mlm": 1, "mrfr": 1, "itm": 1}}],
+                    "max_text_len": 20, "max_faces": 10, "batch_size": 4},
+           "optim": {"lr": 1e-4, "warmup_steps": 1}, "steps": 2, "seed": 0, "log_every": 1,
+           "val_every": 0, "save_every": 2, "output_dir": str(tmp_path / "run")}
+    pretrain(cfg)
+    heads = load_checkpoint(tmp_path / "run" / "ckpt" / "model_step_2.pt")["heads"]
+    assert sorted(k.split(".")[0] for k in heads) == ["itm_head"] * 2 + ["mrfr_head"] * 5
+    # two AdamW updates of lr 1e-4 move a weight by about 2e-4; a fresh head differs by ~0.2
+    for theirs, ours in (("itm_output.weight", "itm_head.weight"),
+                         ("feat_regress.net.0.weight", "mrfr_head.transform.0.weight")):
+        assert (heads[ours] - sd[theirs]).abs().max() < 1e-3
