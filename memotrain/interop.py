@@ -122,8 +122,8 @@ def original_config(sd: dict, settings: dict | None = None, where: str = "checkp
         raise CheckpointError(f"{where}: no {emb}word_embeddings.weight: not a whole original "
                               "checkpoint")
     hidden = shape(emb + "word_embeddings.weight", 1)
-    layers = [int(m.group(1)) for k in sd for m in [re.match(r"uniter\.encoder\.layer\.(\d+)\.",
-                                                             k)] if m]
+    layer = re.compile(r"uniter\.encoder\.layer\.(\d+)\.")
+    layers = [int(m.group(1)) for m in map(layer.match, sd) if m]
     d = {"vocab_size": shape(emb + "word_embeddings.weight", 0), "hidden": hidden,
          "layers": max(layers) + 1 if layers else 0,
          "intermediate": shape(PREFIX + "encoder.layer.0.intermediate.dense.weight", 0),
@@ -168,10 +168,13 @@ def _settings(src: Path, config) -> tuple[dict | None, str]:
         path = src.parent / name.format(stem=src.stem)
         if path.is_file():
             try:
-                return json.loads(path.read_text(encoding="utf-8")), str(path.resolve())
+                d = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
-                raise ConfigError(f"{path}: unreadable config JSON ({exc}) (fix: repair it or "
-                                  "pass --config)") from None
+                d = exc
+            if not isinstance(d, dict):
+                raise ConfigError(f"{path}: not a model config JSON object ({d}) (fix: repair "
+                                  "it or pass --config)")
+            return d, str(path.resolve())
     return None, "shapes"
 
 
@@ -271,8 +274,9 @@ def _fill(sd: dict, cfg: ModelConfig, seed: int, where: str):
     heads = _check_heads(model, heads, where)
     finetuned = _check_head(model, head, where) if head else None
     fresh = [k for k in ours if k not in mapped and k != "mlm.decoder.weight"]
+    found = {k.split(".")[0] for k in heads}
     source = {"seed": seed, "fresh": list(dict.fromkeys(k.split(".")[0] for k in fresh)),
-              "unexpected": unexpected, "heads": [h for h in HEAD_TASKS if h + ".bias" in heads or h + ".out.bias" in heads],
+              "unexpected": unexpected, "heads": [h for h in HEAD_TASKS if h in found],
               "mask_row0": row0}
     return model, Conversion(cfg, source, loaded=sorted(mapped), fresh=fresh,
                              unexpected=unexpected), heads, finetuned
