@@ -256,8 +256,12 @@ def _fill(sd: dict, cfg: ModelConfig, seed: int, where: str):
                                   "(fix: pass the --config of this checkpoint)")
     missing = [k for k in ours if k not in mapped and not k.startswith("mlm.")]
     if missing:
+        named = [to_original_key(k) or next(t for t, (o, _) in RESHAPED.items() if o == k)
+                 for k in missing]
         raise CheckpointError(f"{where}: {len(missing)} key(s) the model needs are missing: "
-                              f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
+                              f"{', '.join(named[:6])}{' ...' if len(named) > 6 else ''} (an "
+                              "original checkpoint of another variant, e.g. UNITER's box "
+                              "positions, has no memo counterpart)")
     mlm = [k for k in ours if k.startswith("mlm.") and k != "mlm.decoder.weight"]
     have = [k for k in mlm if k in mapped]
     if have and len(have) != len(mlm):

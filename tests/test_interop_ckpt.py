@@ -389,7 +389,7 @@ def test_config_from_shapes_json_and_override(tmp_path):
 def test_incomplete_original_is_refused(tmp_path):
     sd = original(MODEL, PRETRAIN, seed=7)
     del sd["uniter.encoder.layer.1.output.dense.bias"]
-    with pytest.raises(CheckpointError, match="encoder.layer.1.output.dense.bias"):
+    with pytest.raises(CheckpointError, match="uniter.encoder.layer.1.output.dense.bias"):
         convert_checkpoint(save_original(tmp_path / "a", sd), tmp_path / "a.pt")
     sd = original(MODEL, PRETRAIN, seed=7)
     del sd["region_classifier.net.3.bias"]
@@ -511,3 +511,15 @@ def test_pretraining_starts_from_the_imported_heads(pretrain_corpus, tmp_path):
     for theirs, ours in (("itm_output.weight", "itm_head.weight"),
                          ("feat_regress.net.0.weight", "mrfr_head.transform.0.weight")):
         assert (heads[ours] - sd[theirs]).abs().max() < 1e-3
+
+
+def test_converted_finetuned_model_extracts(pretrain_corpus, tmp_path):
+    from memotrain.recipes.extract import extract
+
+    sd = original(MODEL, EMOCLS, seed=11, V=30522, D=342)
+    convert_checkpoint(save_original(tmp_path / "ckpt", sd, config=uniter_json(vocab_size=30522)),
+                       tmp_path / "best.pt")
+    c = pretrain_corpus
+    r = extract(tmp_path / "best.pt", c["val"], tmp_path / "feats.parquet", img_db=c["img"],
+                fmt="parquet", dtype="float32", device="cpu")
+    assert r.extracted == 4 and r.modalities == ["pooled", "text", "faces"]
