@@ -487,6 +487,15 @@ def test_cli_convert_and_export(tmp_path):
     assert res.exit_code == 0, res.output
     assert "heads: feat_regress, itm_output, region_classifier" in res.output
     assert (tmp_path / "out.json").is_file()
+    ft = save_original(tmp_path / "ft", original(MODEL, VQA, seed=12))
+    res = run.invoke(main, ["train", "convert-ckpt", str(ft), str(tmp_path / "best.pt"),
+                            "--labels", "neu,hap,sad,ang"])
+    assert res.exit_code == 0 and "heads: vqa" in res.output and "random (seed 0): mlm" in \
+        res.output, res.output
+    assert load_classifier(tmp_path / "best.pt")[1]["labels"] == ["neu", "hap", "sad", "ang"]
+    res = run.invoke(main, ["train", "convert-ckpt", str(ft), str(tmp_path / "b3.pt"),
+                            "--labels", "a,b,c"])
+    assert res.exit_code == 1 and "4 classes, 3 label names" in res.output
     res = run.invoke(main, ["train", "export-ckpt", "--help"])
     assert res.exit_code == 0 and "uniter3m" in res.output
 
@@ -511,6 +520,14 @@ def test_pretraining_starts_from_the_imported_heads(pretrain_corpus, tmp_path):
     for theirs, ours in (("itm_output.weight", "itm_head.weight"),
                          ("feat_regress.net.0.weight", "mrfr_head.transform.0.weight")):
         assert (heads[ours] - sd[theirs]).abs().max() < 1e-3
+    # memo's own checkpoint exports with the heads its run trained
+    r = export_original(tmp_path / "run" / "ckpt" / "model_step_2.pt", tmp_path / "o.pt",
+                        to="uniter")
+    back = torch.load(r.out, weights_only=True)
+    assert r.heads == ["feat_regress", "itm_output"] and "region_classifier.net.3.bias" not in back
+    assert torch.equal(back["feat_regress.weight"], back["uniter.img_embeddings.img_linear.weight"])
+    assert sorted(k for k in back if not k.startswith(("feat_regress", "itm_output"))) == sorted(
+        k for k in sd if not k.startswith(("feat_regress", "itm_output", "region_classifier")))
 
 
 def test_converted_finetuned_model_extracts(pretrain_corpus, tmp_path):
