@@ -389,26 +389,55 @@ def train():
 @click.argument("src", type=click.Path(exists=True))
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--config", "config", default=None, metavar="base|small|tiny|FILE",
-              help="Model config: a preset or a JSON file (memo's or a Hugging Face "
-                   "config.json). [default: SRC's config.json]")
+              help="Model config: a preset or a JSON file (memo's, a Hugging Face config.json "
+                   "or an original UniterConfig). [default: the config JSON beside SRC; for "
+                   "an original checkpoint without one, the shapes]")
+@click.option("--labels", default=None, metavar="A,B,...",
+              help="Class names of a fine-tuned original checkpoint's head, in its output "
+                   "order. [default: 0,1,...]")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the parts SRC lacks (face / speech embeddings, MLM head).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @_errors
-def convert_ckpt_cmd(src, out, config, seed, force):
-    """Convert a Hugging Face BERT checkpoint (folder or weights file) into a memo checkpoint."""
-    from memotrain.convert import convert_bert
+def convert_ckpt_cmd(src, out, config, labels, seed, force):
+    """Convert a Hugging Face BERT checkpoint (folder or weights file) or an original
+    MEmoBERT / UNITER checkpoint (model_step_N.pt) into a memo checkpoint."""
+    from memotrain.interop import convert_checkpoint
 
-    r = convert_bert(src, out, config=config, seed=seed, overwrite=force)
-    c = r.config
+    r = convert_checkpoint(src, out, config=config, seed=seed, overwrite=force,
+                           labels=labels.split(",") if labels else None)
+    c, s = r.config, r.source
     click.echo(f"{r.out}: {c.layers} layers, hidden {c.hidden}, {c.heads} heads, vocab "
-               f"{c.vocab_size}; {len(r.loaded)} tensors from {r.source['path']} "
-               f"(sha256 {r.source['sha256'][:12]})")
-    click.echo(f"random (seed {seed}): {', '.join(r.source['fresh']) or 'nothing'}")
+               f"{c.vocab_size}; {len(r.loaded)} tensors from {s['path']} "
+               f"(sha256 {s['sha256'][:12]})")
+    if s["format"] in ("uniter", "uniter3m"):
+        heads = s["heads"] + ([s["head"]] if "head" in s else [])
+        click.echo(f"original {s['format']} checkpoint (config: {s['config']}); heads: "
+                   f"{', '.join(heads) or 'none'}; empty_face_frame on")
+    click.echo(f"random (seed {seed}): {', '.join(s['fresh']) or 'nothing'}")
     if r.unexpected:
         click.echo(f"warning: {len(r.unexpected)} key(s) of SRC not used: "
                    + ", ".join(r.unexpected[:10]) + (" ..." if len(r.unexpected) > 10 else ""),
                    err=True)
+
+
+@train.command("export-ckpt")
+@click.argument("src", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--to", "to", type=click.Choice(["uniter", "uniter3m"]), required=True,
+              help="The original model: uniter (text + faces) or uniter3m (+ speech).")
+@click.option("--force", is_flag=True, help="Replace OUT (and its .json) if they exist.")
+@_errors
+def export_ckpt_cmd(src, out, to, force):
+    """Write a memo checkpoint as an original MEmoBERT / UNITER state dict (OUT) and its model
+    config JSON beside it (OUT with .json)."""
+    from memotrain.interop import export_original
+
+    r = export_original(src, out, to=to, overwrite=force)
+    click.echo(f"{r.out}: {r.keys} tensors ({r.format}; heads: {', '.join(r.heads) or 'none'})"
+               f"; config {r.config_file}")
+    for note in r.notes:
+        click.echo(f"note: {note}", err=True)
 
 
 @train.command("pretrain", context_settings={"ignore_unknown_options": True,

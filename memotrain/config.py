@@ -61,6 +61,13 @@ class ModelConfig:
     face_backbone: dict | None = Field(
         None, description="architecture of a face CNN trained jointly (DenseNetBC settings "
                           "among FACE_BACKBONE_KEYS), or null: faces arrive as feature vectors")
+    emo_type_size: int = Field(
+        0, description="rows of the emotion-type embedding added to the text in MELM (the text "
+                       "db's emo_type_ids: 0 not an emotion word, 1 + category); 0 = none")
+    empty_face_frame: bool = Field(
+        False, description="an example without a face gets one zero face frame that is attended "
+                           "to (the original MEmoBERT's input; set for imported checkpoints); "
+                           "false: it gets no face frame")
 
     def __post_init__(self):
         def need(ok, what):
@@ -71,8 +78,8 @@ class ModelConfig:
                      "max_text_positions", "max_face_positions", "max_speech_positions",
                      "n_soft_labels"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, not {getattr(self, name)}")
-        for name in ("face_dim", "speech_dim"):
-            need(getattr(self, name) >= 0, f"{name} must be >= 0 (0 = modality off)")
+        for name in ("face_dim", "speech_dim", "emo_type_size"):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0 (0 = off)")
         need(self.hidden % self.heads == 0,
              f"hidden {self.hidden} is not a multiple of heads {self.heads}")
         need(self.type_vocab_size >= 2,
@@ -92,6 +99,8 @@ class ModelConfig:
                               f"{', '.join(FACE_BACKBONE_KEYS)})")
             need(self.face_dim > 0, "face_backbone needs faces (face_dim > 0: the width of "
                                     "the CNN's features)")
+            need(not self.empty_face_frame, "empty_face_frame feeds a zero face feature vector, "
+                                            "which a face_backbone model does not take")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -32,23 +32,28 @@ def activation(name: str):
 # ----------------------------------------------------------------------------- embeddings
 
 class TextEmbeddings(nn.Module):
-    """BERT embeddings: word + position + token type 0, LayerNorm, dropout."""
+    """BERT embeddings: word + position + token type 0 (+ emotion type, when the config has
+    them and ``emo_type_ids`` are given), LayerNorm, dropout."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden)
         self.position_embeddings = nn.Embedding(cfg.max_text_positions, cfg.hidden)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden)
+        self.emo_type_embeddings = (nn.Embedding(cfg.emo_type_size, cfg.hidden)
+                                    if cfg.emo_type_size else None)
         self.LayerNorm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, input_ids):
+    def forward(self, input_ids, emo_type_ids=None):
         n = input_ids.shape[1]
         # padded positions beyond the table are clamped: they are dropped by the gather anyway
         pos = torch.arange(n, device=input_ids.device).clamp_max(
             self.position_embeddings.num_embeddings - 1)
         x = self.word_embeddings(input_ids) + self.token_type_embeddings.weight[0]
         x = x + self.position_embeddings(pos)
+        if emo_type_ids is not None:
+            x = x + self.emo_type_embeddings(emo_type_ids)
         return self.dropout(self.LayerNorm(x))
 
 
@@ -357,10 +362,17 @@ class MemoBert(nn.Module):
 
     def forward(self, input_ids, text_lens=None, faces=None, face_lens=None, face_mask=None,
                 speech=None, speech_lens=None, speech_mask=None,
-                output_hidden_states=False) -> MemoOutput:
+                output_hidden_states=False, emo_type_ids=None) -> MemoOutput:
+        if emo_type_ids is not None and (self.embeddings.emo_type_embeddings is None or
+                                         emo_type_ids.shape != input_ids.shape):
+            raise InputError(f"emo_type_ids {tuple(emo_type_ids.shape)} given, but the model "
+                             f"has {self.config.emo_type_size} emotion types (emo_type_size) "
+                             f"and input_ids are {tuple(input_ids.shape)}")
+        if self.config.empty_face_frame and faces is not None:
+            faces, face_lens, face_mask = empty_face_frame(faces, face_lens, face_mask)
         layout = self.layout(input_ids, text_lens, faces, face_lens, face_mask,
                              speech, speech_lens, speech_mask)
-        parts = [self.embeddings(input_ids)]
+        parts = [self.embeddings(input_ids, emo_type_ids)]
         if faces is not None:
             if self.face_cnn is not None:
                 faces = self.encode_faces(faces, layout.host_lens["faces"])
@@ -447,6 +459,26 @@ class MemoBert(nn.Module):
         if lo < 0 or hi >= self.config.vocab_size:
             raise InputError(f"input_ids hold {lo if lo < 0 else hi}, outside the vocabulary "
                              f"[0, {self.config.vocab_size})")
+
+
+def empty_face_frame(faces, face_lens, face_mask):
+    """The original MEmoBERT's faces (``ModelConfig.empty_face_frame``): an example without a
+    face gets one zero frame, attended to like any face. Returns faces, lengths and mask."""
+    B, W = faces.shape[:2]
+    if W == 0:
+        faces = faces.new_zeros((B, 1, *faces.shape[2:]))
+        face_mask = None if face_mask is None else face_mask.new_zeros((B, 1))
+        return faces, [1] * B, face_mask
+    if face_lens is None:
+        return faces, face_lens, face_mask
+    if isinstance(face_lens, torch.Tensor):
+        empty, face_lens = face_lens == 0, face_lens.clamp_min(1)
+    else:
+        empty = torch.tensor([n == 0 for n in face_lens])
+        face_lens = [max(n, 1) for n in face_lens]
+    empty = empty.to(faces.device).view(B, *[1] * (faces.dim() - 1))
+    first = torch.where(empty, torch.zeros_like(faces[:, :1]), faces[:, :1])
+    return torch.cat([first, faces[:, 1:]], dim=1), face_lens, face_mask
 
 
 def _lengths(lens, B, width, what, minimum) -> list[int]:

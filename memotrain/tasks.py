@@ -27,6 +27,10 @@ MLM_TASKS = ("mlm", "mlm_wwm", "melm")
 FACE_TASKS = ("mrfr", "mrckl", "mspanrfr", "mspanrckl")
 SPEECH_TASKS = ("msrfr",)
 
+HEADS = ("itm_head", "mrfr_head", "mrckl_head", "msrfr_head", "vnce_head")
+# head weights that are the model's own input projections (tied), never stored with the heads
+TIED = ("mrfr_head.weight", "msrfr_head.weight")
+
 MLM_PROB = 0.15
 MELM_PROB = 0.5
 FRAME_PROB = 0.15
@@ -162,10 +166,38 @@ class Pretrainer(nn.Module):
         self.msrfr_head = (FeatureRegression(H, model.speech_embeddings.projection, eps)
                            if "msrfr" in want else None)
         self.vnce_head = ContrastiveHeads(H, cfg.face_dim, eps) if "vnce" in want else None
-        for head in (self.itm_head, self.mrfr_head, self.mrckl_head, self.msrfr_head,
-                     self.vnce_head):
-            if head is not None:
-                self._init_head(head, cfg.initializer_range)
+        for name in HEADS:
+            if getattr(self, name) is not None:
+                self._init_head(getattr(self, name), cfg.initializer_range)
+
+    def head_state(self) -> dict:
+        """The heads' weights (``itm_head.weight`` ...), without the tied ones: what a model
+        checkpoint stores under ``"heads"`` for :meth:`load_heads`."""
+        return {k: v for k, v in self.state_dict().items()
+                if k.split(".")[0] in HEADS and k not in TIED}
+
+    def load_heads(self, state: dict, where: str = "checkpoint") -> list:
+        """Fill each head of this Pretrainer that ``state`` (a :meth:`head_state`) holds whole;
+        returns the names of the heads filled. TaskError on a partial head or a shape that
+        does not fit."""
+        ours = self.head_state()
+        loaded = []
+        for name in HEADS:
+            keys = [k for k in ours if k.startswith(name + ".")]
+            have = [k for k in keys if k in state]
+            if not keys or not have:
+                continue
+            if len(have) != len(keys):
+                raise TaskError(f"{where}: the {name} weights are incomplete: "
+                                f"{', '.join(k for k in keys if k not in state)} missing")
+            bad = [k for k in keys if tuple(state[k].shape) != tuple(ours[k].shape)]
+            if bad:
+                raise TaskError(f"{where}: {bad[0]} has shape {tuple(state[bad[0]].shape)}, "
+                                f"the {name} of this model {tuple(ours[bad[0]].shape)}")
+            getattr(self, name).load_state_dict(
+                {k[len(name) + 1:]: state[k] for k in keys}, strict=False)
+            loaded.append(name)
+        return loaded
 
     @staticmethod
     def _init_head(head: nn.Module, std: float):
@@ -209,13 +241,14 @@ class Pretrainer(nn.Module):
 
     # ------------------------------------------------------------------------- helpers
 
-    def _run(self, batch, input_ids=None, face_mask=None, speech_mask=None, **swap):
+    def _run(self, batch, input_ids=None, face_mask=None, speech_mask=None, emo_type_ids=None,
+             **swap):
         """The model on the batch's modalities (some replaced by ``swap``)."""
         b = {**batch, **swap}
         return self.model(
             batch["input_ids"] if input_ids is None else input_ids, b["text_lens"],
             b.get("faces"), b.get("face_lens"), face_mask,
-            b.get("speech"), b.get("speech_lens"), speech_mask)
+            b.get("speech"), b.get("speech_lens"), speech_mask, emo_type_ids=emo_type_ids)
 
     @staticmethod
     def _indices(mask: torch.Tensor, device):
@@ -239,7 +272,7 @@ class Pretrainer(nn.Module):
         cands = (pos >= 1) & (pos < text_lens[:, None] - 1)  # not [CLS], [SEP], padding
         if not cands.any():
             raise self._no_target(task, "every text is empty: only [CLS] and [SEP]")
-        metrics = {}
+        metrics, emo_types = {}, None
         if task == "mlm":
             chosen = masking.choose_tokens(cands, MLM_PROB, gen)
         elif task == "mlm_wwm":
@@ -257,19 +290,39 @@ class Pretrainer(nn.Module):
                 plain = masking.choose_tokens(cands & fallback[:, None], MLM_PROB, gen)
                 chosen = chosen | plain
             metrics["fallback"] = float(fallback.sum()) / B
+            emo_types = self._emo_types(emo)
         if not chosen.any():
             raise self._no_target(task, "no token could be chosen (no word_ids >= 0 on the "
                                   "text tokens?)" if task == "mlm_wwm" else "nothing chosen")
         corrupted, _ = masking.corrupt_tokens(ids_cpu, chosen, self.mask_id, self.v_range, gen)
         rows, cols = chosen.nonzero(as_tuple=True)
         labels = ids_cpu[rows, cols].to(device, non_blocking=True)
-        out = self._run(batch, input_ids=corrupted.to(device, non_blocking=True))
+        if emo_types is not None:
+            emo_types = emo_types.to(device, non_blocking=True)
+        out = self._run(batch, input_ids=corrupted.to(device, non_blocking=True),
+                        emo_type_ids=emo_types)
         rows, cols = rows.to(device, non_blocking=True), cols.to(device, non_blocking=True)
         # text sits first in the compact order: text position t is compact position t
         logits = self.model.mlm(out.hidden[rows, cols])  # (N, vocab): masked positions only
         loss = F.cross_entropy(logits.float(), labels)
         metrics["acc"] = (logits.argmax(-1) == labels).float().mean().detach()
         return TaskOutput(loss, int(labels.numel()), metrics)
+
+    def _emo_types(self, emo):
+        """The batch's emotion types for a model with emotion-type embeddings (else None)."""
+        n = self.model.config.emo_type_size
+        if not n:
+            return None
+        if emo is None:
+            raise TaskError(f"task 'melm': the model adds emotion-type embeddings "
+                            f"(emo_type_size {n}), but the batch has no emo_type_ids (fix: "
+                            "build the text db with an emotion lexicon)")
+        hi = int(emo.max())
+        if hi >= n or int(emo.min()) < 0:
+            raise TaskError(f"task 'melm': emo_type_ids hold {hi}, outside the model's "
+                            f"emotion types [0, {n}) (the lexicon has more categories than "
+                            "emo_type_size)")
+        return emo
 
     # ------------------------------------------------------------------------- itm
 

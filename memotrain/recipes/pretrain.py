@@ -161,9 +161,12 @@ def _run(cfg: TrainConfig, proc: Proc, resume: bool, stop_after, console) -> dic
     # -- model, heads, optimizers -----------------------------------------------------------
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = _build_model(cfg, model_cfg, joint_resume)
+        model, heads = _build_model(cfg, model_cfg, joint_resume)
         pretrainer = Pretrainer(model, tasks, first.mask_id, first.v_range,
                                 vnce_temperature=cfg.vnce_temperature)
+    if heads and not resume:
+        loaded = pretrainer.load_heads(heads, str(cfg.init_checkpoint))
+        log.info("heads from %s: %s", cfg.init_checkpoint, ", ".join(loaded) or "none needed")
     pretrainer.to(device)
     run = Run(cfg, proc, pretrainer, build_optimizers(pretrainer, cfg, device),
               grad_scaler(device, precision), streams)
@@ -397,7 +400,7 @@ def _save(run: Run, ckpt_dir: Path) -> Path:
     if run.proc.main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         save_checkpoint(model_path, run.pretrainer.model, step=step,
-                        train_config=cfg.to_dict())
+                        train_config=cfg.to_dict(), heads=run.pretrainer.head_state())
         cnn = run.optims[1].optimizer if len(run.optims) > 1 else None
         state = {
             "version": STATE_VERSION, "step": step, "skipped": run.skipped,
@@ -443,30 +446,32 @@ def _saved_model_config(latest: Path) -> ModelConfig:
                          f"rebuilds the model on resume ({exc})") from None
 
 
-def _build_model(cfg: TrainConfig, mc: ModelConfig, joint_resume: bool) -> MemoBert:
-    """The model of a run: from ``init_checkpoint`` (a model without a face CNN gets one) or
-    random; on a first start the face CNN's features come from ``face_backbone.checkpoint``;
-    then the CNN's frozen blocks and checkpointing are set. ``joint_resume``: a random model
-    of the saved config (the resume state fills it; nothing else is read)."""
-    fb = cfg.face_backbone
+def _build_model(cfg: TrainConfig, mc: ModelConfig, joint_resume: bool):
+    """The model of a run and the task heads its ``init_checkpoint`` holds (a dict, maybe
+    empty): from ``init_checkpoint`` (a model without a face CNN gets one) or random; on a
+    first start the face CNN's features come from ``face_backbone.checkpoint``; then the CNN's
+    frozen blocks and checkpointing are set. ``joint_resume``: a random model of the saved
+    config (the resume state fills it; nothing else is read)."""
+    fb, heads = cfg.face_backbone, {}
     if joint_resume or cfg.init_checkpoint is None:
         model = MemoBert(mc)
     else:
         ckpt = load_checkpoint(cfg.init_checkpoint)
+        heads = ckpt.get("heads") or {}
         if ckpt["config"].get("face_backbone") is None and mc.face_backbone is not None:
             model = MemoBert(mc)
             _load_without_cnn(model, ckpt["model"], cfg.init_checkpoint)
         else:
             model = load_model(ckpt)
     if fb is None:
-        return model
+        return model, heads
     if fb.checkpoint is not None and not joint_resume:
         res = load_face_features(model.face_cnn, fb.checkpoint)
         log.info("face CNN: %d feature tensors from %s (%d other keys dropped)",
                  len(res.loaded), fb.checkpoint, len(res.dropped))
     model.face_cnn.set_frozen_blocks(fb.frozen_dense_blocks)
     model.face_cnn.checkpoint_activations = fb.checkpoint_activations
-    return model
+    return model, heads
 
 
 def _load_without_cnn(model: MemoBert, sd: dict, where) -> None:
