@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from memo.cli import main
 from memodb.checks.run import check
+from memodb.dataset.build import build_dataset
 from memodb.describe import stats
 from memodb.errors import BadInputError, DatabaseError, OutputExistsError
 from memodb.feature.imgdb import create_imgdb
@@ -76,9 +77,9 @@ def write_original_txtdb(path, examples: dict, txt2img: dict, meta: dict):
         for key, ex in examples.items():
             txn.put(key.encode(), lz4.frame.compress(msgpack.packb(ex, use_bin_type=True)))
     env.close()
-    flat = lambda ids: [i for w in ids for i in w] if ids and isinstance(ids[0], list) else ids  # noqa: E731
-    (path / "id2len.json").write_text(json.dumps(
-        {k: len(flat(ex["input_ids"])) for k, ex in examples.items()}))
+    pieces = {k: sum(len(w) if isinstance(w, list) else 1 for w in ex["input_ids"])
+              for k, ex in examples.items()}
+    (path / "id2len.json").write_text(json.dumps(pieces))
     (path / "txt2img.json").write_text(json.dumps(txt2img))
     img2txts: dict = {}
     for t, img in txt2img.items():
@@ -343,3 +344,27 @@ def test_extract_names_outputs_by_segment_through_txt2img(corpus, tmp_path):
                        f"'{corpus['ids'][0]}.npz'"):
         extract(ckpt, two, tmp_path / "o2", img_db=corpus["plain"], device="cpu")
     assert not (tmp_path / "o2").exists()
+
+
+# ----------------------------------------------------------------------------- memo db build
+
+def test_dataset_config_builds_the_original_names_and_layouts(corpus, tmp_path):
+    cfg = {"name": "orig",
+           "features": {"face": {"source": str(corpus["root"] / "h5"), "compress": True,
+                                 "name_min": 10}},
+           "text": {"source": str(corpus["root"] / "caps.json"), "faces_from": "face",
+                    "layout": "wwm", "splits": ["val=3"]}}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    res = build_dataset(tmp_path / "config.json", tmp_path / "ds", workers=1)
+    assert res.report.ok, [str(p) for d in res.report.databases for p in d.problems]
+    assert (tmp_path / "ds" / "face" / ORIGINAL_NAME / "manifest.json").is_file()
+    val = TextDB(tmp_path / "ds" / "txt" / "val")
+    assert all(isinstance(val[t]["input_ids"][0], list) for t in val.ids())
+    cfg["features"]["face"] = {"source": str(corpus["root"] / "h5"), "compress": True,
+                               "min_bb": 2}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BadInputError, match=r"config\.json: features\.face\.min_bb 2 drops "
+                       r"segments.*pass features\.face\.name_min 2 instead of "
+                       r"features\.face\.min_bb"):
+        build_dataset(tmp_path / "config.json", tmp_path / "ds2", workers=1)
+    assert not (tmp_path / "ds2").exists()

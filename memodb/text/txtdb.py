@@ -88,10 +88,7 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
       whole-word-masking layout (``input_ids`` and ``toked_caption`` nested per word).
     """
     src, out_dir = Path(src), Path(out_dir)
-    max_len, long, min_faces = text_options(max_len, long, min_faces)
-    if layout not in LAYOUTS:
-        raise BadInputError(f"unknown text layout {layout!r}", options=("layout",),
-                            fix="set {layout} to " + " or ".join(LAYOUTS))
+    max_len, long, min_faces = text_options(max_len, long, min_faces, layout)
     specs = [s if isinstance(s, SplitSpec) else parse_split(s) for s in splits]
     voc = load_vocab(vocab if vocab is not None else bundled_vocab_dir())
     tok = WordPieceTokenizer(voc)
@@ -189,10 +186,15 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
     return TextBuildResult(out_dir, targets, manifests, counts, warnings=warnings)
 
 
-def text_options(max_len=100, long="truncate", min_faces=1) -> tuple[int, str, int]:
-    """``(max_len, long, min_faces)`` checked (the one place their allowed values are decided;
-    the dataset config uses it too): ``max_len`` an integer >= 1, ``long`` truncate or drop,
-    ``min_faces`` an integer >= 0. Errors name the options (BadInputError ``options``)."""
+def text_options(max_len=100, long="truncate", min_faces=1,
+                 layout="flat") -> tuple[int, str, int]:
+    """``(max_len, long, min_faces)`` checked, and ``layout`` (the one place their allowed
+    values are decided; the dataset config uses it too): ``max_len`` an integer >= 1, ``long``
+    truncate or drop, ``min_faces`` an integer >= 0, ``layout`` flat or wwm. Errors name the
+    options (BadInputError ``options``)."""
+    if layout not in LAYOUTS:
+        raise BadInputError(f"unknown text layout {layout!r}", options=("layout",),
+                            fix="set {layout} to " + " or ".join(LAYOUTS))
     if not is_integer(max_len) or max_len < 1:
         raise BadInputError(f"{{max_len}} must be an integer >= 1 (got {max_len!r})",
                             options=("max_len",), fix="raise {max_len}")
