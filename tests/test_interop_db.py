@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from memo.cli import main
 from memodb.checks.run import check
 from memodb.dataset.build import build_dataset
+from memodb.dataset.merge import merge_shards
 from memodb.describe import stats
 from memodb.errors import BadInputError, DatabaseError, OutputExistsError
 from memodb.feature.imgdb import create_imgdb
@@ -368,3 +369,15 @@ def test_dataset_config_builds_the_original_names_and_layouts(corpus, tmp_path):
                        r"features\.face\.min_bb"):
         build_dataset(tmp_path / "config.json", tmp_path / "ds2", workers=1)
     assert not (tmp_path / "ds2").exists()
+
+
+def test_sharded_compressed_build_merges_to_the_same_bytes(corpus, tmp_path):
+    cfg = {"features": {"face": {"source": str(corpus["root"] / "h5"), "compress": True,
+                                 "name_min": 10}}}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    build_dataset(tmp_path / "c.json", tmp_path / "one", workers=1)
+    for i in range(2):
+        build_dataset(tmp_path / "c.json", tmp_path / f"s{i}", workers=1, shard=f"{i}/2")
+    assert merge_shards([tmp_path / "s0", tmp_path / "s1"], tmp_path / "m", workers=1).report.ok
+    assert values(tmp_path / "m" / "face" / ORIGINAL_NAME) == \
+        values(tmp_path / "one" / "face" / ORIGINAL_NAME)
