@@ -23,6 +23,7 @@ from memodb.dataset.build import build_dataset
 from memodb.dataset.merge import merge_shards
 from memodb.describe import stats
 from memodb.errors import BadInputError, DatabaseError, OutputExistsError
+from memodb.store.codec import decode_compressed, encode_compressed
 from memodb.feature.imgdb import create_imgdb
 from memodb.store.reader import FeatureDB, close_all
 from memodb.store.textdb import TextDB
@@ -381,3 +382,27 @@ def test_sharded_compressed_build_merges_to_the_same_bytes(corpus, tmp_path):
     assert merge_shards([tmp_path / "s0", tmp_path / "s1"], tmp_path / "m", workers=1).report.ok
     assert values(tmp_path / "m" / "face" / ORIGINAL_NAME) == \
         values(tmp_path / "one" / "face" / ORIGINAL_NAME)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7])
+def test_compressed_decoder_equals_np_load(n):
+    rng = np.random.default_rng(n)
+    arrays = {"features": rng.normal(size=(n, 342)).astype(np.float16),
+              "confidence": rng.uniform(size=n).astype(np.float16),
+              "frame_idxs": np.arange(n, dtype=np.int32)}
+    ours = encode_compressed(arrays)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    fortran = io.BytesIO()  # not the fast path's: np.load decodes it
+    np.savez_compressed(fortran, features=np.asfortranarray(np.ones((n, 3), np.float16)))
+    for value in (ours, buf.getvalue(), fortran.getvalue()):
+        with np.load(io.BytesIO(value)) as npz:
+            want = {k: npz[k] for k in npz.files}
+        got = decode_compressed(value)
+        assert list(got) == list(want)
+        for k in want:
+            assert got[k].dtype == want[k].dtype
+            np.testing.assert_array_equal(got[k], want[k])
+    for damaged in (ours[:70] + bytes([ours[70] ^ 0xFF]) + ours[71:], ours[:len(ours) // 2]):
+        with pytest.raises(DatabaseError, match="does not decode as a compressed npz"):
+            decode_compressed(damaged)

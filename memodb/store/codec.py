@@ -13,6 +13,7 @@ import msgpack
 import numpy as np
 
 from ..errors import DatabaseError
+from .npzfast import parse_npz
 
 #: Order in which arrays are written; other names follow in sorted order.
 ARRAY_ORDER = ("features", "soft_labels", "confidence", "frame_idxs")
@@ -111,9 +112,15 @@ def decode_value(buf) -> dict[str, np.ndarray]:
 
 def decode_compressed(buf) -> dict[str, np.ndarray]:
     """Decode one npz value (the ``_compressed`` variant, or an old in-memory npz blob):
-    arrays in their stored dtypes. Raises :class:`DatabaseError` when the bytes are not one."""
+    arrays in their stored dtypes, read-only views over the inflated bytes where
+    :func:`~memodb.store.npzfast.parse_npz` takes them (else ``np.load``'s). Raises
+    :class:`DatabaseError` when the bytes are not one."""
+    data = bytes(buf)
+    arrays = parse_npz(data)  # the fast path: savez_compressed's usual members
+    if arrays is not None:
+        return arrays
     try:
-        with np.load(io.BytesIO(bytes(buf)), allow_pickle=False) as npz:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     except Exception as exc:  # untrusted bytes: zip, zlib and numpy errors alike
         raise DatabaseError(f"value does not decode as a compressed npz "
