@@ -27,7 +27,7 @@ from memodb.store.codec import decode_compressed, encode_compressed
 from memodb.feature.imgdb import create_imgdb
 from memodb.store.reader import FeatureDB, close_all
 from memodb.store.textdb import TextDB
-from memodb.synth import make_captions, make_h5_corpus
+from memodb.synth import make_captions, make_h5_corpus, make_lexicon
 from memodb.text.txtdb import create_txtdb
 from memotrain.checkpoint import save_checkpoint
 from memotrain.config import preset
@@ -271,12 +271,21 @@ def test_wwm_layout_written_checked_and_read_like_the_flat_one(corpus):
 
 
 def test_cli_create_txtdb_layout_wwm(corpus, tmp_path):
+    make_lexicon(tmp_path / "lex.tsv")
     res = CliRunner().invoke(main, ["db", "create-txtdb", str(corpus["root"] / "caps.json"),
-                                    str(tmp_path / "t"), "--layout", "wwm", "--workers", "1"])
+                                    str(tmp_path / "t"), "--layout", "wwm", "--lexicon",
+                                    str(tmp_path / "lex.tsv"), "--workers", "1"])
     assert res.exit_code == 0, res.output
-    assert isinstance(TextDB(tmp_path / "t")[corpus["ids"][0]]["input_ids"][0], list)
+    ex = TextDB(tmp_path / "t")[corpus["ids"][0]]
+    assert isinstance(ex["input_ids"][0], list)
+    assert len(ex["emo_type_ids"]) == sum(map(len, ex["input_ids"]))  # per piece, as in flat
     res = CliRunner().invoke(main, ["db", "check", str(tmp_path / "t")])
     assert res.exit_code == 0, res.output
+    flat = create_txtdb(corpus["root"] / "caps.json", tmp_path / "f",
+                        lexicon=tmp_path / "lex.tsv", workers=1).out_dir
+    got, want = stats(tmp_path / "t"), stats(flat)
+    assert got["lexicon"] == want["lexicon"] and got["lexicon"]["emotion_pieces"] > 0
+    assert got["length"] == want["length"]
     with pytest.raises(BadInputError, match="unknown text layout 'nested'"):
         create_txtdb(corpus["root"] / "caps.json", tmp_path / "u", layout="nested")
     assert not (tmp_path / "u").exists()

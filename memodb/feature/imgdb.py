@@ -140,8 +140,8 @@ def _nbb_shared(out_dir: Path, name: str, nbb_file: str) -> None:
         return
     raise OutputExistsError(f"{other} is already in {out_dir} and its nbb json {nbb_file} "
                             f"would be shared with {name} (the original layout names the nbb "
-                            "json without _compressed); build the other variant into another "
-                            "OUT_DIR")
+                            "json without _compressed); delete it or build this variant into "
+                            "another OUT_DIR")
 
 
 def feature_fields(arrays_seen: dict, counts: dict, nbb_file: str,
