@@ -23,8 +23,8 @@ from memodb.dataset.build import build_dataset
 from memodb.dataset.merge import merge_shards
 from memodb.describe import stats
 from memodb.errors import BadInputError, DatabaseError, OutputExistsError
-from memodb.store.codec import decode_compressed, encode_compressed
 from memodb.feature.imgdb import create_imgdb
+from memodb.store.codec import decode_compressed, encode_compressed
 from memodb.store.reader import FeatureDB, close_all
 from memodb.store.textdb import TextDB
 from memodb.synth import make_captions, make_h5_corpus, make_lexicon
