@@ -80,14 +80,23 @@ def trans2npz_cmd(h5_root, out_dir, feature, meta_dir, workers):
               show_default=True)
 @click.option("--feature", type=click.Choice(["feat", "trans1", "trans2"]), default="feat",
               show_default=True, help="h5 dataset to store (h5 input only).")
+@click.option("--compress", is_flag=True,
+              help="Write the original tools' _compressed variant (np.savez_compressed "
+                   "values, folder feat_..._compressed), which their readers open by default.")
+@click.option("--name-min", type=click.IntRange(min=0), default=None,
+              help="The N of the name's min{N} part, a name only as in the original tools "
+                   "(no segment dropped); e.g. 10 for the original configs. [default: "
+                   "--min-bb]")
 @workers_option
 @_errors
-def create_imgdb_cmd(src, out_dir, conf_th, max_bb, min_bb, modality, feature, workers):
+def create_imgdb_cmd(src, out_dir, conf_th, max_bb, min_bb, modality, feature, compress,
+                     name_min, workers):
     """Build a feature database from an npz folder or a Denseface h5 root."""
     from memodb import create_imgdb
 
     r = create_imgdb(src, out_dir, conf_th=conf_th, max_bb=max_bb, min_bb=min_bb,
-                     modality=modality, feature=feature, workers=workers, progress=_progress())
+                     modality=modality, feature=feature, compress=compress, name_min=name_min,
+                     workers=workers, progress=_progress())
     _report_build(r)
 
 
@@ -155,10 +164,13 @@ def _report_build(r) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the splits.")
 @click.option("--dataset", default=None, help="Dataset name stored in every example "
               "[default: the SRC file name].")
+@click.option("--layout", type=click.Choice(["flat", "wwm"]), default="flat", show_default=True,
+              help="flat: input_ids + word_ids; wwm: the original whole-word-masking layout "
+                   "(input_ids and toked_caption nested per word).")
 @workers_option
 @_errors
 def create_txtdb_cmd(src, out_dir, vocab, img_db, min_faces, max_len, long_policy, lexicon,
-                     labels, splits, seed, dataset, workers):
+                     labels, splits, seed, dataset, layout, workers):
     """Tokenise transcripts into text database(s) aligned with a feature database.
 
     SRC: captions {id: [sentence]}, downstream refs {id: {"txt": [..], "label": int}}, or
@@ -170,7 +182,7 @@ def create_txtdb_cmd(src, out_dir, vocab, img_db, min_faces, max_len, long_polic
     r = create_txtdb(src, out_dir, vocab=vocab, img_db=img_db, min_faces=min_faces,
                      max_len=max_len, long=long_policy, lexicon=lexicon,
                      labels=labels.split(",") if labels else None, splits=splits, seed=seed,
-                     dataset=dataset, workers=workers, progress=_progress())
+                     dataset=dataset, layout=layout, workers=workers, progress=_progress())
     for w in r.warnings:
         click.echo(f"warning: {w}", err=True)
     c = r.counts

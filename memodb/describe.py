@@ -12,7 +12,7 @@ from .errors import DatabaseError
 from .store.ids import KEYS_KEY, id_to_key, key_to_id
 from .store.manifest import read_manifest
 from .store.reader import FeatureDB, open_env
-from .store.textcodec import decode_example
+from .store.textcodec import decode_example, flat_input_ids
 from .store.textdb import is_text_db
 from .text.splits import SPLITS_FILE
 
@@ -134,11 +134,11 @@ def _text_db_stats(path: Path, split: str | None = None) -> tuple[dict, list]:
             text_id = key.decode("utf-8", "backslashreplace")
             try:
                 ex = decode_example(buf)
+                input_ids, nested_words = flat_input_ids(ex.get("input_ids") or [])
             except DatabaseError as exc:
                 raise DatabaseError(f"{path}: text {text_id!r}: {exc}; rebuild the text "
                                     "database") from None
             ids.append(text_id)
-            input_ids = ex.get("input_ids") or ()
             lengths.append(len(input_ids))
             target = ex.get("target")
             labels.append(target if isinstance(target, int) else None)
@@ -149,7 +149,7 @@ def _text_db_stats(path: Path, split: str | None = None) -> tuple[dict, list]:
                 if n_emo:
                     emo_texts += 1
                     emo_pieces += n_emo
-                    words = ex.get("word_ids") or range(len(types))
+                    words = nested_words or ex.get("word_ids") or range(len(types))
                     seen = set()
                     for t, w in zip(types, words):
                         if t:

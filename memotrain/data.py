@@ -18,6 +18,7 @@ import torch
 from memodb.errors import DatabaseError, MemoError
 from memodb.store.ids import id_to_key
 from memodb.store.reader import FeatureDB
+from memodb.store.textcodec import flat_input_ids
 from memodb.store.textdb import TextDB
 
 log = logging.getLogger(__name__)
@@ -240,11 +241,10 @@ class MemoDataset(torch.utils.data.Dataset):
         drop("too_long", lens > self.max_text_len)
         drop("empty", lens < 1)
 
-        img_keys = None
-        if self.img_path is not None or self.speech_path is not None:
-            t2i = txt.txt2img if (self.txt_path / "txt2img.json").exists() else {}
-            img_keys = [t2i.get(i) or id_to_key(i) for i in all_ids]
-            del t2i
+        # each text's segment key, through txt2img (original text dbs key texts by a counter)
+        t2i = txt.txt2img if (self.txt_path / "txt2img.json").exists() else {}
+        img_keys = [t2i.get(i) or id_to_key(i) for i in all_ids]
+        del t2i
         self.face_dim = self.speech_dim = self.crop_size = None
         self.max_faces = self.max_speech = None
         faces = speech = None
@@ -277,7 +277,7 @@ class MemoDataset(torch.utils.data.Dataset):
         idx = np.flatnonzero(keep)
         self.counts["kept"] = len(idx)
         self.ids = StringArray([all_ids[i] for i in idx])
-        if img_keys is None or all(img_keys[i] == id_to_key(all_ids[i]) for i in idx):
+        if all(img_keys[i] == id_to_key(all_ids[i]) for i in idx):
             self.img_keys = None  # the usual case: the key is the id + ".npz"
         else:
             self.img_keys = StringArray([img_keys[i] for i in idx])
@@ -320,6 +320,11 @@ class MemoDataset(torch.utils.data.Dataset):
                 ex = self.dropped.get(kind)
                 parts.append(f"{n} {text}" + (f", e.g. {', '.join(ex)}" if ex else ""))
         return "; ".join(parts)
+
+    def segment_key(self, i: int) -> str:
+        """The segment key (``<segmentId>.npz``) of example ``i``: its text's ``txt2img``
+        entry when the text database has one, else the text id's key."""
+        return self.img_keys[i] if self.img_keys is not None else id_to_key(self.ids[i])
 
     # -- sizes --------------------------------------------------------------------------------
 
@@ -377,7 +382,14 @@ class MemoDataset(torch.utils.data.Dataset):
         _, txt, img, speech = self._open()
         text_id = self.ids[i]
         ex = txt[text_id]
-        pieces = ex["input_ids"]
+        try:  # the whole-word layout nests input_ids per word: flattened, words from it
+            pieces, words = flat_input_ids(ex.get("input_ids"))
+        except DatabaseError as exc:
+            raise DatabaseError(f"{self.txt_path}: text {text_id!r}: {exc}; rebuild the text "
+                                "database") from None
+        if type(pieces) is not list:
+            raise DatabaseError(f"{self.txt_path}: text {text_id!r} has no input_ids list; "
+                                "rebuild the text database")
         n = int(self.text_lens[i])
         if len(pieces) != n:
             raise DatabaseError(f"{self.txt_path}: text {text_id!r} has {len(pieces)} pieces, "
@@ -385,7 +397,9 @@ class MemoDataset(torch.utils.data.Dataset):
         input_ids = np.empty(n + 2, dtype=np.int64)
         input_ids[0], input_ids[1:-1], input_ids[-1] = self.cls, pieces, self.sep
         word_ids = np.full(n + 2, -1, dtype=np.int64)
-        if ex.get("word_ids") is not None:
+        if words is not None:
+            word_ids[1:-1] = words
+        elif ex.get("word_ids") is not None:
             word_ids[1:-1] = ex["word_ids"]
         else:  # a database without word ids: every piece its own word
             word_ids[1:-1] = np.arange(n)

@@ -392,7 +392,7 @@ def test_two_texts_with_one_key(corpus, tmp_path):
     txt = shutil.copytree(corpus["caps"], tmp_path / "caps")
     id2len = json.loads((txt / "id2len.json").read_text())
     (txt / "id2len.json").write_text(json.dumps({**id2len, "a/b_1": 3, "a-b_1": 4}))
-    with pytest.raises(ExtractError, match="texts 'a/b_1' and 'a-b_1' share the key "
+    with pytest.raises(ExtractError, match="texts 'a/b_1' and 'a-b_1' both belong to segment "
                        "'a-b_1.npz'"):
         extract(corpus["ckpt"], txt, tmp_path / "o", device="cpu")
     assert not (tmp_path / "o").exists()
@@ -403,7 +403,7 @@ def test_non_finite_states_are_never_written(corpus, tmp_path):
     with torch.no_grad():
         model.pooler.dense.weight[0, 0] = float("nan")
     broken = save_checkpoint(tmp_path / "nan.pt", model)
-    with pytest.raises(ExtractError, match=r"text '.*': the model of .*nan.pt gives NaN or Inf "
+    with pytest.raises(ExtractError, match=r"segment '.*': the model of .*nan.pt gives NaN or Inf "
                        "pooled states; its weights are broken"):
         extract(broken, corpus["caps"], tmp_path / "o", device="cpu")
     model = load_model(corpus["ckpt"])

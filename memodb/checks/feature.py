@@ -14,10 +14,10 @@ from ..errors import DatabaseError, MemoError
 from ..feature.frames import selection_faults
 from ..parallel import chunked, ordered_map
 from ..progress import progress_bar
-from ..store.codec import decode_value
+from ..store.codec import NPZ_MAGIC, decode_value
 from ..store.ids import KEYS_KEY
 from ..store.manifest import Checksum, read_manifest
-from ..store.naming import nbb_path_for
+from ..store.naming import is_compressed, nbb_path_for
 from ..store.reader import open_env
 from .digests import locate_changes
 from .report import DbReport, manifest_fields, utf8_keys
@@ -58,6 +58,7 @@ def check_feature_db(path, *, workers: int | None = None, progress: bool = False
     layouts: dict = {}
     checksum = Checksum()
     counts = {"segments": len(names), "empty": 0, "frames": 0}
+    compressed, other_variant = is_compressed(path), []
     pairs = []  # (key, sha256 of the value) in key order: damaged segments named
     with progress_bar(progress, len(names), f"check {path.name}") as bar:
         for results in ordered_map(partial(_inspect_chunk, str(path), selection=selection),
@@ -70,7 +71,9 @@ def check_feature_db(path, *, workers: int | None = None, progress: bool = False
                 if err:
                     rep.problem("undecodable", err, key)
                     continue
-                layout, length, mismatch, bad_arrays, faults = info
+                layout, length, mismatch, bad_arrays, faults, npz = info
+                if npz != compressed:
+                    other_variant.append(key)
                 for code, message in faults:
                     rep.problem(code, message, key)
                 layouts.setdefault(layout, []).append(key)
@@ -85,6 +88,8 @@ def check_feature_db(path, *, workers: int | None = None, progress: bool = False
                     rep.problem("nbb_mismatch", f"nbb json says {nbb[key]} frames, the value "
                                 f"stores {length}", key)
     _check_layouts(rep, layouts)
+    if other_variant:
+        _variant_warning(rep, compressed, other_variant)
     rep.counts = counts
     if manifest is not None:
         _check_manifest(rep, manifest, counts, layouts, checksum.hexdigest(), path)
@@ -133,6 +138,16 @@ def _check_nbb(rep: DbReport, path: Path, stored_set, required: bool):
     return nbb
 
 
+def _variant_warning(rep: DbReport, compressed: bool, keys: list) -> None:
+    """Values of the other variant than the folder name says: memo reads both, the original
+    readers pick their decoder by the name (``_compressed``: np.load, else msgpack)."""
+    stored, named = ("msgpack", "_compressed") if compressed else ("np.savez_compressed", "plain")
+    rep.warn("variant_mismatch", f"{len(keys)} value(s) are {stored} bytes in a {named} "
+             f"database (e.g. {keys[0]!r}); memo reads them, the original readers decode by the "
+             "folder name and would fail: rebuild with memo db create-imgdb"
+             + ("" if compressed else " --compress and the _compressed name"))
+
+
 def _check_layouts(rep: DbReport, layouts: dict) -> None:
     """Array names, dtypes and trailing dims agree across segments (majority is the norm)."""
     if len(layouts) <= 1:
@@ -174,7 +189,8 @@ def _check_manifest(rep, manifest, counts, layouts, checksum, path) -> None:
 
 def _inspect_chunk(path: str, keys: list[str], selection: tuple | None = None):
     """Decode each value; return (key, sha256 digest, (layout, length, length mismatch or None,
-    non-finite array names, frame selection faults) or None, error or None). ``selection``:
+    non-finite array names, frame selection faults, whether it is an npz) or None, error or
+    None). ``selection``:
     the manifest's (conf_th, max_bb, min_bb), or None (not recorded: not checked)."""
     out = []
     env = open_env(path)
@@ -195,7 +211,8 @@ def _inspect_chunk(path: str, keys: list[str], selection: tuple | None = None):
             bad = [n for n, a in arrays.items()
                    if a.dtype.kind == "f" and a.size and not np.isfinite(a).all()]
             faults = selection_faults(arrays, *selection) if selection and not mismatch else []
-            out.append((key, digest, (layout, length, mismatch, bad, faults), None))
+            npz = bytes(buf[:4]) == NPZ_MAGIC
+            out.append((key, digest, (layout, length, mismatch, bad, faults, npz), None))
     return out
 
 

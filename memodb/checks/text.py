@@ -19,7 +19,7 @@ from ..progress import progress_bar
 from ..store.ids import KEYS_KEY
 from ..store.manifest import Checksum, read_manifest
 from ..store.reader import FeatureDB, open_env, stored_ids
-from ..store.textcodec import decode_example
+from ..store.textcodec import decode_example, flat_input_ids
 from ..store.textdb import ID2LEN, IMG2TXTS, META, TXT2IMG
 from ..text.wordpiece import SPECIALS, load_vocab, vocab_tokens
 from .digests import locate_changes
@@ -164,6 +164,7 @@ def _context(rep, path, manifest, meta, vocab, options, labels) -> dict:
             "labels": None if manifest is None else labels is not None,
             "lexicon": None if manifest is None else lexicon is not None,
             "emo_types": len(categories) if isinstance(categories, list) else None,
+            "layout": None if manifest is None else options.get("layout", "flat"),
             "vocab": _vocab_for(rep, path, vocab)}
 
 
@@ -308,15 +309,33 @@ def _inspect_example(key: str, ex, ctx: dict, vocab, problems: list):
     if type(get("id")) is str and ex["id"] != key:
         add("id_mismatch", f"the example's id is {ex['id']!r}, its key {key!r}")
     caption = get("toked_caption")
+    if type(caption) is list and caption and type(caption[0]) is list:  # whole-word layout
+        caption = [p for w in caption if _str_list(w) for p in w] \
+            if all(map(_str_list, caption)) else None
     if not _str_list(caption):
-        bad("toked_caption", "a list of strings")
+        bad("toked_caption", "a list of strings (or of per-word lists of strings)")
         caption = None
-    ids = get("input_ids")
-    if not _int_list(ids):
-        bad("input_ids", "a list of integers")
+    ids, words = get("input_ids"), None
+    try:
+        ids, words = flat_input_ids(ids)
+    except DatabaseError as exc:
+        add("bad_field", str(exc))
         ids = None
+    else:
+        if not _int_list(ids):
+            bad("input_ids", "a list of integers (or of per-word lists of integers)")
+            ids = None
+    layout = ctx["layout"]
+    if layout is not None and type(get("input_ids")) is list and ids and \
+            (words is not None) != (layout == "wwm"):
+        add("layout_mismatch", f"'input_ids' is {'nested per word' if words else 'flat'}, "
+            f"the build's layout is {layout}")
     seqs = {"toked_caption": caption, "input_ids": ids}
-    if ctx["memo"] or "word_ids" in ex:
+    if words is not None:  # the whole-word layout: the nesting gives the words
+        seqs["word_ids"] = words
+        if "word_ids" in ex and get("word_ids") != words:
+            add("bad_field", "'word_ids' disagrees with the per-word nesting of 'input_ids'")
+    elif (ctx["memo"] and layout != "wwm") or "word_ids" in ex:
         seqs["word_ids"] = get("word_ids") if _int_list(get("word_ids")) else None
         if seqs["word_ids"] is None:
             bad("word_ids", "a list of integers")

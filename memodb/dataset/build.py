@@ -138,7 +138,7 @@ def _build_texts(cfg: dict, res: DatasetResult, feature_paths: dict, *, workers,
     common = {"vocab": cfg["vocab"], "lexicon": cfg["lexicon"],
               "img_db": feature_paths.get(text.faces_from),
               "min_faces": text.min_faces, "max_len": text.max_len, "long": text.long,
-              "labels": text.labels, "dataset": text.dataset or cfg["name"],
+              "labels": text.labels, "dataset": text.dataset or cfg["name"], "layout": text.layout,
               "workers": workers, "progress": progress, "replace": True}
     if text.source is not None:
         t0 = time.perf_counter()

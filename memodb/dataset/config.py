@@ -14,7 +14,7 @@ from pydantic.dataclasses import dataclass
 from ..config import STRICT, validate
 from ..errors import BadInputError, named_options
 from ..feature.frames import selection_options
-from ..feature.imgdb import feature_options
+from ..feature.imgdb import feature_options, naming_options
 from ..feature.rawimg import rawimg_options
 from ..text.splits import TRAIN
 from ..text.txtdb import text_options
@@ -37,6 +37,11 @@ class FeatureSpec:
                                                  "order (null: faces 36, speech 64)")
     min_bb: int = Field(0, description="0 to max_bb: segments with fewer kept frames are "
                                        "left out")
+    compress: bool = Field(False, description="the original tools' _compressed variant "
+                                              "(np.savez_compressed values)")
+    name_min: int | None = Field(None, description=">= 0: the name's min{N} part alone, "
+                                                   "nothing dropped (the original meaning; "
+                                                   "10 for the original configs)")
 
 
 @dataclass(config=STRICT)
@@ -74,6 +79,8 @@ class TextSpec:
     seed: int = Field(0, description="split seed (hash of seed and id)")
     dataset: str | None = Field(None, description="the dataset field of each example "
                                                   "(default: name)")
+    layout: str = Field("flat", description="flat (input_ids + word_ids) or wwm (input_ids "
+                                            "nested per word, the original whole-word layout)")
 
 
 @dataclass(config=STRICT)
@@ -90,10 +97,11 @@ class DatasetConfig:
 
 # the builders' options (keyword names) that a dataset config sets, and where: builder errors
 # name these keys (and the config file) instead of command-line flags
-FEATURE_OPTIONS = ("conf_th", "max_bb", "min_bb", "modality", "feature", "size", "mean", "std")
+FEATURE_OPTIONS = ("conf_th", "max_bb", "min_bb", "modality", "feature", "size", "mean", "std",
+                   "compress", "name_min")
 TEXT_KEYS = {"max_len": "text.max_len", "long": "text.long", "min_faces": "text.min_faces",
              "labels": "text.labels", "img_db": "text.faces_from", "vocab": "vocab",
-             "lexicon": "lexicon"}
+             "lexicon": "lexicon", "layout": "text.layout"}
 
 
 def feature_keys(name: str) -> dict:
@@ -174,7 +182,8 @@ def load_config(path) -> dict:
         v = typed(spec_cls, spec, "features", name)
         with named_options(feature_keys(name), path):  # the builders' own checks
             if kind == "feature":
-                feature_options(v.modality, v.conf_th, v.max_bb, v.min_bb)
+                _, _, min_bb = feature_options(v.modality, v.conf_th, v.max_bb, v.min_bb)
+                naming_options(min_bb, v.name_min, v.compress)
             else:
                 selection_options(v.conf_th, v.max_bb, v.min_bb)
                 rawimg_options(v.size, v.mean, v.std)
@@ -185,7 +194,7 @@ def load_config(path) -> dict:
         unknown(text, _keys(TextSpec), "text")
         v = typed(TextSpec, text, "text")
         with named_options(TEXT_KEYS, path):  # the builder's own checks
-            text_options(v.max_len, v.long, v.min_faces)
+            text_options(v.max_len, v.long, v.min_faces, v.layout)
         t = dict(text)
         if ("source" in t) == ("sources" in t):
             raise BadInputError(f"{where('text')} needs either source (one file, optional "

@@ -9,13 +9,14 @@ import hashlib
 from functools import partial
 from pathlib import Path
 
-from ..errors import BadInputError, BadInputsError
+from ..config import is_integer
+from ..errors import BadInputError, BadInputsError, OutputExistsError
 from ..parallel import chunked, ordered_map
 from ..progress import progress_bar
 from ..store.build import Build, BuildResult, Written
-from ..store.codec import encode_value
+from ..store.codec import encode_compressed, encode_value
 from ..store.ids import case_collisions, collisions_record, collisions_warning, key_to_id
-from ..store.naming import db_name, nbb_name
+from ..store.naming import COMPRESSED, db_name, is_compressed, nbb_name
 from .frames import select_frames, selection_options
 from .sources import Segment, Source, close_h5_files, empty_arrays, open_source, probe_dims
 
@@ -26,7 +27,8 @@ CHUNK = 64  # segments per worker task
 def create_imgdb(src, out_dir, *, conf_th: float | None = None, max_bb: int | None = None,
                  min_bb: int = 0, modality: str = "face", feature: str = "feat",
                  workers: int | None = None, progress: bool = False,
-                 replace: bool = False, shard=None) -> BuildResult:
+                 replace: bool = False, shard=None, compress: bool = False,
+                 name_min: int | None = None) -> BuildResult:
     """Build ``OUT_DIR/feat_th{conf_th}_max{max_bb}_min{min_bb}`` and its nbb json.
 
     ``conf_th`` / ``max_bb`` default to 0.5 / 36 for faces and 1.0 / 64 for speech. Segments
@@ -37,16 +39,20 @@ def create_imgdb(src, out_dir, *, conf_th: float | None = None, max_bb: int | No
     and nothing is published. A different database already at the output name is refused,
     unless ``replace`` (then it is replaced once the new one is complete). ``shard``
     (:class:`~memodb.dataset.shard.Shard`) builds only that shard's segments (``memo db merge``
-    joins the shards).
+    joins the shards). ``compress`` writes the original tools' ``_compressed`` variant (each
+    value ``np.savez_compressed`` bytes, the folder named ``..._compressed``); ``name_min``
+    sets the name's ``min`` part alone, as the original tools use it (:func:`naming_options`).
     """
     conf_th, max_bb, min_bb = feature_options(modality, conf_th, max_bb, min_bb)
+    naming = naming_options(min_bb, name_min, compress)
     source = open_source(src, feature)
     if modality == "speech" and source.kind != "npz":
         raise BadInputError("speech features come as npz files (features, frame_idxs); this "
                             "folder holds Denseface h5 files", file=src, options=("modality",),
                             fix="set {modality} to face, or point at the speech npz folder")
     options = {"conf_th": conf_th, "max_bb": max_bb, "min_bb": min_bb,
-               "modality": modality, "feature": feature if source.kind != "npz" else None}
+               "modality": modality, "feature": feature if source.kind != "npz" else None,
+               **naming}
     return build_db(source, out_dir, "feature", options, workers, progress,
                     lambda segs: partial(_select_segment, source, options,
                                          probe_dims(source, segs)), replace=replace,
@@ -64,6 +70,40 @@ def feature_options(modality: str, conf_th=None, max_bb=None, min_bb=0) -> tuple
                              d_max if max_bb is None else max_bb, min_bb)
 
 
+def naming_options(min_bb: int, name_min=None, compress: bool = False) -> dict:
+    """The build options that shape the name, only those that differ from the default (so
+    databases built before them stay up to date): ``compress`` (the ``_compressed`` variant)
+    and ``name_min``, the ``min{N}`` part of the name meaning what it means to the original
+    builder and readers: a name only, no segment dropped (docs/FORMAT.md section 3, "The min
+    part of the name"). memo's ``min_bb`` drops segments and names the database after itself,
+    so it is refused where a name is read the original way: with ``name_min``, and in the
+    ``_compressed`` variant (made for the original readers)."""
+    if name_min is not None and (not is_integer(name_min) or name_min < 0):
+        raise BadInputError(f"{{name_min}} must be an integer >= 0 (got {name_min!r})",
+                            options=("name_min",), fix="give {name_min} the N of the min{N} "
+                            "name the original config asks for (e.g. 10)")
+    why = ("{min_bb} %d drops segments with fewer kept frames, but the original readers take "
+           "the min part of the name as a name only (every segment is there)" % min_bb)
+    if min_bb and name_min is not None:
+        raise BadInputError(f"{why}; with {{name_min}} too the name would not say what the "
+                            "database holds", options=("min_bb", "name_min"),
+                            fix="drop {min_bb} (the original keeps every segment) or drop "
+                            "{name_min}")
+    if min_bb and compress:
+        raise BadInputError(f"{why}, and a _compressed database is made for them: a config "
+                            f"asking for ..._min{min_bb}_compressed would get fewer segments "
+                            "than it expects", options=("min_bb", "compress", "name_min"),
+                            fix=f"pass {{name_min}} {min_bb} instead of {{min_bb}} (the name "
+                            "the config asks for, every segment kept), or build without "
+                            "{compress} to filter")
+    out = {}
+    if compress:
+        out["compress"] = True
+    if name_min is not None:
+        out["name_min"] = int(name_min)
+    return out
+
+
 def build_db(source, out_dir, kind: str, options: dict, workers, progress, make_loader,
              extra_manifest: dict | None = None, replace: bool = False,
              shard=None) -> BuildResult:
@@ -77,8 +117,10 @@ def build_db(source, out_dir, kind: str, options: dict, workers, progress, make_
     segments are loaded and stored; its options and manifest say which shard it is.
     """
     out_dir = Path(out_dir)
-    name = db_name(options["conf_th"], options["max_bb"], options["min_bb"])
-    nbb_file = nbb_name(options["conf_th"], options["max_bb"], options["min_bb"])
+    name_min = options.get("name_min", options["min_bb"])
+    name = db_name(options["conf_th"], options["max_bb"], name_min, options.get("compress"))
+    nbb_file = nbb_name(options["conf_th"], options["max_bb"], name_min)
+    _nbb_shared(out_dir, name, nbb_file)
     if shard is not None:
         options = {**options, "shard": shard.options()}
     build = Build(out_dir / name, kind, options, source.fingerprint(), replace=replace,
@@ -88,6 +130,18 @@ def build_db(source, out_dir, kind: str, options: dict, workers, progress, make_
                                  make_loader, extra_manifest, shard))
     finally:
         close_h5_files()
+
+
+def _nbb_shared(out_dir: Path, name: str, nbb_file: str) -> None:
+    """The plain and ``_compressed`` variants of one name share one nbb json (the original
+    layout): refuse to build one beside the other, whose nbb json would be replaced."""
+    other = out_dir / (name[:-len(COMPRESSED)] if is_compressed(name) else name + COMPRESSED)
+    if not other.exists():
+        return
+    raise OutputExistsError(f"{other} is already in {out_dir} and its nbb json {nbb_file} "
+                            f"would be shared with {name} (the original layout names the nbb "
+                            "json without _compressed); delete it or build this variant into "
+                            "another OUT_DIR")
 
 
 def feature_fields(arrays_seen: dict, counts: dict, nbb_file: str,
@@ -103,7 +157,8 @@ def _write(source, options, nbb_file, workers, progress, make_loader, extra_mani
            db) -> Written:
     segs = source.list_segments()
     collisions = collisions_record(case_collisions(key_to_id(s.key) for s in segs))
-    work = partial(_encode_chunk, make_loader(segs))
+    work = partial(_encode_chunk, make_loader(segs),
+                   encode_compressed if options.get("compress") else encode_value)
     todo = segs if shard is None else shard.take(segs)
     nbb: dict[str, int] = {}
     errors: list[BadInputError] = []
@@ -173,13 +228,13 @@ def _select_segment(source: Source, options: dict, dims: dict, seg: Segment):
     return arrays, len(raw["features"])
 
 
-def _encode_chunk(loader, chunk: list[Segment]):
+def _encode_chunk(loader, encode, chunk: list[Segment]):
     out = []
     for seg in chunk:
         try:
             arrays, n_seen, *tally = loader(seg)
             layout = {k: (a.dtype.str, tuple(a.shape[1:])) for k, a in arrays.items()}
-            value = encode_value(arrays)
+            value = encode(arrays)
             out.append((seg, value, hashlib.sha256(value).digest(), n_seen,
                         len(arrays["features"]), layout, tally[0] if tally else None, None))
         except BadInputError as exc:

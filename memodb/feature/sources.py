@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import BadInputError, BadInputsError
 from ..store.ids import check_key, find_duplicates, id_to_key
 from ..store.manifest import fingerprint_files
-from .npzfast import parse_npz
+from ..store.npzfast import parse_npz
 
 MOVIE_H5 = "has_active_spk_denseface_with_trans.h5"
 H5_FEATURES = ("feat", "trans1", "trans2")

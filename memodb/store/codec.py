@@ -1,20 +1,24 @@
 """Feature-database values (docs/FORMAT.md section 3): a msgpack map of arrays in
-msgpack-numpy's encoding. :func:`encode_value` writes exactly msgpack-numpy's bytes without
-depending on it; :func:`decode_value` is the reference decoder (also of older npz blobs) and
-:class:`FastDecoder` the same decoder with a per-length layout cache (docs/PERFORMANCE.md)."""
+msgpack-numpy's encoding, or, in the ``_compressed`` variant, ``np.savez_compressed`` bytes.
+:func:`encode_value` writes exactly msgpack-numpy's bytes without depending on it,
+:func:`encode_compressed` a deflated npz with fixed member times; :func:`decode_value` is the
+reference decoder of both, :class:`FastDecoder` the msgpack decoder with a per-length layout
+cache (docs/PERFORMANCE.md) and :func:`decode_compressed` the npz one."""
 from __future__ import annotations
 
 import io
+import zipfile
 
 import msgpack
 import numpy as np
 
 from ..errors import DatabaseError
+from .npzfast import parse_npz
 
 #: Order in which arrays are written; other names follow in sorted order.
 ARRAY_ORDER = ("features", "soft_labels", "confidence", "frame_idxs")
 
-_NPZ_MAGIC = b"PK\x03\x04"
+NPZ_MAGIC = b"PK\x03\x04"
 
 
 def canonical_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -52,6 +56,23 @@ def encode_value(arrays: dict[str, np.ndarray]) -> bytes:
     return _packer.pack(arrays)
 
 
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the zip format's earliest time: same input, same bytes
+
+
+def encode_compressed(arrays: dict[str, np.ndarray]) -> bytes:
+    """One value of the ``_compressed`` variant: what ``np.savez_compressed(f, **arrays)``
+    writes (a deflated zip of ``<name>.npy`` members), but with a fixed member time instead of
+    the clock's, so a build is byte-identical when repeated."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+        for name, arr in arrays.items():
+            info = zipfile.ZipInfo(name + ".npy", date_time=_ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
 _DTYPES: dict = {}
 unpackb, ndarray = msgpack.unpackb, np.ndarray
 
@@ -73,10 +94,9 @@ def decode_value(buf) -> dict[str, np.ndarray]:
     dtypes are kept (float16 stays float16). Raises :class:`DatabaseError` when the bytes are
     not a feature value.
     """
+    if len(buf) and buf[0] == NPZ_MAGIC[0]:
+        return decode_compressed(buf)
     try:
-        if len(buf) and buf[0] == _NPZ_MAGIC[0]:
-            with np.load(io.BytesIO(bytes(buf)), allow_pickle=False) as npz:
-                return {k: npz[k] for k in npz.files}
         out = {}
         for name, arr in unpackb(buf, raw=False).items():
             if type(name) is not str:
@@ -88,6 +108,23 @@ def decode_value(buf) -> dict[str, np.ndarray]:
         return out
     except Exception as exc:  # untrusted bytes: msgpack, zip, numpy and lookup errors alike
         raise DatabaseError(f"value does not decode ({type(exc).__name__}: {exc})") from None
+
+
+def decode_compressed(buf) -> dict[str, np.ndarray]:
+    """Decode one npz value (the ``_compressed`` variant, or an old in-memory npz blob):
+    arrays in their stored dtypes, read-only views over the inflated bytes where
+    :func:`~memodb.store.npzfast.parse_npz` takes them (else ``np.load``'s). Raises
+    :class:`DatabaseError` when the bytes are not one."""
+    data = bytes(buf)
+    arrays = parse_npz(data)  # the fast path: savez_compressed's usual members
+    if arrays is not None:
+        return arrays
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except Exception as exc:  # untrusted bytes: zip, zlib and numpy errors alike
+        raise DatabaseError(f"value does not decode as a compressed npz "
+                            f"({type(exc).__name__}: {exc})") from None
 
 
 def _bin_header(n: int) -> bytes:
@@ -120,7 +157,7 @@ class FastDecoder:
             if all(map(data.startswith, layout[0], layout[1])):
                 return {name: ndarray(shape, dt, data, off) for name, dt, shape, off in layout[2]}
         arrays = decode_value(buf)
-        if len(self._layouts) < self._max:
+        if len(self._layouts) < self._max and buf[0] != NPZ_MAGIC[0]:  # npz: no layout
             self._learn(len(buf), arrays)
         return arrays
 

@@ -9,8 +9,17 @@ def fmt_th(conf_th: float) -> str:
     return repr(float(conf_th))
 
 
-def db_name(conf_th: float, max_bb: int, min_bb: int) -> str:
-    return f"feat_th{fmt_th(conf_th)}_max{int(max_bb)}_min{int(min_bb)}"
+COMPRESSED = "_compressed"  # suffix of the variant whose values are np.savez_compressed bytes
+
+
+def db_name(conf_th: float, max_bb: int, min_bb: int, compressed: bool = False) -> str:
+    return (f"feat_th{fmt_th(conf_th)}_max{int(max_bb)}_min{int(min_bb)}"
+            + (COMPRESSED if compressed else ""))
+
+
+def is_compressed(db_dir) -> bool:
+    """A database of the ``_compressed`` variant (the original readers tell it by its name)."""
+    return Path(db_dir).name.endswith(COMPRESSED)
 
 
 def nbb_name(conf_th: float, max_bb: int, min_bb: int) -> str:
@@ -18,9 +27,12 @@ def nbb_name(conf_th: float, max_bb: int, min_bb: int) -> str:
 
 
 def nbb_path_for(db_dir) -> Path | None:
-    """The nbb json beside a database directory (``feat_X`` -> ``nbb_X.json``), if any."""
+    """The nbb json beside a database directory (``feat_X`` -> ``nbb_X.json``; the
+    ``_compressed`` variant shares the plain name's), if any."""
     db_dir = Path(db_dir)
     name = db_dir.name
+    if name.endswith(COMPRESSED):
+        name = name[:-len(COMPRESSED)]
     candidates = []
     if name.startswith("feat_"):
         candidates.append(db_dir.parent / ("nbb_" + name[len("feat_"):] + ".json"))

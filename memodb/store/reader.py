@@ -14,10 +14,10 @@ import lmdb
 import numpy as np
 
 from ..errors import DatabaseError
-from .codec import FastDecoder
+from .codec import FastDecoder, decode_value
 from .ids import KEYS_KEY, id_to_key
 from .manifest import read_manifest
-from .naming import nbb_path_for
+from .naming import is_compressed, nbb_path_for
 
 _envs: dict[str, lmdb.Environment] = {}
 _envs_pid: int | None = None
@@ -73,7 +73,9 @@ class FeatureDB:
         self._nbb = None
         self._keys = None
         self._pid = None
-        self._decode = FastDecoder()
+        # the _compressed variant's npz values go straight to the npz decoder; FastDecoder's
+        # layout cache serves msgpack values only
+        self._decode = decode_value if is_compressed(self.path) else FastDecoder()
         self._txn()  # fail early on a wrong path
 
     def _txn(self):

@@ -5,6 +5,10 @@ bytes (a test holds it to that) without building Python lists per text: a msgpac
 header followed by its elements' encodings, so each word's pieces, ids, word index and emotion
 fields are packed once per distinct word and a text's value is a concatenation of those
 fragments. That is what makes building 200k texts fast.
+
+The whole-word layout (``wwm``, the original whole-word-masking builder's) nests
+``input_ids`` and ``toked_caption`` per word and stores no ``word_ids``;
+:func:`flat_input_ids` gives any stored ``input_ids`` as pieces plus word indices.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from ..errors import DatabaseError
 from .ids import id_to_key
 
 FIELDS = ("id", "dataset", "file_path", "img_fname", "toked_caption", "input_ids", "word_ids")
+LAYOUTS = ("flat", "wwm")  # input_ids as one list of pieces (+ word_ids), or nested per word
 EMO_FIELDS = ("emo_input_ids", "emo_labels", "emo_type_ids")
 
 
@@ -47,11 +52,27 @@ def assemble(words, cache: dict, emotions: bool) -> Encoded:
                    [c for e in ents for c in e[2]] if emotions else None)
 
 
-def encode_example(text_id: str, label, enc, lex, dataset: str) -> bytes:
-    """The compatible LMDB value of one text (``enc``: an :class:`Encoded`)."""
+def _per_word(values, word_ids) -> list:
+    out: list = []
+    last = None
+    for v, w in zip(values, word_ids):
+        if w != last:
+            out.append([])
+            last = w
+        out[-1].append(v)
+    return out
+
+
+def encode_example(text_id: str, label, enc, lex, dataset: str, layout: str = "flat") -> bytes:
+    """The compatible LMDB value of one text (``enc``: an :class:`Encoded`); ``layout``
+    ``wwm`` nests pieces and ids per word (no ``word_ids``)."""
     img_fname = id_to_key(text_id)
-    ex = {"id": text_id, "dataset": dataset, "file_path": img_fname, "img_fname": img_fname,
-          "toked_caption": enc.pieces, "input_ids": enc.ids, "word_ids": enc.word_ids}
+    ex = {"id": text_id, "dataset": dataset, "file_path": img_fname, "img_fname": img_fname}
+    if layout == "wwm":
+        ex.update(toked_caption=_per_word(enc.pieces, enc.word_ids),
+                  input_ids=_per_word(enc.ids, enc.word_ids))
+    else:
+        ex.update(toked_caption=enc.pieces, input_ids=enc.ids, word_ids=enc.word_ids)
     if label is not None:
         ex["target"] = label
     if lex is not None:
@@ -69,6 +90,23 @@ def decode_example(buf) -> dict:
         raise DatabaseError(f"not an lz4-compressed msgpack text example ({exc})") from None
 
 
+def flat_input_ids(input_ids) -> tuple[list, list | None]:
+    """Stored ``input_ids`` -> (piece ids, the word index of each piece or None). A flat list
+    is returned as it is (word indices: None, see ``word_ids``); a list of per-word lists (the
+    whole-word layout) is flattened and gives the word indices. Raises :class:`DatabaseError`
+    naming the first malformed word (not a non-empty list of integers)."""
+    if type(input_ids) is not list or not input_ids or type(input_ids[0]) is not list:
+        return input_ids, None
+    ids, words = [], []
+    for k, word in enumerate(input_ids):
+        if type(word) is not list or not word or not all(type(i) is int for i in word):
+            raise DatabaseError(f"'input_ids' is nested per word (whole-word layout) but word "
+                                f"{k} is {word!r}, not a non-empty list of integers")
+        ids += word
+        words += [k] * len(word)
+    return ids, words
+
+
 def _array_header(n: int) -> bytes:
     if n < 16:
         return bytes((0x90 | n,))
@@ -84,11 +122,12 @@ class FastEncoder:
     """Encode texts given as whitespace words, byte-identical to :func:`encode_example`.
 
     ``cache`` is the tokenizer's word cache (:meth:`WordPieceTokenizer.learn`), ``lex`` the
-    lexicon or None. Texts longer than ``max_len`` pieces take the reference path (truncated).
+    lexicon or None. Texts longer than ``max_len`` pieces (truncated) and the ``wwm`` layout
+    take the reference path.
     """
 
-    def __init__(self, cache: dict, lex, dataset: str, max_len: int):
-        self.cache, self.lex, self.max_len = cache, lex, max_len
+    def __init__(self, cache: dict, lex, dataset: str, max_len: int, layout: str = "flat"):
+        self.cache, self.lex, self.max_len, self.layout = cache, lex, max_len, layout
         self.dataset = msgpack.packb(dataset)
         self._frags: dict = {}
         self._ints: dict = {}
@@ -127,10 +166,11 @@ class FastEncoder:
         except KeyError:  # not prepared
             fs = [f for f in (frags.get(w) or self._frag(w) for w in words) if f[0]]
         n = sum([f[0] for f in fs])
-        if n > self.max_len:
+        if n > self.max_len or self.layout != "flat":
             enc = assemble(words, self.cache, self.lex is not None)
             enc.truncate(self.max_len)
-            return encode_example(text_id, label, enc, self.lex, msgpack.unpackb(self.dataset))
+            return encode_example(text_id, label, enc, self.lex, msgpack.unpackb(self.dataset),
+                                  self.layout)
         while len(self._word_index) < len(fs):
             self._word_index.append(self._int(len(self._word_index)))
         head = _array_header(n)

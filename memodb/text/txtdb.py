@@ -24,7 +24,7 @@ from ..store.ids import (KEY_SUFFIX, case_collisions, collisions_record, collisi
                          id_to_key)
 from ..store.manifest import read_manifest
 from ..store.reader import FeatureDB
-from ..store.textcodec import FastEncoder
+from ..store.textcodec import LAYOUTS, FastEncoder
 from ..store.textdb import ID2LEN, IMG2TXTS, META, TXT2IMG
 from .lexicon import read_lexicon
 from .splits import SPLITS_FILE, TRAIN, SplitSpec, assign_splits, parse_split, write_splits_file
@@ -69,7 +69,7 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
                  max_len: int = 100, long: str = "truncate", lexicon=None, labels=None,
                  splits=(), seed: int = 0, dataset: str | None = None,
                  workers: int | None = None, progress: bool = False,
-                 replace: bool = False) -> TextBuildResult:
+                 replace: bool = False, layout: str = "flat") -> TextBuildResult:
     """Build the text database(s) of one transcript file.
 
     - ``vocab``: BERT vocabulary folder (default: the bundled bert-base-uncased vocab.txt).
@@ -84,9 +84,11 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
     - ``replace``: rebuild a database built from other inputs instead of refusing.
     - ``workers``: processes encoding the values (default: all cores); the output does not
       depend on it.
+    - ``layout``: ``flat`` (``input_ids`` + ``word_ids``) or ``wwm``, the original
+      whole-word-masking layout (``input_ids`` and ``toked_caption`` nested per word).
     """
     src, out_dir = Path(src), Path(out_dir)
-    max_len, long, min_faces = text_options(max_len, long, min_faces)
+    max_len, long, min_faces = text_options(max_len, long, min_faces, layout)
     specs = [s if isinstance(s, SplitSpec) else parse_split(s) for s in splits]
     voc = load_vocab(vocab if vocab is not None else bundled_vocab_dir())
     tok = WordPieceTokenizer(voc)
@@ -99,7 +101,8 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
     options = {"dataset": dataset, "max_len": int(max_len), "long": long,
                "img_db": img is not None, "min_faces": int(min_faces) if img else None,
                "lexicon": lex is not None, "labels": list(labels) if labels else None,
-               "splits": [str(s) for s in specs], "seed": int(seed) if specs else None}
+               "splits": [str(s) for s in specs], "seed": int(seed) if specs else None,
+               **({"layout": layout} if layout != "flat" else {})}  # flat: as built before
     source = _fingerprint(src, voc, lex, img, specs)
     names = [TRAIN] + [s.name for s in specs] if specs else [""]
     targets = {n: (out_dir / n if n else out_dir) for n in names}
@@ -111,7 +114,7 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
         counts = next(iter(done.values()))["corpus"]
         return TextBuildResult(out_dir, targets, done, counts, skipped=True)
 
-    records, layout = read_transcripts(src)
+    records, src_layout = read_transcripts(src)
     collisions = collisions_record(case_collisions(r.id for r in records))
     counts = {"source_texts": len(records), "no_features": 0, "no_faces": 0, "no_caption": 0,
               "empty": 0, "truncated": 0, "dropped_too_long": 0, "texts": 0}
@@ -164,14 +167,14 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
     roles = {TRAIN: "train", **{s.name: s.role for s in specs}}
     manifests = {}
     base = {"vocab": {**voc.meta(), "file": str(voc.file)},
-            "lexicon": lex.summary() if lex else None, "layout": layout, "corpus": counts,
+            "lexicon": lex.summary() if lex else None, "layout": src_layout, "corpus": counts,
             **({"id_case_collisions": collisions} if collisions else {})}
     for name in names:
         manifest = {**base, "split": {"name": name, "role": roles[name], "seed": seed}
                     if name else None, "img_db": _img_link(img, targets[name], min_faces)}
         write = functools.partial(_write_db, assigned[name], by_id, voc, builds[name].options,
                                   manifest, label_info, progress, workers,
-                                  (cache, lex, dataset, max_len))
+                                  (cache, lex, dataset, max_len, layout))
         manifests[name] = builds[name].run(write).manifest
     if specs:
         stale = [out_dir / n for n in _listed_splits(out_dir) if n not in names]
@@ -183,10 +186,15 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
     return TextBuildResult(out_dir, targets, manifests, counts, warnings=warnings)
 
 
-def text_options(max_len=100, long="truncate", min_faces=1) -> tuple[int, str, int]:
-    """``(max_len, long, min_faces)`` checked (the one place their allowed values are decided;
-    the dataset config uses it too): ``max_len`` an integer >= 1, ``long`` truncate or drop,
-    ``min_faces`` an integer >= 0. Errors name the options (BadInputError ``options``)."""
+def text_options(max_len=100, long="truncate", min_faces=1,
+                 layout="flat") -> tuple[int, str, int]:
+    """``(max_len, long, min_faces)`` checked, and ``layout`` (the one place their allowed
+    values are decided; the dataset config uses it too): ``max_len`` an integer >= 1, ``long``
+    truncate or drop, ``min_faces`` an integer >= 0, ``layout`` flat or wwm. Errors name the
+    options (BadInputError ``options``)."""
+    if layout not in LAYOUTS:
+        raise BadInputError(f"unknown text layout {layout!r}", options=("layout",),
+                            fix="set {layout} to " + " or ".join(LAYOUTS))
     if not is_integer(max_len) or max_len < 1:
         raise BadInputError(f"{{max_len}} must be an integer >= 1 (got {max_len!r})",
                             options=("max_len",), fix="raise {max_len}")

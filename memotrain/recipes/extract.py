@@ -23,7 +23,7 @@ from memodb.progress import progress_bar
 from memodb.store.build import Build, Written
 from memodb.store.codec import encode_value
 from memodb.store.files import fsync_dir
-from memodb.store.ids import id_to_key
+from memodb.store.ids import id_to_key, key_to_id
 from memodb.store.manifest import write_json_atomic
 from memodb.store.textdb import TextDB
 from memotrain.checkpoint import load_model, memo_version, sha256
@@ -120,15 +120,17 @@ def _limits(cfg, img_db, speech_db, max_text_len, max_faces, max_speech) -> dict
 
 
 def _key_order(ds: MemoDataset) -> np.ndarray:
-    """Dataset indices in the byte order of their keys (the order a database is written in);
-    two texts with one key are an error."""
-    keys = [id_to_key(i).encode("utf-8") for i in ds.ids]
+    """Dataset indices in the byte order of their segment keys (through ``txt2img``: the
+    order a database is written in); two texts of one segment are an error."""
+    keys = [ds.segment_key(i).encode("utf-8") for i in range(len(ds))]
     order = np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
     for a, b in zip(order, order[1:]):
         if keys[a] == keys[b]:
             raise ExtractError(f"{ds.txt_path}: texts {ds.ids[int(a)]!r} and {ds.ids[int(b)]!r} "
-                               f"share the key {keys[a].decode()!r} ('/' becomes '-'); rename "
-                               "one of them")
+                               f"both belong to segment {keys[a].decode()!r} (txt2img.json; "
+                               "'/' becomes '-'); outputs are named by segment, one text each: "
+                               "build the text database with memo db create-txtdb (one text "
+                               "per segment, its sentences joined)")
     return order
 
 
@@ -158,7 +160,8 @@ def _forward(model, items: list, layer: int, device) -> list:
 
 
 def _pools(model, ds, order, sampler, layer, device, bar):
-    """Rows of each pool of :data:`CHUNK` key-ordered examples, in key order."""
+    """Rows ``(segment id, label, states)`` of each pool of :data:`CHUNK` key-ordered
+    examples, in key order."""
     pool, pending = 0, {}
     for batch in sampler:
         p = batch[0] // CHUNK  # the sampler never mixes pools in one batch
@@ -167,6 +170,8 @@ def _pools(model, ds, order, sampler, layer, device, bar):
             pending = {}
         pool = p
         rows = _forward(model, [ds[int(order[j])] for j in batch], layer, device)
+        rows = [(key_to_id(ds.segment_key(int(order[j]))), *row[1:])  # named by segment
+                for j, row in zip(batch, rows)]
         pending.update(zip(batch, rows))
         bar(len(batch))
     if pending:
@@ -175,19 +180,19 @@ def _pools(model, ds, order, sampler, layer, device, bar):
 
 # ----------------------------------------------------------------------------- writing
 
-def _stored(text_id: str, states: dict, dtype: np.dtype, checkpoint: str) -> dict:
+def _stored(seg_id: str, states: dict, dtype: np.dtype, checkpoint: str) -> dict:
     """``states`` in the stored dtype; non-finite values (a broken checkpoint, or float16
     overflow) are an error, never written."""
     out = {}
     for m, a in states.items():
         if not np.isfinite(a).all():
-            raise ExtractError(f"text {text_id!r}: the model of {checkpoint} gives NaN or Inf "
+            raise ExtractError(f"segment {seg_id!r}: the model of {checkpoint} gives NaN or Inf "
                                f"{m} states; its weights are broken (check the run that wrote "
                                "it)")
         with np.errstate(over="ignore"):  # checked right below
             out[m] = b = np.ascontiguousarray(a, dtype=dtype)
         if not np.isfinite(b).all():
-            raise ExtractError(f"text {text_id!r}: {m} states exceed the {dtype.name} range "
+            raise ExtractError(f"segment {seg_id!r}: {m} states exceed the {dtype.name} range "
                                f"(largest magnitude {np.abs(a).max():.3g}); extract with "
                                "dtype float32")
     return out
@@ -271,16 +276,16 @@ class _LmdbSink:
         return len(self.labels)
 
     def add(self, rows) -> None:
-        for text_id, label, states in rows:
-            key = id_to_key(text_id)
+        for seg_id, label, states in rows:
+            key = id_to_key(seg_id)
             raw = key.encode("utf-8")
-            states = _stored(text_id, states, self.dtype, self.info["checkpoint"]["path"])
+            states = _stored(seg_id, states, self.dtype, self.info["checkpoint"]["path"])
             for m, db in self.dbs.items():
                 a = states[m]
                 db.put(raw, encode_value({"features": a}))
                 self.nbb[m][key] = len(a)
             if label is not None:
-                self.labels[text_id] = int(label)
+                self.labels[seg_id] = int(label)
 
     def finish(self) -> None:
         for m, db in self.dbs.items():
@@ -359,7 +364,8 @@ def extract(checkpoint, txt_db, out, *, img_db=None, speech_db=None, layer=None,
             max_faces: int | None = None, max_speech: int | None = None,
             progress: bool = False) -> ExtractResult:
     """Run the model of ``checkpoint`` over ``txt_db`` (+ ``img_db`` faces, + ``speech_db``)
-    and save pooled and per-modality states per segment to ``out`` (docs/TRAINER.md "memo extract").
+    and save pooled and per-modality states per segment to ``out`` (docs/TRAINER.md "memo extract");
+    outputs are named by segment, through the text database's ``txt2img``.
 
     - ``layer``: hidden state of the per-modality states (0 = embeddings, 1..L, negatives
       from the end; default: the last); the pooled vector always comes from the final layer.
