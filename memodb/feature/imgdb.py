@@ -72,7 +72,9 @@ def build_db(source, out_dir, kind: str, options: dict, workers, progress, make_
     ``make_loader(segments)`` gets every listed segment and returns a picklable
     ``loader(segment) -> (arrays, frames seen[, tally])`` giving the canonical, selected arrays
     of one segment or raising BadInputError; ``tally``, a dict of integers, is summed over
-    every examined segment into the manifest's ``sums``. It runs only when a build is needed,
+    every examined segment into the manifest's ``sums``. A loader with a ``load_chunk(segments)``
+    method loads a whole chunk at once (one such tuple or BadInputError per segment): the
+    speech extractors batch a chunk through one model. It runs only when a build is needed,
     and may fill ``extra_manifest`` (read after it ran). With ``shard`` only the shard's
     segments are loaded and stored; its options and manifest say which shard it is.
     """
@@ -173,15 +175,24 @@ def _select_segment(source: Source, options: dict, dims: dict, seg: Segment):
     return arrays, len(raw["features"])
 
 
+def _load(loader, seg: Segment):
+    try:
+        return loader(seg)
+    except BadInputError as exc:
+        return exc
+
+
 def _encode_chunk(loader, chunk: list[Segment]):
+    load_chunk = getattr(loader, "load_chunk", None)
+    loaded = load_chunk(chunk) if load_chunk else [_load(loader, seg) for seg in chunk]
     out = []
-    for seg in chunk:
-        try:
-            arrays, n_seen, *tally = loader(seg)
-            layout = {k: (a.dtype.str, tuple(a.shape[1:])) for k, a in arrays.items()}
-            value = encode_value(arrays)
-            out.append((seg, value, hashlib.sha256(value).digest(), n_seen,
-                        len(arrays["features"]), layout, tally[0] if tally else None, None))
-        except BadInputError as exc:
-            out.append((seg, None, None, 0, 0, None, None, exc))
+    for seg, got in zip(chunk, loaded):
+        if isinstance(got, BadInputError):
+            out.append((seg, None, None, 0, 0, None, None, got))
+            continue
+        arrays, n_seen, *tally = got
+        layout = {k: (a.dtype.str, tuple(a.shape[1:])) for k, a in arrays.items()}
+        value = encode_value(arrays)
+        out.append((seg, value, hashlib.sha256(value).digest(), n_seen,
+                    len(arrays["features"]), layout, tally[0] if tally else None, None))
     return out
