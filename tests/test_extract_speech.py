@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from click.testing import CliRunner
 pytest.importorskip("opensmile")
 soundfile = pytest.importorskip("soundfile")
 
+from conftest import SUBPROCESS_ENV  # noqa: E402
 from memo.cli import main  # noqa: E402
 from memodb.checks.run import check  # noqa: E402
 from memodb.dataset.build import build_dataset  # noqa: E402
@@ -195,6 +197,24 @@ def test_options_refused(wavs, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_missing_extra_named(wavs, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "opensmile", None)  # as if not installed
+    with pytest.raises(BadInputError, match=r"needs the package opensmile.*memo-emotion\[speech\]"):
+        extract_speech(wavs[0], tmp_path / "o", features="compare")
+    assert not (tmp_path / "o").exists()
+
+
+def test_opensmile_path_imports_no_torch(wavs, tmp_path):
+    """The CLI's openSMILE path (memodb) runs without torch."""
+    code = ("import sys; from memo.cli import main; "
+            f"sys.argv = ['memo', 'extract-speech', {str(wavs[0])!r}, {str(tmp_path / 'o')!r}, "
+            "'--features', 'egemaps', '--workers', '1']\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, env=SUBPROCESS_ENV)
+    assert (tmp_path / "o" / DB / "manifest.json").exists()
+
+
 # ------------------------------------------------------------------------------ wav2vec2
 
 
@@ -284,10 +304,11 @@ def test_speech_db_trains(wavs, built, tmp_path):
                                  "speech_db": str(speech),
                                  "tasks": {"mlm": 1, "msrfr": 1}}],
                     "max_text_len": 20, "max_speech": 16, "batch_size": 2},
-           "optim": {"lr": 1e-3, "warmup_steps": 1}, "steps": 2, "seed": 0, "log_every": 1,
+           "optim": {"lr": 1e-3, "warmup_steps": 1}, "steps": 4, "seed": 0, "log_every": 1,
            "val_every": 0, "save_every": 0, "output_dir": str(tmp_path / "run")}
-    pretrain(cfg)
-    assert (tmp_path / "run").exists()
+    losses = pretrain(cfg)["losses"]
+    assert {task for _, task, _ in losses} == {"mlm", "msrfr"}
+    assert all(np.isfinite(loss) for _, _, loss in losses)
 
 
 SPEECH_CONFIG = {"name": "sp", "features": {

@@ -6,6 +6,7 @@ stated rate, and :func:`build_speech_db`, the driver the torch extractor
 from audio"."""
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -69,14 +70,21 @@ def open_wavs(path) -> WavSource:
     return WavSource(root, files)
 
 
+def speech_module(name: str):
+    """``soundfile`` / ``soxr`` / ``opensmile``, or an error saying which extra installs it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise BadInputError(f"memo extract-speech needs the package {name}, which is not "
+                            "installed", fix="pip install 'memo-emotion[speech]'") from None
+
+
 def read_audio(path, segment=None) -> tuple[np.ndarray, dict]:
     """A wav as mono float32 at 16 kHz, and what was converted: ``rate_<Hz>``,
     ``channels_<n>``, ``subtype_<soundfile subtype>``, ``resampled``, ``mixed_down`` and the
     ``samples`` fed on (counts, summed into the manifest's ``sums``). Any sample rate, channel
     count and sample width soundfile reads (8/16/24/32-bit PCM, float)."""
-    import soundfile
-    import soxr
-
+    soundfile, soxr = speech_module("soundfile"), speech_module("soxr")
     try:
         with soundfile.SoundFile(str(path)) as f:
             rate, channels, subtype = f.samplerate, f.channels, f.subtype
@@ -144,16 +152,14 @@ class OpenSmileExtractor:
 
     def record(self) -> dict:
         """What the manifest's ``options.extractor`` says about this extractor."""
-        import opensmile
-
-        return {"name": self.name, "package": "opensmile", "version": opensmile.__version__,
+        return {"name": self.name, "package": "opensmile",
+                "version": speech_module("opensmile").__version__,
                 "feature_set": OPENSMILE_SETS[self.name][0], "feature_level":
                 "LowLevelDescriptors", "hop_ms": 10, "dim": self.dim, "transform": TRANSFORM}
 
     def smile(self):
         if self._smile is None:
-            import opensmile
-
+            opensmile = speech_module("opensmile")
             self._smile = opensmile.Smile(
                 feature_set=OPENSMILE_SETS[self.name][0],
                 feature_level=opensmile.FeatureLevel.LowLevelDescriptors)
