@@ -57,6 +57,7 @@ SCALES = {
                      "--repeat", "1"],
         "joint_memory": ["--batches", "1,2", "--faces", "2", "--frozen", "2", "--warmup",
                          "0", "--steps", "1"],
+        "speech_extract": ["--segments", "6", "--repeat", "1"],
     },
     "full": {
         "imgdb_build": [],  # 3,000 segments, best of 5
@@ -71,6 +72,7 @@ SCALES = {
         "extract": [],  # tiny on 2,000 segments, base on 64
         "finetune": ["--presets", "tiny:2000,base:100", "--batch-size", "16", "--steps", "3"],
         "joint_memory": [],
+        "speech_extract": [],  # 60 wavs of 1-3 s, best of 2
     },
 }
 NAMES = list(SCALES["full"])
