@@ -72,7 +72,7 @@ SCALES = {
         "extract": [],  # tiny on 2,000 segments, base on 64
         "finetune": ["--presets", "tiny:2000,base:100", "--batch-size", "16", "--steps", "3"],
         "joint_memory": [],
-        "speech_extract": [],  # 60 wavs of 1-3 s, best of 2
+        "speech_extract": [],  # 120 wavs of 1-3 s, best of 2
     },
 }
 NAMES = list(SCALES["full"])

@@ -68,7 +68,7 @@ def memo_rate(src, out, workers: int, max_bb: int) -> tuple[float, object]:
 
 
 def main(argv=None) -> str:
-    ap = parser(__doc__, segments=60)
+    ap = parser(__doc__, segments=120)
     ap.add_argument("--repeat", type=int, default=2, help="rounds (best reported)")
     args = ap.parse_args(argv)
     command = " ".join(["python -m bench.speech_extract",

@@ -66,7 +66,7 @@ def feature_options(modality: str, conf_th=None, max_bb=None, min_bb=0) -> tuple
 
 def build_db(source, out_dir, kind: str, options: dict, workers, progress, make_loader,
              extra_manifest: dict | None = None, replace: bool = False,
-             shard=None) -> BuildResult:
+             shard=None, chunk: int = CHUNK) -> BuildResult:
     """Shared build driver: list, load + select in workers (in key order), write, publish.
 
     ``make_loader(segments)`` gets every listed segment and returns a picklable
@@ -74,7 +74,8 @@ def build_db(source, out_dir, kind: str, options: dict, workers, progress, make_
     of one segment or raising BadInputError; ``tally``, a dict of integers, is summed over
     every examined segment into the manifest's ``sums``. A loader with a ``load_chunk(segments)``
     method loads a whole chunk at once (one such tuple or BadInputError per segment): the
-    speech extractors batch a chunk through one model. It runs only when a build is needed,
+    speech extractors batch a chunk through one model. ``chunk``: segments per worker task
+    (the output does not depend on it). It runs only when a build is needed,
     and may fill ``extra_manifest`` (read after it ran). With ``shard`` only the shard's
     segments are loaded and stored; its options and manifest say which shard it is.
     """
@@ -87,7 +88,7 @@ def build_db(source, out_dir, kind: str, options: dict, workers, progress, make_
                   nbb_file=nbb_file)
     try:
         return build.run(partial(_write, source, options, nbb_file, workers, progress,
-                                 make_loader, extra_manifest, shard))
+                                 make_loader, extra_manifest, shard, chunk))
     finally:
         close_h5_files()
 
@@ -102,7 +103,7 @@ def feature_fields(arrays_seen: dict, counts: dict, nbb_file: str,
 
 
 def _write(source, options, nbb_file, workers, progress, make_loader, extra_manifest, shard,
-           db) -> Written:
+           chunk, db) -> Written:
     segs = source.list_segments()
     collisions = collisions_record(case_collisions(key_to_id(s.key) for s in segs))
     work = partial(_encode_chunk, make_loader(segs))
@@ -114,7 +115,7 @@ def _write(source, options, nbb_file, workers, progress, make_loader, extra_mani
     counts = {"source_segments": len(todo), "segments": 0, "empty": 0,
               "dropped_below_min_bb": 0, "frames_seen": 0, "frames_kept": 0}
     with progress_bar(progress, len(todo), db.final.name) as bar:
-        for results in ordered_map(work, chunked(todo, CHUNK), workers):
+        for results in ordered_map(work, chunked(todo, chunk), workers):
             for seg, value, digest, n_seen, n_kept, layout, tally, err in results:
                 bar(1)
                 if err is not None:

@@ -31,7 +31,9 @@ PREP_RECORD = "prep.json"  # a memo prep output: its wavs are under audio/
 OPENSMILE_SETS = {"compare": ("ComParE_2016", 65), "egemaps": ("eGeMAPSv02", 25)}
 OPENSMILE_RATE = 100
 TRANSFORM = "sign(x) * log1p(abs(x))"
-EXTRACTORS = (*OPENSMILE_SETS, "wav2vec2")
+# segments per task: openSMILE takes ~0.1 s a segment, so small tasks keep every worker busy;
+# a model batches a whole task's segments by length
+CHUNK_PROCESSES, CHUNK_IN_PROCESS = 8, 64
 
 
 @dataclass
@@ -244,7 +246,8 @@ def build_speech_db(src, out_dir, extractor, *, rate=None, max_bb: int | None = 
                    "pooling": "mean" if rate not in (None, extractor.rate) else None}}
     loader = SpeechLoader(extractor, rate, max_bb, threads=(workers or 1) if in_process else 1)
     return build_db(source, out_dir, "feature", options, 1 if in_process else workers,
-                    progress, lambda segs: loader, replace=replace, shard=shard)
+                    progress, lambda segs: loader, replace=replace, shard=shard,
+                    chunk=CHUNK_IN_PROCESS if in_process else CHUNK_PROCESSES)
 
 
 def extract_speech(src, out_dir, *, features: str = "compare", rate=None,
