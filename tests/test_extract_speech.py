@@ -150,7 +150,7 @@ def test_pool_frames():
     assert pool_frames(x, 100, None) is x
 
 
-@pytest.mark.parametrize("fault", ["unreadable", "empty", "no_wavs", "duplicate"])
+@pytest.mark.parametrize("fault", ["unreadable", "empty", "nan", "no_wavs", "duplicate"])
 def test_bad_input_named_nothing_published(tmp_path, fault):
     src = tmp_path / "src"
     write_corpus(src, speech=False)
@@ -160,6 +160,11 @@ def test_bad_input_named_nothing_published(tmp_path, fault):
     elif fault == "empty":
         soundfile.write(str(src / "m2" / "m2_1.wav"), np.zeros(0, np.float32), SR)
         expect = ["m2_1.wav", "holds no samples", "m2_1.npz"]
+    elif fault == "nan":
+        x = tone(0.5, 300)
+        x[100] = np.nan
+        soundfile.write(str(src / "m1" / "deep" / "m1_3.wav"), x, SR, subtype="FLOAT")
+        expect = ["m1_3.wav", "NaN or infinite samples", "m1_3.npz"]
     elif fault == "no_wavs":
         shutil.rmtree(src)
         (src / "sub").mkdir(parents=True)

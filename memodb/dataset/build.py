@@ -27,7 +27,6 @@ from .config import (SPLIT_ROLES, TEXT_DIR, TEXT_KEYS, config_file, feature_keys
 from .shard import parse_shard, prepare_folder, write_shard_file
 
 CHECK_FILE = "check.json"
-BUILDERS = {"feature": create_imgdb, "rawimg": rawimg_db, "speech": extract_speech}
 
 
 @dataclass
@@ -84,7 +83,8 @@ def build_dataset(config, out_dir, *, workers: int | None = None, progress: bool
             opts = {k: v for k, v in spec.items() if k not in ("type", "source", "extractor")}
             if spec["type"] == "speech":
                 opts["features"] = spec["extractor"]
-            build = BUILDERS[spec["type"]]
+            build = {"feature": create_imgdb, "rawimg": rawimg_db,
+                     "speech": extract_speech}[spec["type"]]
             with named_options(feature_keys(name), cfg_file):
                 r = build(spec["source"], out_dir / name, workers=workers, progress=progress,
                           replace=True, shard=shard, **opts)
