@@ -48,9 +48,6 @@ class WavSource:
         return {"path": str(self.root), "type": self.kind,
                 **fingerprint_files(self.files, self.root)}
 
-    def __getstate__(self):  # workers only load segments: do not ship the file list per task
-        return {**self.__dict__, "files": []}
-
     def list_segments(self) -> list[Segment]:
         return checked_segments([Segment(id_to_key(os.path.basename(p)[:-4]), p)
                                  for p in self.files])
