@@ -359,4 +359,9 @@ def test_cli(wavs, tmp_path):
                                     "--features", "wav2vec2"])
     assert bad.exit_code == 1 and "Error: wav2vec2 features need a local model folder" in \
         bad.output
+    wrong = CliRunner().invoke(main, ["extract-speech", str(root), str(tmp_path / "b"),
+                                      "--features", "compare", "--layer", "2"])
+    assert wrong.exit_code == 2 and "--model and --layer are for --features wav2vec2" in \
+        wrong.output
+    assert not (tmp_path / "b").exists()
     assert "--features" in CliRunner().invoke(main, ["extract-speech", "--help"]).output

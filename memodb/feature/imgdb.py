@@ -72,12 +72,12 @@ def build_db(source, out_dir, kind: str, options: dict, workers, progress, make_
     ``make_loader(segments)`` gets every listed segment and returns a picklable
     ``loader(segment) -> (arrays, frames seen[, tally])`` giving the canonical, selected arrays
     of one segment or raising BadInputError; ``tally``, a dict of integers, is summed over
-    every examined segment into the manifest's ``sums``. A loader with a ``load_chunk(segments)``
-    method loads a whole chunk at once (one such tuple or BadInputError per segment): the
-    speech extractors batch a chunk through one model. ``chunk``: segments per worker task
-    (the output does not depend on it). It runs only when a build is needed,
-    and may fill ``extra_manifest`` (read after it ran). With ``shard`` only the shard's
-    segments are loaded and stored; its options and manifest say which shard it is.
+    every examined segment into the manifest's ``sums``. It runs only when a build is needed,
+    and may fill ``extra_manifest`` (read after it ran). A loader with a
+    ``load_chunk(segments)`` method loads a whole task's segments at once (one such tuple or
+    BadInputError per segment): the speech extractors batch them through one model. ``chunk``:
+    segments per worker task (the output does not depend on it). With ``shard`` only the
+    shard's segments are loaded and stored; its options and manifest say which shard it is.
     """
     out_dir = Path(out_dir)
     name = db_name(options["conf_th"], options["max_bb"], options["min_bb"])
