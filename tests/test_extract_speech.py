@@ -225,24 +225,26 @@ def test_opensmile_path_imports_no_torch(wavs, tmp_path):
 
 @pytest.fixture(scope="module")
 def w2v_models(tmp_path_factory):
-    """Two tiny random wav2vec2 models saved with save_pretrained: a feature encoder with
-    LayerNorm (padding-free batches) and one with GroupNorm (batches of equal lengths)."""
+    """Tiny random models saved with save_pretrained: wav2vec2 with a LayerNorm feature
+    encoder (padding-free batches) and with GroupNorm (batches of equal lengths), HuBERT and
+    WavLM."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     root = tmp_path_factory.mktemp("w2v")
     out = {}
-    for norm in ("layer", "group"):
+    for name, norm, kind in (("layer", "layer", "Wav2Vec2"), ("group", "group", "Wav2Vec2"),
+                             ("hubert", "layer", "Hubert"), ("wavlm", "layer", "WavLM")):
         torch.manual_seed(0)
-        cfg = transformers.Wav2Vec2Config(
+        cfg = getattr(transformers, f"{kind}Config")(
             hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
             conv_dim=(16,) * 7, feat_extract_norm=norm, num_conv_pos_embeddings=16,
             num_conv_pos_embedding_groups=2, vocab_size=8)
-        transformers.Wav2Vec2Model(cfg).save_pretrained(root / norm)
-        out[norm] = root / norm
+        getattr(transformers, f"{kind}Model")(cfg).save_pretrained(root / name)
+        out[name] = root / name
     return out
 
 
-@pytest.mark.parametrize("norm", ["layer", "group"])
+@pytest.mark.parametrize("norm", ["layer", "group", "hubert", "wavlm"])
 def test_wav2vec2_database(wavs, w2v_models, tmp_path, norm):
     from memotrain.recipes.extract_speech import extract_speech_features
 
