@@ -18,6 +18,7 @@ import numpy as np
 
 from ..config import is_number
 from ..errors import BadInputError
+from ..parallel import default_workers
 from ..store.build import BuildResult
 from ..store.ids import id_to_key
 from ..store.manifest import fingerprint_files
@@ -241,7 +242,8 @@ def build_speech_db(src, out_dir, extractor, *, rate=None, max_bb: int | None = 
                    **extractor.record(), "sample_rate": SAMPLE_RATE,
                    "native_rate": extractor.rate, "rate": rate or extractor.rate,
                    "pooling": "mean" if rate not in (None, extractor.rate) else None}}
-    loader = SpeechLoader(extractor, rate, max_bb, threads=(workers or 1) if in_process else 1)
+    threads = (workers or default_workers()) if in_process else 1
+    loader = SpeechLoader(extractor, rate, max_bb, threads=threads)
     return build_db(source, out_dir, "feature", options, 1 if in_process else workers,
                     progress, lambda segs: loader, replace=replace, shard=shard,
                     chunk=CHUNK_IN_PROCESS if in_process else CHUNK_PROCESSES)
