@@ -61,6 +61,7 @@ SCALES = {
         "joint_memory": ["--batches", "1,2", "--faces", "2", "--frozen", "2", "--warmup",
                          "0", "--steps", "1"],
         "gpu": ["--tiny"],
+        "speech_extract": ["--segments", "6", "--repeat", "1"],
     },
     "full": {
         "imgdb_build": [],  # 3,000 segments, best of 5
@@ -76,6 +77,7 @@ SCALES = {
         "finetune": ["--presets", "tiny:2000,base:100", "--batch-size", "16", "--steps", "3"],
         "joint_memory": [],
         "gpu": [],  # the CUDA device when there is one, else its tiny CPU run
+        "speech_extract": [],  # 120 wavs of 1-3 s, best of 2
     },
 }
 NAMES = list(SCALES["full"])

@@ -651,5 +651,53 @@ def extract_faces_cmd(checkpoint, rawimg_db, out_dir, feature, normalization, ba
     _report_build(r)
 
 
+@main.command("extract-speech")
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--features", type=click.Choice(["compare", "egemaps", "wav2vec2"]),
+              required=True, help="openSMILE ComParE_2016 (65) or eGeMAPSv02 (25) descriptors "
+              "per 10 ms, or the hidden states of a wav2vec2 / HuBERT / WavLM folder.")
+@click.option("--model", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Local Hugging Face model folder (wav2vec2 only; nothing is downloaded).")
+@click.option("--layer", type=int, default=None,
+              help="wav2vec2 hidden state: 0 = input of the first layer, 1..L, negatives "
+                   "from the end. [default: the last]")
+@click.option("--rate", type=float, default=None,
+              help="Frames per second stored, each the mean of its window (e.g. 10, the face "
+                   "rate). [default: the extractor's own: 100 openSMILE, 50 wav2vec2]")
+@click.option("--max-bb", type=click.IntRange(min=1), default=None,
+              help="Keep at most this many frames (the first). [default: 64]")
+@click.option("--min-bb", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Leave out segments with fewer frames.")
+@click.option("--batch-seconds", type=click.FloatRange(min=0, min_open=True), default=160.0,
+              show_default=True, help="wav2vec2: padded audio per forward pass (the features "
+              "do not depend on it).")
+@click.option("--device", default="auto", show_default=True,
+              help="wav2vec2: auto (CUDA when available), cpu, cuda or cuda:N.")
+@workers_option
+@_errors
+def extract_speech_cmd(src, out_dir, features, model, layer, rate, max_bb, min_bb,
+                       batch_seconds, device, workers):
+    """Build a speech feature database (laid out as create-imgdb --modality speech's) from a
+    folder of <segment>.wav files (any depth, any rate, width or channel count) or a memo
+    prep output."""
+    if features == "wav2vec2":
+        from memotrain.recipes.extract_speech import extract_speech_features as run
+        extra = {"model": model, "layer": layer, "batch_seconds": batch_seconds,
+                 "device": device}
+    else:  # openSMILE: no torch
+        from memodb import extract_speech as run
+        if model is not None or layer is not None:
+            raise click.UsageError("--model and --layer are for --features wav2vec2")
+        extra = {}
+    r = run(src, out_dir, features=features, rate=rate, max_bb=max_bb, min_bb=min_bb,
+            workers=workers, progress=_progress(), **extra)
+    _report_build(r)
+    s = r.manifest.get("sums") or {}
+    if s and not r.skipped:
+        click.echo(f"audio: {s.get('resampled', 0)} resampled to 16 kHz, "
+                   f"{s.get('mixed_down', 0)} mixed down to mono")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -12,6 +12,7 @@ _API = {
     "create_imgdb": "memodb.feature.imgdb",
     "feature_warnings": "memodb.feature.imgdb",
     "rawimg_db": "memodb.feature.rawimg",
+    "extract_speech": "memodb.feature.speech",
     "trans2npz": "memodb.feature.trans2npz",
     "create_txtdb": "memodb.text.txtdb",
     "FeatureDB": "memodb.store.reader",

@@ -16,6 +16,7 @@ from ..checks.run import check
 from ..errors import BadInputError, named_options
 from ..feature.imgdb import create_imgdb, feature_warnings
 from ..feature.rawimg import rawimg_db
+from ..feature.speech import extract_speech
 from ..store.files import fsync_dir
 from ..store.manifest import DATASET_FILE, MANIFEST, write_json_atomic
 from ..store.writer import before_first_publish
@@ -79,8 +80,11 @@ def build_dataset(config, out_dir, *, workers: int | None = None, progress: bool
     with check_goes_stale(out_dir):
         for name, spec in cfg["features"].items():
             t0 = time.perf_counter()
-            opts = {k: v for k, v in spec.items() if k not in ("type", "source")}
-            build = rawimg_db if spec["type"] == "rawimg" else create_imgdb
+            opts = {k: v for k, v in spec.items() if k not in ("type", "source", "extractor")}
+            if spec["type"] == "speech":
+                opts["features"] = spec["extractor"]
+            build = {"feature": create_imgdb, "rawimg": rawimg_db,
+                     "speech": extract_speech}[spec["type"]]
             with named_options(feature_keys(name), cfg_file):
                 r = build(spec["source"], out_dir / name, workers=workers, progress=progress,
                           replace=True, shard=shard, **opts)

@@ -16,6 +16,7 @@ from ..errors import BadInputError, named_options
 from ..feature.frames import selection_options
 from ..feature.imgdb import feature_options, naming_options
 from ..feature.rawimg import rawimg_options
+from ..feature.speech import OPENSMILE_RATE, check_rate
 from ..text.splits import TRAIN
 from ..text.txtdb import text_options
 
@@ -59,6 +60,20 @@ class RawimgSpec:
 
 
 @dataclass(config=STRICT)
+class SpeechSpec:
+    """``features.<name>`` with ``"type": "speech"``: openSMILE features of a folder of wavs
+    (memo extract-speech; wav2vec2 goes through the command)."""
+    source: str = Field(description="folder of <segment>.wav files or a memo prep output")
+    type: Literal["speech"] = "speech"
+    extractor: Literal["compare", "egemaps"] = Field(
+        description="compare (ComParE_2016, 65 per frame) or egemaps (eGeMAPSv02, 25)")
+    rate: float | None = Field(None, description="frames per second stored, each the mean of "
+                                                 "its window (null: 100, one per 10 ms)")
+    max_bb: int | None = Field(None, description=">= 1: the first frames kept (null: 64)")
+    min_bb: int = Field(0, description="0 to max_bb: segments with fewer frames are left out")
+
+
+@dataclass(config=STRICT)
 class TextSpec:
     """``text``: the text databases (memo db create-txtdb)."""
     source: str | None = Field(None, description="one transcript file (captions, refs or "
@@ -90,15 +105,16 @@ class DatasetConfig:
     vocab: str | None = Field(None, description="BERT vocabulary folder (default: the "
                                                 "bundled bert-base-uncased)")
     lexicon: str | None = Field(None, description="emotion lexicon (word TAB category, or NRC)")
-    features: dict[str, FeatureSpec | RawimgSpec] = Field(
-        default_factory=dict, description="name -> a feature or rawimg database")
+    features: dict[str, FeatureSpec | RawimgSpec | SpeechSpec] = Field(
+        default_factory=dict, description="name -> a feature, rawimg or speech database")
     text: TextSpec | None = None
 
 
 # the builders' options (keyword names) that a dataset config sets, and where: builder errors
 # name these keys (and the config file) instead of command-line flags
 FEATURE_OPTIONS = ("conf_th", "max_bb", "min_bb", "modality", "feature", "size", "mean", "std",
-                   "compress", "name_min")
+                   "compress", "name_min", "rate")
+SPECS = {"feature": FeatureSpec, "rawimg": RawimgSpec, "speech": SpeechSpec}
 TEXT_KEYS = {"max_len": "text.max_len", "long": "text.long", "min_faces": "text.min_faces",
              "labels": "text.labels", "img_db": "text.faces_from", "vocab": "vocab",
              "lexicon": "lexicon", "layout": "text.layout"}
@@ -106,7 +122,8 @@ TEXT_KEYS = {"max_len": "text.max_len", "long": "text.long", "min_faces": "text.
 
 def feature_keys(name: str) -> dict:
     """Builder option -> config key of the feature database ``name``."""
-    return {o: f"features.{name}.{o}" for o in FEATURE_OPTIONS}
+    return {**{o: f"features.{name}.{o}" for o in FEATURE_OPTIONS},
+            "features": f"features.{name}.extractor"}
 
 
 def config_file(config) -> Path | None:
@@ -169,10 +186,10 @@ def load_config(path) -> dict:
     unknown(features, set(features), "features")
     for name, spec in features.items():
         kind = spec.get("type", "feature") if isinstance(spec, dict) else None
-        if kind not in ("feature", "rawimg"):
+        if kind not in SPECS:
             raise BadInputError(f"{where('features', name, 'type')} is {kind!r}", file=path,
-                                fix="use \"feature\" (default) or \"rawimg\"")
-        spec_cls = FeatureSpec if kind == "feature" else RawimgSpec
+                                fix="use \"feature\" (default), \"rawimg\" or \"speech\"")
+        spec_cls = SPECS[kind]
         unknown(spec, _keys(spec_cls), "features", name)
         if name == TEXT_DIR or not name.replace("_", "").replace("-", "").isalnum():
             raise BadInputError(f"{where('features', name)}: the name must be letters, digits, "
@@ -184,6 +201,9 @@ def load_config(path) -> dict:
             if kind == "feature":
                 _, _, min_bb = feature_options(v.modality, v.conf_th, v.max_bb, v.min_bb)
                 naming_options(min_bb, v.name_min, v.compress)
+            elif kind == "speech":
+                feature_options("speech", None, v.max_bb, v.min_bb)
+                check_rate(v.rate, OPENSMILE_RATE)
             else:
                 selection_options(v.conf_th, v.max_bb, v.min_bb)
                 rawimg_options(v.size, v.mean, v.std)

@@ -198,6 +198,9 @@ def merge_feature_db(shards: list[ShardFolder], name: str, out_folder: Path, *,
     extra, work, w = {}, _copy_chunk, 1
     if "id_case_collisions" in first:  # found over the whole corpus by every shard
         extra["id_case_collisions"] = first["id_case_collisions"]
+    if kind != "rawimg" and any("sums" in m for m in manifests):  # speech: audio counts
+        extra["sums"] = {k: sum(m.get("sums", {}).get(k, 0) for m in manifests)
+                         for k in sorted({k for m in manifests for k in m.get("sums", {})})}
     if kind == "rawimg":
         if arrays_seen and arrays_seen["features"][0] != np.dtype(np.uint8).str:
             raise BadInputError("raw-crop shard does not hold 8-bit crops", file=dbs[0],

@@ -106,15 +106,18 @@ def naming_options(min_bb: int, name_min=None, compress: bool = False) -> dict:
 
 def build_db(source, out_dir, kind: str, options: dict, workers, progress, make_loader,
              extra_manifest: dict | None = None, replace: bool = False,
-             shard=None) -> BuildResult:
+             shard=None, chunk: int = CHUNK) -> BuildResult:
     """Shared build driver: list, load + select in workers (in key order), write, publish.
 
     ``make_loader(segments)`` gets every listed segment and returns a picklable
     ``loader(segment) -> (arrays, frames seen[, tally])`` giving the canonical, selected arrays
     of one segment or raising BadInputError; ``tally``, a dict of integers, is summed over
     every examined segment into the manifest's ``sums``. It runs only when a build is needed,
-    and may fill ``extra_manifest`` (read after it ran). With ``shard`` only the shard's
-    segments are loaded and stored; its options and manifest say which shard it is.
+    and may fill ``extra_manifest`` (read after it ran). A loader with a
+    ``load_chunk(segments)`` method loads a whole task's segments at once (one such tuple or
+    BadInputError per segment): the speech extractors batch them through one model. ``chunk``:
+    segments per worker task (the output does not depend on it). With ``shard`` only the
+    shard's segments are loaded and stored; its options and manifest say which shard it is.
     """
     out_dir = Path(out_dir)
     name_min = options.get("name_min", options["min_bb"])
@@ -127,7 +130,7 @@ def build_db(source, out_dir, kind: str, options: dict, workers, progress, make_
                   nbb_file=nbb_file)
     try:
         return build.run(partial(_write, source, options, nbb_file, workers, progress,
-                                 make_loader, extra_manifest, shard))
+                                 make_loader, extra_manifest, shard, chunk))
     finally:
         close_h5_files()
 
@@ -154,7 +157,7 @@ def feature_fields(arrays_seen: dict, counts: dict, nbb_file: str,
 
 
 def _write(source, options, nbb_file, workers, progress, make_loader, extra_manifest, shard,
-           db) -> Written:
+           chunk, db) -> Written:
     segs = source.list_segments()
     collisions = collisions_record(case_collisions(key_to_id(s.key) for s in segs))
     work = partial(_encode_chunk, make_loader(segs),
@@ -167,7 +170,7 @@ def _write(source, options, nbb_file, workers, progress, make_loader, extra_mani
     counts = {"source_segments": len(todo), "segments": 0, "empty": 0,
               "dropped_below_min_bb": 0, "frames_seen": 0, "frames_kept": 0}
     with progress_bar(progress, len(todo), db.final.name) as bar:
-        for results in ordered_map(work, chunked(todo, CHUNK), workers):
+        for results in ordered_map(work, chunked(todo, chunk), workers):
             for seg, value, digest, n_seen, n_kept, layout, tally, err in results:
                 bar(1)
                 if err is not None:
@@ -228,15 +231,24 @@ def _select_segment(source: Source, options: dict, dims: dict, seg: Segment):
     return arrays, len(raw["features"])
 
 
+def _load(loader, seg: Segment):
+    try:
+        return loader(seg)
+    except BadInputError as exc:
+        return exc
+
+
 def _encode_chunk(loader, encode, chunk: list[Segment]):
+    load_chunk = getattr(loader, "load_chunk", None)
+    loaded = load_chunk(chunk) if load_chunk else [_load(loader, seg) for seg in chunk]
     out = []
-    for seg in chunk:
-        try:
-            arrays, n_seen, *tally = loader(seg)
-            layout = {k: (a.dtype.str, tuple(a.shape[1:])) for k, a in arrays.items()}
-            value = encode(arrays)
-            out.append((seg, value, hashlib.sha256(value).digest(), n_seen,
-                        len(arrays["features"]), layout, tally[0] if tally else None, None))
-        except BadInputError as exc:
-            out.append((seg, None, None, 0, 0, None, None, exc))
+    for seg, got in zip(chunk, loaded):
+        if isinstance(got, BadInputError):
+            out.append((seg, None, None, 0, 0, None, None, got))
+            continue
+        arrays, n_seen, *tally = got
+        layout = {k: (a.dtype.str, tuple(a.shape[1:])) for k, a in arrays.items()}
+        value = encode(arrays)
+        out.append((seg, value, hashlib.sha256(value).digest(), n_seen,
+                    len(arrays["features"]), layout, tally[0] if tally else None, None))
     return out
