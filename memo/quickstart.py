@@ -136,7 +136,7 @@ def write_html(workdir: Path, step, log) -> Path | None:
     import importlib.util
 
     from memodb.errors import BadInputError
-    from memoreport import report_kind, write_report
+    from memoreport.report import report_kind, write_report
 
     if importlib.util.find_spec("matplotlib") is None:
         log("report: not written, matplotlib is not installed (pip install "

@@ -89,22 +89,8 @@ def test_a_resumed_pretraining_continues_the_curves_without_duplicates(pretrain_
                                                               rel=1e-5), tag
 
 
-def test_finetune_events_per_run(tmp_path_factory):
-    from memodb.dataset.build import build_dataset
-    from memodb.synth import make_emotion_corpus
-
-    root = tmp_path_factory.mktemp("emo")
-    info = make_emotion_corpus(root / "corpus", folds=2, per_fold=16, faces=4, seed=0)
-    cfg = {"name": "emo", "features": {"face": {"source": "corpus/h5", "max_bb": 8}},
-           "text": {"sources": {"train": "corpus/refs/{fold}/trn.json",
-                                "val": "corpus/refs/{fold}/val.json",
-                                "test": "corpus/refs/{fold}/tst.json"},
-                    "folds": [1], "labels": info["labels"], "faces_from": "face",
-                    "min_faces": 0}}
-    (root / "emo.json").write_text(json.dumps(cfg))
-    res = build_dataset(root / "emo.json", root / "ds", workers=1)
-    face = next(s.path for s in res.steps if s.name == "face")
-    txt = root / "ds" / "txt"
+def test_finetune_events_per_run(emotion_dataset, tmp_path_factory):
+    txt, face = emotion_dataset["txt"], emotion_dataset["face"]
     out = tmp_path_factory.mktemp("ft") / "run"
     finetune({"model": "tiny", "head": "emocls", "folds": [1], "seeds": [0], "epochs": 2,
               "log_every": 1, "optim": {"lr": 2e-3},
