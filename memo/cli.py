@@ -482,7 +482,8 @@ def pretrain_cmd(ctx, config, resume, print_config):
 def face_cnn_cmd(src, out, ferplus, classes, image_size, blocks, epochs, batch_size, lr,
                  weight_decay, warmup_epochs, patience, no_augment, seed, device, force):
     """Train the DenseNet-BC face CNN on labelled face crops (a FER2013 CSV, or
-    train/ val/ [test/] folders of <class>/ images); OUT: the best-validation checkpoint."""
+    train/ val/ [test/] folders of <class>/ images); OUT: the best-validation checkpoint
+    (TensorBoard event files in OUT with the suffix .tb)."""
     from memotrain.recipes.face_cnn import train_face_cnn
 
     try:

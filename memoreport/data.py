@@ -60,9 +60,7 @@ def dataset_data(folder) -> dict:
     for name, entry in sorted((body.get("databases") or {}).items()):
         path = folder / entry["path"]
         if entry.get("kind") == "text":
-            group, _, split = name.rpartition("/")
-            texts.append({"name": name, "group": group.removeprefix("txt").strip("/"),
-                          "split": split, "stats": text_stats(path)})
+            texts.append({"name": name, "stats": text_stats(path)})
         else:
             features.append({"name": name, "kind": entry.get("kind"),
                              "stats": feature_stats(path)})

@@ -26,7 +26,6 @@ class Page:
     def __init__(self, title: str):
         self.title = title
         self.parts: list[str] = []
-        self.images = 0
 
     def heading(self, text: str, level: int = 2) -> None:
         self.parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
@@ -47,7 +46,6 @@ class Page:
         cls = ' class="inline"' if inline else ""
         self.parts.append(f'<img{cls} alt="{html.escape(alt)}" '
                           f'src="data:image/png;base64,{data}">')
-        self.images += 1
 
     def render(self) -> str:
         return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
