@@ -8,6 +8,7 @@ How the recipes use it and what a resumed run writes: docs/TRAINER.md "TensorBoa
 from __future__ import annotations
 
 import logging
+import weakref
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ class EventLog:
     other than 0). ``purge_step``: events of earlier writers in the folder at this step or
     later are dropped by TensorBoard's readers (TensorBoard's restart rule) — the first step a
     (resumed) run writes, so the curves continue without duplicated steps. Each record is
-    flushed at once: a killed run loses no logged step."""
+    flushed at once: a killed run loses no logged step; the writer closes with :meth:`close`
+    or, on an error that ends the run, when the EventLog is dropped."""
 
     def __init__(self, log_dir, enabled: bool = True, purge_step: int | None = None):
         self.writer = None
@@ -51,6 +53,7 @@ class EventLog:
                 _told = True
             return
         self.writer = SummaryWriter(str(Path(log_dir)), purge_step=purge_step)
+        self._close = weakref.finalize(self, self.writer.close)
 
     def add(self, rec: dict, step: int | None = None) -> None:
         """The scalars of ``rec`` at ``step`` (default: ``rec["step"]``)."""
@@ -63,5 +66,5 @@ class EventLog:
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
+            self._close()
             self.writer = None
