@@ -8,6 +8,7 @@ How the recipes use it and what a resumed run writes: docs/TRAINER.md "TensorBoa
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from pathlib import Path
 
@@ -52,6 +53,8 @@ class EventLog:
                             "files (pip install 'memo-emotion[report]' to get them)")
                 _told = True
             return
+        if purge_step is not None:
+            _sort_last(Path(log_dir))
         self.writer = SummaryWriter(str(Path(log_dir)), purge_step=purge_step)
         self._close = weakref.finalize(self, self.writer.close)
 
@@ -68,3 +71,19 @@ class EventLog:
         if self.writer is not None:
             self._close()
             self.writer = None
+
+
+def _sort_last(log_dir: Path) -> None:
+    """TensorBoard reads a folder's event files in name order, and a name starts with the
+    second its file was created (``events.out.tfevents.<seconds>.<host>.<pid>.<n>``): where a
+    file of the folder was created in this very second, wait for the next one, so the new file
+    sorts after it and its restart mark comes after the events it purges."""
+    now = int(time.time())
+    for f in log_dir.glob("events.out.tfevents.*"):
+        try:
+            created = int(f.name.split(".")[3])
+        except (IndexError, ValueError):
+            continue
+        if created >= now:
+            time.sleep(max(0.0, created + 1 - time.time()))
+            return

@@ -51,6 +51,20 @@ def test_scalars_flatten_a_record_by_its_paths():
                             "val/mrfr/targets": 12.0}
 
 
+def test_a_restarted_writer_sorts_after_the_files_it_purges(tmp_path):
+    """TensorBoard applies a restart mark to the files read before it, in name order: the new
+    file must sort last even when an older one was created in the same second."""
+    import time
+
+    old = tmp_path / f"events.out.tfevents.{int(time.time())}.zzzz.1.0"  # sorts after ours
+    old.write_bytes(b"")
+    log = EventLog(tmp_path, purge_step=1)
+    log.add({"step": 1, "loss": 1.0})
+    log.close()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) == 2 and names[0] == old.name
+
+
 def test_pretrain_events_hold_every_scalar_of_metrics_jsonl(pretrain_corpus, tmp_path):
     out = tmp_path / "run"
     pretrain(pretrain_config(pretrain_corpus, out))
