@@ -318,3 +318,20 @@ def test_feature_stats_give_the_faces_histogram(emotion_dataset):
     assert sum(h["faces"] * h["segments"] for h in hist) == s["nbb"]["total"]
     assert [h["faces"] for h in hist] == sorted(h["faces"] for h in hist)
     assert json.loads(json.dumps(s)) == s
+
+
+def test_quickstart_report_of_the_stages_that_ran(emotion_dataset, tmp_path, monkeypatch):
+    from memo.quickstart import write_html
+
+    work = tmp_path / "qs"
+    work.mkdir()
+    (work / "dataset").symlink_to(emotion_dataset["dir"])  # pre-training never ran
+    steps, lines = [], []
+    out = write_html(work, lambda *a: steps.append(a), lines.append)
+    assert out == work / "report.html" and steps[0][0] == "report" and "(dataset)" in steps[0][2]
+    assert [t for tag, t in parse(out).headings if tag == "h2"] == [
+        f"Dataset emo: {work / 'dataset'}"]
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert write_html(work, lambda *a: steps.append(a), lines.append) is None
+    assert lines == ["report: not written, matplotlib is not installed (pip install "
+                     "'memo-emotion[report]')"] and len(steps) == 1
