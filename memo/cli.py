@@ -377,6 +377,23 @@ def _echo_text_stats(s: dict, ind: str) -> None:
                           if f.get("checksum_ok") is False else ""))
 
 
+@main.command("report")
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...",
+                type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="report.html",
+              show_default=True, help="The HTML file to write.")
+@_errors
+def report_cmd(paths, output):
+    """Write one self-contained HTML report (plots embedded, opens offline) of each PATH: a
+    dataset folder (memo db build), a pre-training run or a fine-tuning output."""
+    from memoreport.report import report_kind, write_report
+
+    out = write_report(paths, output)
+    for p in paths:
+        click.echo(f"{p}: {report_kind(p)}")
+    click.echo(f"wrote {out}")
+
+
 @main.command()
 @click.argument("workdir", type=click.Path(file_okay=False), default="memo-quickstart")
 @workers_option
@@ -506,7 +523,8 @@ def pretrain_cmd(ctx, config, resume, print_config):
 def face_cnn_cmd(src, out, ferplus, classes, image_size, blocks, epochs, batch_size, lr,
                  weight_decay, warmup_epochs, patience, no_augment, seed, device, force):
     """Train the DenseNet-BC face CNN on labelled face crops (a FER2013 CSV, or
-    train/ val/ [test/] folders of <class>/ images); OUT: the best-validation checkpoint."""
+    train/ val/ [test/] folders of <class>/ images); OUT: the best-validation checkpoint
+    (TensorBoard event files in OUT with the suffix .tb)."""
     from memotrain.recipes.face_cnn import train_face_cnn
 
     try:

@@ -6,7 +6,8 @@ and emotion words, check), stats, a short pre-training of the tiny model from sc
 mrfr, itm), then ``memo db build`` of a labelled emotion corpus with two folds (planted
 signals: the labels can be learnt from the faces and the text), fine-tuning of the pre-trained
 model on both folds, the results table, and the features of the fold-1 test segments extracted
-with the selected model (``memo extract``). Re-running in the same folder reuses what is built.
+with the selected model (``memo extract``), and the HTML report of it all (``memo report``,
+where matplotlib is installed). Re-running in the same folder reuses what is built.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ EMOTION = {  # the downstream corpus: IEMOCAP-style sessions = folds, refs with 
 }
 
 PRETRAIN = {
-    "model": "tiny", "steps": 300, "seed": 0, "log_every": 0, "val_every": 0, "save_every": 100,
+    "model": "tiny", "steps": 300, "seed": 0, "log_every": 25, "val_every": 100, "save_every": 100,
     "optim": {"lr": 1e-3, "warmup_steps": 30},
     "data": {"max_text_len": 30, "max_faces": 36, "batch_size": 16, "num_workers": 0},
 }
@@ -62,6 +63,7 @@ class QuickstartResult:
     stats: dict | None = None
     pretrain: dict | None = None
     finetune: dict | None = None  # memotrain.recipes.finetune.finetune's summary
+    html: Path | None = None  # the report (None without matplotlib)
 
 
 def generate_corpus(corpus: Path) -> None:
@@ -113,6 +115,7 @@ def quickstart(workdir="memo-quickstart", workers: int | None = None,
     step("stats", face, f"faces per segment mean {s['mean']:.1f} median {s['median']:.0f} "
          f"p80 {s['p80']:.0f} max {s['max']}")
     if not res.report.ok:
+        res.html = write_html(workdir, step, log)
         return res
     res.pretrain = pretrain_tiny(dataset, face, workdir / "pretrain", step, log)
     emotion = workdir / "emotion"
@@ -123,7 +126,33 @@ def quickstart(workdir="memo-quickstart", workers: int | None = None,
     if built.report.ok:
         res.finetune = finetune_tiny(emotion, workdir, step)
         extract_features(emotion, workdir, step)
+    res.html = write_html(workdir, step, log)
     return res
+
+
+def write_html(workdir: Path, step, log) -> Path | None:
+    """The report of the run (``memo report`` of the folders it wrote), or a notice where
+    matplotlib is missing."""
+    import importlib.util
+
+    from memodb.errors import BadInputError
+    from memoreport.report import report_kind, write_report
+
+    if importlib.util.find_spec("matplotlib") is None:
+        log("report: not written, matplotlib is not installed (pip install "
+            "'memo-emotion[report]')")
+        return None
+    paths = []
+    for name in ("dataset", "pretrain", "emotion", "finetune"):
+        try:
+            report_kind(workdir / name)
+            paths.append(workdir / name)
+        except BadInputError:  # a stage that did not run
+            continue
+    out = write_report(paths, workdir / "report.html", title="memo quickstart")
+    step("report", out, f"one HTML page ({', '.join(p.name for p in paths)}): open it in a "
+         "browser")
+    return out
 
 
 def pretrain_tiny(dataset: Path, face: str, out: Path, step, log) -> dict:

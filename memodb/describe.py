@@ -47,7 +47,10 @@ def feature_stats(path, parquet=None) -> dict:
                 "median": float(np.median(nbb)) if len(nbb) else 0.0,
                 "p80": float(np.percentile(nbb, 80)) if len(nbb) else 0.0,
                 "max": int(nbb.max()) if len(nbb) else 0,
-                "total": int(nbb.sum())},
+                "total": int(nbb.sum()),
+                # segments per frame count, ascending: [{"faces": n, "segments": count}]
+                "histogram": [{"faces": int(n), "segments": int(c)}
+                              for n, c in zip(*np.unique(nbb, return_counts=True))]},
         "arrays": {k: {"dtype": v.dtype.str, "dims": list(v.shape[1:])} for k, v in sample.items()},
     }
     if db.manifest:

@@ -141,3 +141,47 @@ def run_and_kill(code: str, args, ready, timeout=30.0) -> None:
         proc.wait()
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.fixture(scope="module")
+def emotion_dataset(tmp_path_factory):
+    """A labelled dataset folder (memo db build): 2 sessions x 16 segments in 4 classes,
+    fold 1's train / val / test texts (with emotion words) and the face database."""
+    import json
+
+    from memodb.dataset.build import build_dataset
+    from memodb.synth import make_emotion_corpus, make_lexicon
+
+    root = tmp_path_factory.mktemp("emotion")
+    info = make_emotion_corpus(root / "corpus", folds=2, per_fold=16, faces=4, seed=0)
+    make_lexicon(root / "lexicon.tsv")
+    cfg = {"name": "emo", "lexicon": "lexicon.tsv", "features": {"face": {"source": "corpus/h5", "max_bb": 8}},
+           "text": {"sources": {"train": "corpus/refs/{fold}/trn.json",
+                                "val": "corpus/refs/{fold}/val.json",
+                                "test": "corpus/refs/{fold}/tst.json"},
+                    "folds": [1], "labels": info["labels"], "faces_from": "face",
+                    "min_faces": 0}}
+    (root / "emo.json").write_text(json.dumps(cfg))
+    res = build_dataset(root / "emo.json", root / "ds", workers=1)
+    assert res.report.ok
+    close_all()
+    face = next(s.path for s in res.steps if s.name == "face")
+    return {"dir": root / "ds", "face": str(face), "txt": root / "ds" / "txt",
+            "labels": info["labels"]}
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's chromium package
+
+
+def chromium_screenshot(page: Path, png: Path, profile: Path) -> None:
+    """Render the HTML file ``page`` in headless Chromium (no network, a fresh profile) and
+    save a screenshot; skips the test where Chromium is not installed."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium package to render the "
+                    "report in a browser")
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={profile}", "--window-size=1200,3000",
+                    f"--screenshot={png}", page.resolve().as_uri()],
+                   check=True, capture_output=True, timeout=120)

@@ -76,6 +76,10 @@ def test_quickstart_runs_and_reruns(tmp_path):
     assert ua and float(ua.group(1)) > 60.0  # planted labels: far above chance (25)
     assert (tmp_path / "qs" / "finetune" / "results.tsv").exists()
     assert "80 segments: pooled, text, faces" in res.output  # memo extract of fold 1 test
+    # the report of the run: every stage's section (tests/test_report.py checks its HTML)
+    html = (tmp_path / "qs" / "report.html").read_text()
+    assert "report.html" in res.output and html.count("<h2>") == 4
+    assert html.count('src="data:image/png;base64,') >= 12
     again = CliRunner().invoke(main, ["quickstart", str(tmp_path / "qs"), "--workers", "1"])
     assert again.exit_code == 0 and "up to date" in again.output
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("memodb", "memotrain", "memo")
+PACKAGES = ("memodb", "memotrain", "memo", "memoreport")
 
 
 def module_name(path: Path) -> str:
@@ -84,6 +84,14 @@ def test_memodb_never_imports_torch_or_memotrain():
         for imp in imports(path, name):
             if imp.split(".")[0] in ("torch", "memotrain", "memo", "transformers"):
                 bad.append(f"{name} imports {imp}")
+    assert not bad, "\n".join(bad)
+
+
+def test_memoreport_never_imports_torch():
+    """Reports are drawn from the files runs write; reading them needs no torch."""
+    bad = [f"{name} imports {imp}" for name, path in modules().items()
+           if name.split(".")[0] == "memoreport"
+           for imp in imports(path, name) if imp.split(".")[0] in ("torch", "transformers")]
     assert not bad, "\n".join(bad)
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from memodb.errors import BadInputError, MemoError, OutputExistsError
 from memotrain.checkpoint import save_face_cnn
 from memotrain.engine import Optim, Stepper, grad_scaler, param_groups, resolve_device
+from memotrain.events import EventLog
 from memotrain.facecnn import DenseNetBC
 from memotrain.facedata import augment, pixel_stats, read_face_data
 
@@ -37,6 +38,12 @@ def accuracy(model: DenseNetBC, images: torch.Tensor, labels: torch.Tensor, mean
     return correct / max(1, len(labels))
 
 
+def events_dir(out) -> Path:
+    """Where the event files of the checkpoint ``out`` go: ``face_cnn.pt`` ->
+    ``face_cnn.tb``."""
+    return Path(out).with_suffix(".tb")
+
+
 def train_face_cnn(src, out, *, ferplus=None, classes=None, image_size: int = 64,
                    model_args: dict | None = None, epochs: int = 30, batch_size: int = 128,
                    lr: float = 1e-3, weight_decay: float = 5e-4, warmup_epochs: float = 1.0,
@@ -45,8 +52,9 @@ def train_face_cnn(src, out, *, ferplus=None, classes=None, image_size: int = 64
     """Train a face CNN on ``src`` and write the best-validation model to ``out``; see
     docs/TRAINER.md "Face CNN". ``model_args``: DenseNetBC arguments other than ``n_classes`` /
     ``image_size`` (e.g. ``{"blocks": [4, 4, 4]}``). ``log(line)`` receives one line per
-    epoch. Returns a summary: checkpoint, classes, counts, history, best epoch, validation
-    and test accuracy."""
+    epoch. The epochs' scalars go to TensorBoard event files in ``<out without suffix>.tb``
+    (:func:`events_dir`). Returns a summary: checkpoint, classes, counts, history, best epoch,
+    validation and test accuracy."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} already exists (fix: remove it or pass --force)")
@@ -84,6 +92,7 @@ def train_face_cnn(src, out, *, ferplus=None, classes=None, image_size: int = 64
     stepper = Stepper([optim], grad_scaler(device))
 
     history, best, best_state, step = [], -1.0, None, 0
+    events = EventLog(events_dir(out), purge_step=1)  # a re-run replaces the curves
     for epoch in range(1, epochs + 1):
         model.train()
         order = torch.randperm(len(train_y), generator=g)
@@ -109,6 +118,7 @@ def train_face_cnn(src, out, *, ferplus=None, classes=None, image_size: int = 64
                correct / len(order), "val_accuracy": val,
                "lr": update.lrs["cnn"]}
         history.append(rec)
+        events.add(rec, step=epoch)
         improved = val > best
         if improved:
             best, best_epoch = val, epoch
@@ -123,6 +133,9 @@ def train_face_cnn(src, out, *, ferplus=None, classes=None, image_size: int = 64
     model.load_state_dict(best_state)
     test = accuracy(model, *split["test"], mean, std, batch_size, device) \
         if "test" in split else None
+    if test is not None:
+        events.add({"test_accuracy": test}, step=best_epoch)
+    events.close()
     summary = {"classes": list(data.classes), "counts": data.counts(), "dropped": data.dropped,
                "epochs": len(history), "best_epoch": best_epoch, "val_accuracy": best,
                "test_accuracy": test, "history": history}

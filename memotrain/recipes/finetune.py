@@ -27,6 +27,7 @@ from memotrain.classifier import Batcher, Classifier, FinetuneError, Prompt, loa
 from memotrain.data import IGNORE_TARGET, MemoDataset, default_frame_limit, to_device
 from memotrain.engine import (NonFiniteError, Optim, Stepper, append_jsonl, autocast, grad_scaler,
                               param_groups, resolve_device, resolve_precision, seed_for)
+from memotrain.events import EventLog
 from memotrain.finetuneconfig import (MODALITIES, FinetuneConfig, load_finetune_config, run_name,
                                       same_database)
 from memotrain.model import MemoBert
@@ -190,6 +191,7 @@ def run_one(cfg: FinetuneConfig, fold, seed: int, run_dir: Path, device, precisi
     show.start_run(fold, seed, len(train), len(val), total, mods, cfg.head, device, precision)
 
     metrics_file = run_dir / "metrics.jsonl"
+    events = EventLog(run_dir)  # the run folder is new: nothing to purge
     best, best_step, since_best, step, skipped, nonfinite = -1.0, 0, 0, 0, 0, 0
     t0, window = time.perf_counter(), []
     stop = False
@@ -226,12 +228,14 @@ def run_one(cfg: FinetuneConfig, fold, seed: int, run_dir: Path, device, precisi
                        "seconds": time.perf_counter() - t0}
                 window = []
                 append_jsonl(metrics_file, rec)
+                events.add(rec)
                 show.log(rec, total)
             if step % every == 0 or step == total:
                 res = evaluate(clf, val, Batcher(mods, prompt), cfg, device, precision, C)
                 improved = res[metric] > best
-                append_jsonl(metrics_file, {"step": step, "epoch": epoch, "val": _brief(res),
-                                            "best": improved})
+                rec = {"step": step, "epoch": epoch, "val": _brief(res), "best": improved}
+                append_jsonl(metrics_file, rec)
+                events.add(rec)
                 show.val(step, res, metric, improved)
                 if improved:
                     best, best_step, since_best = res[metric], step, 0
@@ -261,7 +265,10 @@ def run_one(cfg: FinetuneConfig, fold, seed: int, run_dir: Path, device, precisi
             r = evaluate(clf, ds, Batcher(sub, prompt), cfg, device, precision, C)
             result["ablations"].setdefault(key, {})[split] = _brief(r)
     result["report"] = "test" if "test" in evals else "val"
-    append_jsonl(metrics_file, {"step": best_step, "selected": result["splits"]})
+    rec = {"step": best_step, "selected": result["splits"]}
+    append_jsonl(metrics_file, rec)
+    events.add(rec)
+    events.close()
     write_json_atomic(run_dir / RESULT_FILE, result, indent=1)  # last: the run is finished
     show.done_run(result)
     return result

@@ -30,6 +30,7 @@ from memotrain.data import ConcatDataset, MemoDataset, collate
 from memotrain.engine import (NonFiniteError, Optim, Stepper, TrainError, append_jsonl, autocast,
                               grad_scaler, param_groups, resolve_device, resolve_precision,
                               seed_for)
+from memotrain.events import EventLog
 from memotrain.model import MemoBert
 from memotrain.sampler import BucketBatchSampler
 from memotrain.tasks import Pretrainer
@@ -184,6 +185,8 @@ def _run(cfg: TrainConfig, proc: Proc, resume: bool, stop_after, console) -> dic
     if proc.main:
         cfg.save(out / "config.json")
         _trim_metrics(out / "metrics.jsonl", run.step)
+    # rank 0's event files continue the curves after the resume point (as metrics.jsonl does)
+    events = EventLog(out, enabled=proc.main, purge_step=run.step + 1)
     show = console or _Console(proc.main)
     show.start(cfg, model_cfg, tasks, weights, corpora, precision, device, world, run.step)
 
@@ -249,14 +252,17 @@ def _run(cfg: TrainConfig, proc: Proc, resume: bool, stop_after, console) -> dic
             t0, examples = time.perf_counter(), 0
             if proc.main:
                 append_jsonl(out / "metrics.jsonl", rec)
+                events.add(rec)
             show.log(rec, cfg.steps)
         if val_sets and cfg.val_every and step % cfg.val_every == 0:
             rec = {"step": step, "val": validate(pretrainer, val_sets, cfg, proc, precision)}
             if proc.main:
                 append_jsonl(out / "metrics.jsonl", rec)
+                events.add(rec)
                 show.val(rec)
         if (cfg.save_every and step % cfg.save_every == 0) or step == end:
             last_ckpt = _save(run, ckpt_dir)
+    events.close()
     show.done(run.step, run.skipped, last_ckpt)
     return {"steps": run.step, "losses": losses, "skipped": run.skipped,
             "checkpoint": None if last_ckpt is None else str(last_ckpt),
