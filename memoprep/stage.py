@@ -350,3 +350,7 @@ def _write_summary(out: Path, opts: dict, res: PrepResult) -> None:
                "totals": totals, "bad": res.bad}
     with atomic_write(out / "prep.json") as fh:
         json.dump(summary, fh, indent=1)
+    try:
+        (out / ".partial").rmdir()
+    except OSError:  # absent, or holds an unfinished movie of a killed run
+        pass

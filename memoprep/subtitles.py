@@ -60,11 +60,13 @@ def decode_text(data: bytes, path, encoding: str | None = None) -> str:
 
 
 def normalize(text: str) -> str:
-    """A line's text as the models see it: of a bilingual line (parts split by ``\\N``) only
-    the parts without non-ASCII letters, markup removed, only ASCII letters, digits and
+    """A line's text as the models see it: of a bilingual line (parts split by ``\\N``, some
+    with non-ASCII letters, some without) only the parts without, markup removed, only ASCII letters, digits and
     ``,.?!:;'"`` kept, spaces collapsed."""
-    parts = [p for p in re.split(r"\\N|\\n|\n", _MARKUP.sub("", text))]
-    parts = [p for p in parts if p.isascii()]
+    parts = re.split(r"\\N|\\n|\n", _MARKUP.sub("", text))
+    english = [p for p in parts if p.isascii() and p.strip()]
+    if english and len(english) < len([p for p in parts if p.strip()]):
+        parts = english  # a bilingual line: its ASCII part(s)
     out = _NOT_KEPT.sub("", " ".join(parts))
     return " ".join(out.split())
 
