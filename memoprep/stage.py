@@ -20,7 +20,8 @@ from memodb.parallel import default_workers, ordered_map
 from memodb.progress import progress_bar
 from memodb.store.files import atomic_write
 
-from . import media, subtitles
+from .media import FPS, probe, read_clips, write_wav
+from .subtitles import movie_lines
 from .speaker import RULES, TrackFaces, active_speaker
 from .vad import VADS, voice_activity
 
@@ -108,14 +109,14 @@ def prep(src, out_dir, *, workers: int | None = None, shard=None, progress: bool
             res.skipped.append(name)
             continue
         try:
-            media.probe(movie)
+            probe(movie)
         except Exception as exc:  # noqa: BLE001 - PyAV raises many kinds on a bad file
             res.bad[name] = str(BadInputError(f"unreadable movie ({type(exc).__name__}: "
                                               f"{exc})", file=movie,
                                               fix="check the file or remove it"))
             continue
         try:
-            lines, dropped, origin = subtitles.movie_lines(movie, opts["sub_encoding"])
+            lines, dropped, origin = movie_lines(movie, opts["sub_encoding"])
         except BadInputError as exc:
             res.bad[name] = str(exc)
             continue
@@ -169,7 +170,7 @@ def _run_chunk(opts: dict, task) -> tuple[str, list, str | None]:
     try:
         det = _detector(opts)
         segs = [_segment(det, opts, name, line, clip, Path(tmp))
-                for line, clip in media.read_clips(movie, lines, opts["det_width"])]
+                for line, clip in read_clips(movie, lines, opts["det_width"])]
         return name, segs, None
     except MemoError as exc:
         return name, [], str(exc)
@@ -187,7 +188,7 @@ def _segment(det, opts, name: str, line, clip, tmp: Path) -> dict:
 
     seg = f"{name}_{line.n}"
     (tmp / "audio").mkdir(exist_ok=True)
-    media.write_wav(tmp / "audio" / f"{seg}.wav", clip.audio)
+    write_wav(tmp / "audio" / f"{seg}.wav", clip.audio)
     if opts["frames"]:
         fdir = tmp / "frames" / seg
         fdir.mkdir(parents=True, exist_ok=True)
@@ -243,7 +244,7 @@ def _write_faces(root: Path, seg: str, tracks: dict, crop) -> None:
         for fr, f in obs:
             lm = f.landmarks
             rows.append((fr, face_id, ", ".join(
-                [str(fr), str(face_id), f"{(fr - 1) / media.FPS:.3f}", f"{f.score:.3f}", "1"]
+                [str(fr), str(face_id), f"{(fr - 1) / FPS:.3f}", f"{f.score:.3f}", "1"]
                 + [f"{v:.1f}" for v in lm[:, 0]] + [f"{v:.1f}" for v in lm[:, 1]])))
             Image.fromarray(crop(fr, f)).save(aligned / f"frame_det_{face_id:02d}_{fr:06d}.bmp")
     with open(root / f"{seg}.csv", "w", encoding="utf-8") as fh:
