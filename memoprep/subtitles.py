@@ -95,34 +95,39 @@ def embedded_subtitles(movie: Path) -> list[tuple[float, float, str]]:
     events cover the most time), or [] when the movie has none."""
     import av
 
-    best: list = []
     with av.open(str(movie)) as container:
-        streams = [s for s in container.streams if s.type == "subtitle"]
+        streams = list(container.streams.subtitles)
         if not streams:
             return []
         events = {s.index: [] for s in streams}
         for packet in container.demux(streams):
             if packet.pts is None:
                 continue
-            stream = packet.stream
+            tb = packet.stream.time_base
+            start = float(packet.pts * tb)
+            end = float((packet.pts + packet.duration) * tb) if packet.duration else None
+            texts = []
             for sub in packet.decode():
-                start = float(packet.pts * stream.time_base) + sub.start_display_time / 1000
-                end = float(packet.pts * stream.time_base) + sub.end_display_time / 1000
-                if packet.duration and sub.end_display_time == 0:
-                    end = float((packet.pts + packet.duration) * stream.time_base)
-                texts = []
-                for rect in sub:
-                    raw = getattr(rect, "ass", None) or getattr(rect, "text", None)
-                    if raw is None:
-                        continue
-                    raw = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-                    texts.append(raw.split(",", 8)[-1] if raw.count(",") >= 8 else raw)
-                if texts:
-                    events[stream.index].append((start, end, "\\N".join(texts)))
-    for evs in events.values():
-        if sum(e - s for s, e, _ in evs) > sum(e - s for s, e, _ in best):
-            best = evs
-    return best
+                # PyAV < 14 yields subtitle sets of rects, later versions the rects
+                rects = list(sub) if hasattr(sub, "rects") or hasattr(sub, "__iter__") else [sub]
+                if end is None and getattr(sub, "end_display_time", 0):
+                    end = start + sub.end_display_time / 1000
+                texts += [t for t in (_rect_text(r) for r in rects) if t]
+            if texts and end is not None:
+                events[packet.stream.index].append((start, end, "\\N".join(texts)))
+    return max(events.values(), key=lambda evs: sum(e - s for s, e, _ in evs))
+
+
+def _rect_text(rect) -> str | None:
+    """The text of a subtitle rect: its dialogue, or the text field of its ASS event line."""
+    raw = getattr(rect, "dialogue", None) or getattr(rect, "ass", None) \
+        or getattr(rect, "text", None)
+    if not raw:
+        return None
+    raw = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    if getattr(rect, "dialogue", None) is None and raw.count(",") >= 8:
+        raw = raw.split(",", 8)[-1]
+    return raw
 
 
 def movie_lines(movie: Path, encoding: str | None = None) -> tuple[list[Line], dict, str]:

@@ -159,3 +159,59 @@ def test_energy_vad_is_a_plain_threshold():
     v = energy_vad(x)
     assert len(v) == 100
     assert v[25:50].all() and not v[:22].any() and not v[50:].any()
+
+
+ASS_HEADER = (b"[Script Info]\nScriptType: v4.00+\n\n[V4+ Styles]\nFormat: Name, Fontname, "
+              b"Fontsize\nStyle: Default,Arial,16\n\n[Events]\nFormat: Layer, Start, End, "
+              b"Style, Name, MarginL, MarginR, MarginV, Effect, Text\n")
+
+
+def _movie_with_subtitle_streams(path, streams):
+    """A 3 s black movie with text subtitle streams (lists of (start, end, text))."""
+    av = pytest.importorskip("av")
+    from fractions import Fraction
+
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=10)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        subs = []
+        for _ in streams:
+            s = c.add_stream("subrip")
+            s.codec_context.subtitle_header = ASS_HEADER
+            s.time_base = Fraction(1, 1000)
+            subs.append(s)
+        for _ in range(30):
+            for p in v.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8),
+                                                         format="rgb24")):
+                c.mux(p)
+        for p in v.encode():
+            c.mux(p)
+        for s, events in zip(subs, streams):
+            for start, end, text in sorted(events):  # a container's packets are in order
+                p = av.Packet(text.encode())
+                p.stream, p.pts, p.dts = s, int(start * 1000), int(start * 1000)
+                p.duration = int((end - start) * 1000)
+                c.mux(p)
+
+
+def test_longest_embedded_subtitle_stream(tmp_path):
+    movie = tmp_path / "m.mkv"
+    _movie_with_subtitle_streams(movie, [[(0.2, 1.0, "Short one")],
+                                         [(1.5, 2.9, "<i>Second</i> line"),
+                                          (0.1, 1.4, "First line")]])
+    lines, dropped, origin = subtitles.movie_lines(movie)
+    assert origin == "embedded"
+    assert [(ln.n, ln.start, ln.text) for ln in lines] == [(1, 0.1, "First line"),
+                                                          (2, 1.5, "Second line")]
+    # a subtitle file beside the movie wins
+    (tmp_path / "m.srt").write_text("1\n00:00:00,000 --> 00:00:02,000\nFrom the file\n")
+    lines, _, origin = subtitles.movie_lines(movie)
+    assert origin == "m.srt" and [ln.text for ln in lines] == ["From the file"]
+
+
+def test_movie_without_subtitles_named(tmp_path):
+    movie = tmp_path / "quiet.mkv"
+    _movie_with_subtitle_streams(movie, [])
+    with pytest.raises(BadInputError, match="no subtitles") as e:
+        subtitles.movie_lines(movie)
+    assert str(movie) in str(e.value) and "quiet.srt" in str(e.value)
