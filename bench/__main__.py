@@ -57,6 +57,7 @@ SCALES = {
                      "--repeat", "1"],
         "joint_memory": ["--batches", "1,2", "--faces", "2", "--frozen", "2", "--warmup",
                          "0", "--steps", "1"],
+        "prep_speed": ["--seconds", "3", "--sizes", "384x216"],
     },
     "full": {
         "imgdb_build": [],  # 3,000 segments, best of 5
@@ -71,6 +72,7 @@ SCALES = {
         "extract": [],  # tiny on 2,000 segments, base on 64
         "finetune": ["--presets", "tiny:2000,base:100", "--batch-size", "16", "--steps", "3"],
         "joint_memory": [],
+        "prep_speed": [],  # 30 s of lines at 640x360 and 1280x720
     },
 }
 NAMES = list(SCALES["full"])
