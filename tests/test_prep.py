@@ -213,3 +213,22 @@ def test_bad_option_named():
                                   "--score-th", "1.5"])
     assert r.exit_code == 1
     assert "--score-th must be a number between 0 and 1 (got 1.5)" in r.output
+
+
+def test_dataset_config_takes_a_prep_output(out, tmp_path):
+    """``memo db build``: a prep output folder as the raw-crop source (its faces/) and the text
+    source (its captions.json)."""
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"name": "prepped", "features": {
+        "rawimg": {"type": "rawimg", "source": str(out), "size": 32}},
+        "text": {"source": str(out), "splits": [], "seed": 0}}))
+    r = CliRunner().invoke(main, ["db", "build", str(cfg), str(tmp_path / "ds"),
+                                  "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    ds = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert ds["config"]["features"]["rawimg"]["source"] == str(out / "faces")
+    assert ds["config"]["text"]["source"] == str(out / "captions.json")
+    from memodb import FeatureDB, TextDB
+    raw = next((tmp_path / "ds" / "rawimg").glob("feat_*"))
+    assert len(FeatureDB(raw)) == 2
+    assert len(TextDB(tmp_path / "ds" / "txt").ids()) == 3
