@@ -183,6 +183,11 @@ def test_bad_movies_named_while_the_good_one_finishes(tmp_path):
     (src / "garbled.srt").write_bytes(bytes(range(0x80, 0x100)) * 8)
     _noface_movie(src / "empty.mp4")
     out = tmp_path / "out"
+    # what a run killed inside the good movie left: its partial folder, a stale file of it
+    (out / ".partial" / MOVIE).mkdir(parents=True)
+    (out / ".partial" / MOVIE / "junk").write_text("x")
+    (out / "faces" / MOVIE).mkdir(parents=True)
+    (out / "faces" / MOVIE / f"{MOVIE}_9.csv").write_text("stale")
     r = CliRunner().invoke(main, ["prep", str(src), str(out), "--workers", "1"])
     assert r.exit_code == 1
     assert "Error: 4 movie(s) could not be prepared: " in r.output
@@ -192,6 +197,9 @@ def test_bad_movies_named_while_the_good_one_finishes(tmp_path):
         assert what in line, line
     # the good movie is finished; nothing of the bad ones is published
     assert _lines(out, "has_active_spk") == [f"{MOVIE}/1"]
+    assert sorted(p.name for p in (out / "faces" / MOVIE).iterdir()) == [
+        f"{MOVIE}_1.csv", f"{MOVIE}_1_aligned"]
+    assert not (out / ".partial").exists()
     for kind in ("faces", "audio", "meta"):
         assert sorted(p.name for p in (out / kind).iterdir()) == [MOVIE]
     assert json.loads((out / "captions.json").read_text()) == {f"{MOVIE}_1": ["Hello there."]}
