@@ -105,7 +105,7 @@ def prep(src, out_dir, *, workers: int | None = None, shard=None, progress: bool
     for movie in movies:
         name = movie.stem
         rec = _read_record(out, name)
-        if rec is not None and rec["options"] == _movie_options(opts):
+        if rec is not None and rec["options"] == opts:
             res.skipped.append(name)
             continue
         try:
@@ -131,7 +131,9 @@ def prep(src, out_dir, *, workers: int | None = None, shard=None, progress: bool
             _finish(out, plan.pop(name), name, opts, res)
     total = sum(len(t[2]) for t in tasks)
     with progress_bar(progress, total, "prep") as advance:
-        for name, segs, error in ordered_map(partial(_run_chunk, opts), tasks, workers):
+        threads = max(1, default_workers() // workers)  # onnxruntime threads per worker
+        for name, segs, error in ordered_map(partial(_run_chunk, opts, threads), tasks,
+                                             workers):
             p = plan[name]
             p["segments"] += segs
             p["error"] = p["error"] or error
@@ -155,20 +157,21 @@ def _chunks(lines, workers: int) -> list:
 _DETECTOR = None
 
 
-def _detector(opts):
+def _detector(opts, threads: int):
     global _DETECTOR
     if _DETECTOR is None:
         from .faces import Detector
-        _DETECTOR = Detector(score_th=opts["score_th"])
+        _DETECTOR = Detector(threads=threads)
+    _DETECTOR.score_th = opts["score_th"]
     return _DETECTOR
 
 
-def _run_chunk(opts: dict, task) -> tuple[str, list, str | None]:
+def _run_chunk(opts: dict, threads: int, task) -> tuple[str, list, str | None]:
     """Process one chunk of a movie's lines into its partial folder; errors come back as text
     (the movie is then reported, the others go on)."""
     movie, name, lines, tmp = task
     try:
-        det = _detector(opts)
+        det = _detector(opts, threads)
         segs = [_segment(det, opts, name, line, clip, Path(tmp))
                 for line, clip in read_clips(movie, lines, opts["det_width"])]
         return name, segs, None
@@ -252,10 +255,6 @@ def _write_faces(root: Path, seg: str, tracks: dict, crop) -> None:
         fh.writelines(r + "\n" for _, _, r in sorted(rows))
 
 
-def _movie_options(opts: dict) -> dict:
-    return {k: v for k, v in opts.items()}
-
-
 def _read_record(out: Path, name: str):
     path = out / RECORDS / f"{name}.json"
     try:
@@ -300,7 +299,7 @@ def _finish(out: Path, p: dict, name: str, opts: dict, res: PrepResult) -> None:
     (out / "transcripts").mkdir(exist_ok=True)
     os.replace(tmp / "transcript.json", out / "transcripts" / f"{name}.json")
     record = {"movie": str(p["movie"]), "subtitles": p["origin"],
-              "options": _movie_options(opts),
+              "options": opts,
               "counts": {"lines": len(p["lines"]) + sum(p["dropped"].values()),
                          "dropped": p["dropped"], **{k: len(v) for k, v in lists.items()}},
               "captions": {f"{name}_{ln.n}": [ln.text] for ln in p["lines"]},

@@ -188,7 +188,8 @@ def test_bad_movies_named_while_the_good_one_finishes(tmp_path):
     (out / ".partial" / MOVIE / "junk").write_text("x")
     (out / "faces" / MOVIE).mkdir(parents=True)
     (out / "faces" / MOVIE / f"{MOVIE}_9.csv").write_text("stale")
-    r = CliRunner().invoke(main, ["prep", str(src), str(out), "--workers", "1"])
+    r = CliRunner().invoke(main, ["prep", str(src), str(out), "--workers", "1",
+                                  "--all-tracks", "--frames"])
     assert r.exit_code == 1
     assert "Error: 4 movie(s) could not be prepared: " in r.output
     for name, what in (("nosubs", "no subtitles"), ("broken", "unreadable movie"),
@@ -200,7 +201,13 @@ def test_bad_movies_named_while_the_good_one_finishes(tmp_path):
     assert sorted(p.name for p in (out / "faces" / MOVIE).iterdir()) == [
         f"{MOVIE}_1.csv", f"{MOVIE}_1_aligned"]
     assert not (out / ".partial").exists()
-    for kind in ("faces", "audio", "meta"):
+    # on request: every track, and the frames
+    _, rows = _rows(out / "tracks" / MOVIE / f"{MOVIE}_1.csv")
+    assert sorted({int(r["face_id"]) for r in rows}) == [0, 1] and len(rows) == 2 * 11
+    assert len(list((out / "tracks" / MOVIE / f"{MOVIE}_1_aligned").iterdir())) == 22
+    assert sorted(p.name for p in (out / "frames" / MOVIE / f"{MOVIE}_1").iterdir()) == [
+        f"{k:04d}.jpg" for k in range(1, 12)]
+    for kind in ("faces", "audio", "meta", "tracks", "frames"):
         assert sorted(p.name for p in (out / kind).iterdir()) == [MOVIE]
     assert json.loads((out / "captions.json").read_text()) == {f"{MOVIE}_1": ["Hello there."]}
     assert set(json.loads((out / "prep.json").read_text())["bad"]) == {
