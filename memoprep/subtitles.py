@@ -61,8 +61,8 @@ def decode_text(data: bytes, path, encoding: str | None = None) -> str:
 
 def normalize(text: str) -> str:
     """A line's text as the models see it: of a bilingual line (parts split by ``\\N``, some
-    with non-ASCII letters, some without) only the parts without, markup removed, only ASCII letters, digits and
-    ``,.?!:;'"`` kept, spaces collapsed."""
+    with non-ASCII letters, some without) only the parts without; markup removed; only ASCII
+    letters, digits and ``,.?!:;'"`` kept; spaces collapsed."""
     parts = re.split(r"\\N|\\n|\n", _MARKUP.sub("", text))
     english = [p for p in parts if p.isascii() and p.strip()]
     if english and len(english) < len([p for p in parts if p.strip()]):
