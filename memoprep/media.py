@@ -60,14 +60,18 @@ def read_clips(path, lines, det_width: int = 640):
             chunks, t0 = [], None
             v_done, a_done = False, audio is None
 
+            def add(fr):
+                full = fr.to_ndarray(format="rgb24")
+                frames.append(full)
+                small.append(full if (sw, sh) == (full.shape[1], full.shape[0]) else
+                             fr.to_ndarray(format="rgb24", width=sw, height=sh))
+
             def take_video(fr):
                 nonlocal ti, prev
                 t = fr.time
                 while ti < len(times) and t > times[ti] + 1e-6:
                     # the frame shown at times[ti] is the last one at or before it
-                    src = prev if prev is not None else fr
-                    frames.append(src.to_ndarray(format="rgb24"))
-                    small.append(src.to_ndarray(format="rgb24", width=sw, height=sh))
+                    add(prev if prev is not None else fr)
                     ti += 1
                 prev = fr
 
@@ -108,8 +112,7 @@ def read_clips(path, lines, det_width: int = 640):
                     take_audio(t, fr)
             if prev is not None:
                 while ti < len(times):  # the movie ended inside the line: its last frame
-                    frames.append(prev.to_ndarray(format="rgb24"))
-                    small.append(prev.to_ndarray(format="rgb24", width=sw, height=sh))
+                    add(prev)
                     ti += 1
             chunks.extend(resampler.resample(None))
             yield line, Clip(frames, small, _cut(chunks, t0, line.start, line.end))
