@@ -247,3 +247,23 @@ def test_dataset_config_takes_a_prep_output(out, tmp_path):
     raw = next((tmp_path / "ds" / "rawimg").glob("feat_*"))
     assert len(FeatureDB(raw)) == 2
     assert len(TextDB(tmp_path / "ds" / "txt").ids()) == 3
+
+
+def test_original_rule_by_name(tmp_path):
+    """``--speaker-rule original --vad energy``: the original pixel rule and energy VAD, its
+    counts recorded per face; at this resolution it finds the same speakers."""
+    src = tmp_path / "movies"
+    src.mkdir()
+    for f in (f"{MOVIE}.mp4", f"{MOVIE}.srt"):
+        shutil.copy(DATA / f, src / f)
+    res = prep(src, tmp_path / "out", workers=2, speaker_rule="original", vad="energy")
+    assert res.prepared == [MOVIE]
+    rec = json.loads((tmp_path / "out" / ".prep" / f"{MOVIE}.json").read_text())
+    assert rec["options"]["speaker_rule"] == "original" and rec["options"]["vad"] == "energy"
+    for seg, ln in zip(rec["segments"], [ln for ln in TRUTH["lines"] if ln["kept"]]):
+        assert all(set(c) == {"open", "change", "match"} for c in seg["tracks"].values())
+        csv_path = tmp_path / "out" / "faces" / MOVIE / f"{seg['segment']}.csv"
+        assert csv_path.exists() == (ln["speaker"] is not None)
+        if ln["speaker"]:
+            _, rows = _rows(csv_path)
+            assert (rows[0]["x_30"] < 192) == (ln["speaker"] == "left")
