@@ -86,6 +86,24 @@ def model_files() -> dict[str, dict]:
                                      landmark_model_file()))}
 
 
+def check_components(vad: str = "webrtc") -> None:
+    """Every package and model file the stage needs is there (MissingComponent otherwise),
+    before any movie is started."""
+    import importlib
+
+    needed = ["av", "pysubs2", "charset_normalizer", "cv2", "dlib", "onnxruntime"]
+    for mod in needed + (["webrtcvad"] if vad == "webrtc" else []):
+        if importlib.util.find_spec(mod) is None:
+            raise MissingComponent(f"{mod} is not installed: {INSTALL}")
+    try:
+        importlib.import_module("cv2")
+    except ImportError as exc:  # the GUI build, on a machine without its X11 / GL libraries
+        raise MissingComponent(f"cv2 cannot be imported ({exc}): pip uninstall opencv-python "
+                               "&& pip install opencv-python-headless") from None
+    retinaface_weights_file()
+    landmark_model_file()
+
+
 def _load_weights() -> bytes:
     spec = importlib.util.spec_from_file_location("_memoprep_retinaface_weights",
                                                   retinaface_weights_file())

