@@ -57,7 +57,7 @@ SCALES = {
                      "--repeat", "1"],
         "joint_memory": ["--batches", "1,2", "--faces", "2", "--frozen", "2", "--warmup",
                          "0", "--steps", "1"],
-        "prep_speed": ["--seconds", "3", "--sizes", "384x216"],
+        "prep_speed": ["--seconds", "3", "--sizes", "384x216", "--repeat", "1"],
     },
     "full": {
         "imgdb_build": [],  # 3,000 segments, best of 5
