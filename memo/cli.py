@@ -373,9 +373,9 @@ def _echo_text_stats(s: dict, ind: str) -> None:
 @click.option("--speaker-rule", type=click.Choice(["scaled", "original"]), default="scaled",
               show_default=True, help="Active-speaker rule: scale-free, or the original "
               "pipeline's pixel rule (bugs included, for comparison).")
-@click.option("--vad", type=click.Choice(["webrtc", "energy"]), default="webrtc",
-              show_default=True, help="Voice activity: WebRTC's VAD or the original "
-              "log-energy threshold.")
+@click.option("--vad", type=click.Choice(["webrtc", "silero", "energy"]), default="webrtc",
+              show_default=True, help="Voice activity: WebRTC's VAD, Silero's (robust in "
+              "noise, slower) or the original log-energy threshold.")
 @click.option("--det-width", type=click.IntRange(min=32), default=640, show_default=True,
               help="Detect faces on frames scaled down to at most this width.")
 @click.option("--score-th", type=float, default=0.9, show_default=True,

