@@ -22,8 +22,8 @@ from memodb.store.files import atomic_write
 
 from .components import check_components, model_files
 from .media import FPS, probe, read_clips, write_wav
-from .subtitles import movie_lines
 from .speaker import RULES, TrackFaces, active_speaker
+from .subtitles import movie_lines
 from .vad import VADS, voice_activity
 
 MOVIE_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv",
