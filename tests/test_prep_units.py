@@ -1,6 +1,9 @@
 """memo prep's pieces on hand-made input: subtitle parsing and normalisation, the tracker, the
-active-speaker rules (scale-free and the original pixel rule, bugs included)."""
+active-speaker rules (scale-free and the original pixel rule, bugs included), the one-pass
+decoder on a time-coded movie."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -215,3 +218,60 @@ def test_movie_without_subtitles_named(tmp_path):
     with pytest.raises(BadInputError, match="no subtitles") as e:
         subtitles.movie_lines(movie)
     assert str(movie) in str(e.value) and "quiet.srt" in str(e.value)
+
+
+def _timecoded_movie(path):
+    """10 s at 25 fps whose frame k is gray level 2 (k mod 128), with a 20 ms tone burst every
+    second."""
+    av = pytest.importorskip("av")
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        v.options = {"qp": "0", "g": "50"}
+        a = c.add_stream("aac", rate=16000)
+        a.layout = "mono"
+        for k in range(250):
+            img = np.full((48, 64, 3), 2 * (k % 128), np.uint8)
+            for p in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in v.encode():
+            c.mux(p)
+        t = np.arange(160000) / 16000
+        pcm = np.where((t % 1.0) < 0.02, 12000 * np.sin(2 * np.pi * 1000 * t), 0)
+        pcm = pcm.astype(np.int16)
+        for j in range(0, len(pcm), 1024):
+            fr = av.AudioFrame.from_ndarray(pcm[None, j:j + 1024], format="s16", layout="mono")
+            fr.sample_rate, fr.pts = 16000, j
+            for p in a.encode(fr):
+                c.mux(p)
+        for p in a.encode():
+            c.mux(p)
+
+
+def test_one_pass_decode_gives_each_line_its_frames_and_audio(tmp_path):
+    """Adjacent lines (decoded straight on), an overlapping one and one after a long gap (both
+    reached by a seek): every 10 fps frame is the one shown at its time, and the audio's
+    bursts fall where the movie has them."""
+    from memoprep.media import frame_times, read_clips
+    from memoprep.subtitles import Line
+
+    movie = tmp_path / "t.mp4"
+    _timecoded_movie(movie)
+    lines = [Line(1, 0.5, 1.7, "a"), Line(2, 1.7, 2.9, "b"), Line(3, 2.5, 3.6, "c"),
+             Line(4, 7.0, 8.25, "d")]
+    clips = list(read_clips(movie, lines))
+    assert [ln.n for ln, _ in clips] == [1, 2, 3, 4]
+    for line, clip in clips:
+        times = frame_times(line.start, line.end)
+        assert len(clip.frames) == len(times) == math.ceil((line.end - line.start) * 10 - 1e-6)
+        got = [int(round(f[..., 0].mean())) for f in clip.frames]
+        want = [2 * (int(np.floor(t * 25 + 1e-6)) % 128) for t in times]
+        assert np.abs(np.array(got) - want).max() <= 1, (line.n, got, want)  # a frame off: 2
+        assert len(clip.audio) == round((line.end - line.start) * 16000)
+        env = np.abs(clip.audio.astype(np.float32))
+        for second in range(math.ceil(line.start), math.ceil(line.end - 0.05)):
+            at = int((second - line.start) * 16000)
+            burst = env[max(0, at - 800):at + 1600]
+            peak = (np.argmax(burst) + max(0, at - 800) - at) / 16000
+            assert -0.01 <= peak <= 0.04, (line.n, second, peak)
+            assert env[at + 1600:at + 8000].max() < 0.1 * burst.max()
