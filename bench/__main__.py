@@ -62,6 +62,7 @@ SCALES = {
                          "0", "--steps", "1"],
         "gpu": ["--tiny"],
         "speech_extract": ["--segments", "6", "--repeat", "1"],
+        "prep_speed": ["--seconds", "3", "--sizes", "384x216", "--repeat", "1"],
     },
     "full": {
         "imgdb_build": [],  # 3,000 segments, best of 5
@@ -78,6 +79,7 @@ SCALES = {
         "joint_memory": [],
         "gpu": [],  # the CUDA device when there is one, else its tiny CPU run
         "speech_extract": [],  # 120 wavs of 1-3 s, best of 2
+        "prep_speed": [],  # 30 s of lines at 640x360 and 1280x720
     },
 }
 NAMES = list(SCALES["full"])

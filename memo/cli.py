@@ -394,6 +394,54 @@ def report_cmd(paths, output):
     click.echo(f"wrote {out}")
 
 
+@main.command("prep")
+@click.argument("src", type=click.Path(exists=True))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--shard", default=None, metavar="I/N",
+              help="Prepare only shard I (from 0) of N of the movies (sorted by name).")
+@click.option("--speaker-rule", type=click.Choice(["scaled", "original"]), default="scaled",
+              show_default=True, help="Active-speaker rule: scale-free, or the original "
+              "pipeline's pixel rule (bugs included, for comparison).")
+@click.option("--vad", type=click.Choice(["webrtc", "silero", "energy"]), default="webrtc",
+              show_default=True, help="Voice activity: WebRTC's VAD, Silero's (robust in "
+              "noise, slower) or the original log-energy threshold.")
+@click.option("--det-width", type=click.IntRange(min=32), default=640, show_default=True,
+              help="Detect faces on frames scaled down to at most this width.")
+@click.option("--score-th", type=float, default=0.9, show_default=True,
+              help="Face detection score threshold (0 to 1).")
+@click.option("--sub-encoding", default=None,
+              help="Encoding of the subtitle files (default: UTF-8, else detected).")
+@click.option("--all-tracks", is_flag=True, help="Also write every face track of every "
+              "segment with faces to OUT_DIR/tracks.")
+@click.option("--frames", is_flag=True, help="Also write the 10 fps frames (OUT_DIR/frames).")
+@workers_option
+@_errors
+def prep_cmd(src, out_dir, shard, speaker_rule, vad, det_width, score_th, sub_encoding,
+             all_tracks, frames, workers):
+    """Movies + subtitles -> segments, the speaker's face track, audio and captions.
+
+    SRC is a movie or a folder of movies; subtitles come from <movie>.srt / .ass beside it
+    or its longest embedded subtitle stream. OUT_DIR gets faces/ (OpenFace layout, read by
+    memo db rawimg-db), audio/, meta/, transcripts/, captions.json and prep.json. Re-running
+    skips finished movies; bad movies are reported by name while the others are finished.
+    """
+    from memoprep import prep
+
+    r = prep(src, out_dir, workers=workers, shard=shard, progress=_progress(),
+             speaker_rule=speaker_rule, vad=vad, det_width=det_width, score_th=score_th,
+             sub_encoding=sub_encoding, all_tracks=all_tracks, frames=frames)
+    c = r.counts
+    click.echo(f"{out_dir}: {len(r.prepared)} movie(s) prepared, {len(r.skipped)} already "
+               f"done; segments: " + ", ".join(f"{k} {c.get(k, 0)}" for k in
+                                               ("base", "has_face", "longest_spk_0.2",
+                                                "has_active_spk")))
+    for movie, message in r.bad.items():
+        click.echo(f"error: {movie}: {message}", err=True)
+    if r.bad:
+        raise click.ClickException(f"{len(r.bad)} movie(s) could not be prepared: "
+                                   + ", ".join(r.bad))
+
+
 @main.command()
 @click.argument("workdir", type=click.Path(file_okay=False), default="memo-quickstart")
 @workers_option

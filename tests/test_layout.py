@@ -1,6 +1,6 @@
-"""The layout's rules, read from the source (AST): no import circles, memodb never imports
-torch or memotrain, a recipe never imports another recipe, and the code points only at files
-that are in the repo."""
+"""The layout's rules, read from the source (AST): no import circles, memodb and memoprep never
+import torch or memotrain, a recipe never imports another recipe, and the code points only at
+files that are in the repo."""
 from __future__ import annotations
 
 import ast
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("memodb", "memotrain", "memo", "memoreport")
+PACKAGES = ("memodb", "memotrain", "memo", "memoreport", "memoprep")
 
 
 def module_name(path: Path) -> str:
@@ -79,7 +79,7 @@ def test_no_import_circles(graph):
 def test_memodb_never_imports_torch_or_memotrain():
     bad = []
     for name, path in modules().items():
-        if name.split(".")[0] != "memodb":
+        if name.split(".")[0] not in ("memodb", "memoprep"):
             continue
         for imp in imports(path, name):
             if imp.split(".")[0] in ("torch", "memotrain", "memo", "transformers"):
@@ -131,6 +131,6 @@ def test_importing_memodb_and_the_cli_loads_no_torch():
     import sys
     code = ("import sys, memodb, memodb.feature.imgdb, memodb.feature.rawimg, "
             "memodb.feature.trans2npz, memodb.store.reader, memodb.checks.run, memodb.describe, "
-            "memodb.synth, memodb.dataset.build, memo.cli; "
+            "memodb.synth, memodb.dataset.build, memo.cli, memoprep; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

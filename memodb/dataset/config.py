@@ -22,6 +22,14 @@ from ..text.txtdb import text_options
 
 TEXT_DIR = "txt"
 SPLIT_ROLES = {"train": "train", "val": "heldout", "test": "heldout"}
+PREP_RECORD = "prep.json"  # the record of a memo prep output folder
+
+
+def prep_output_part(path: str, part: str) -> str:
+    """A ``memo prep`` output folder (it holds prep.json) given as a source stands for its
+    ``part`` (``faces`` for raw crops, ``captions.json`` for text); other paths are kept."""
+    p = Path(path)
+    return str(p / part) if p.is_dir() and (p / PREP_RECORD).is_file() else path
 
 
 @dataclass(config=STRICT)
@@ -48,7 +56,8 @@ class FeatureSpec:
 @dataclass(config=STRICT)
 class RawimgSpec:
     """``features.<name>`` with ``"type": "rawimg"``: raw face crops (memo db rawimg-db)."""
-    source: str = Field(description="OpenFace output folder")
+    source: str = Field(description="OpenFace output folder, or a memo prep output folder "
+                                    "(its faces/)")
     type: Literal["rawimg"] = "rawimg"
     size: int = Field(64, description=">= 8: crops are resized to size x size")
     mean: float | None = Field(None, description="null: computed over the corpus")
@@ -77,7 +86,8 @@ class SpeechSpec:
 class TextSpec:
     """``text``: the text databases (memo db create-txtdb)."""
     source: str | None = Field(None, description="one transcript file (captions, refs or "
-                                                 "JSON lines), split by splits")
+                                                 "JSON lines), split by splits; or a memo "
+                                                 "prep output folder (its captions.json)")
     sources: dict[str, str] | None = Field(None, description="one file per split: train, val, "
                                                              "test ({fold} placeholder)")
     folds: list[int | str] | None = Field(None, description="with sources: one text db group "
@@ -207,8 +217,10 @@ def load_config(path) -> dict:
             else:
                 selection_options(v.conf_th, v.max_bb, v.min_bb)
                 rawimg_options(v.size, v.mean, v.std)
-        out["features"][name] = {**spec, "type": kind,
-                                 "source": absolute(spec["source"], "features", name)}
+        source = absolute(spec["source"], "features", name)
+        if kind == "rawimg":
+            source = prep_output_part(source, "faces")
+        out["features"][name] = {**spec, "type": kind, "source": source}
     text = cfg.get("text")
     if text is not None:
         unknown(text, _keys(TextSpec), "text")
@@ -220,7 +232,8 @@ def load_config(path) -> dict:
             raise BadInputError(f"{where('text')} needs either source (one file, optional "
                                 "splits) or sources (one file per split)", file=path)
         if "source" in t:
-            t["source"] = absolute(t["source"], "text", "source")
+            t["source"] = prep_output_part(absolute(t["source"], "text", "source"),
+                                           "captions.json")
             if "folds" in t:
                 raise BadInputError(f"{where('text', 'folds')} needs per-split sources",
                                     file=path, fix="use \"sources\": {\"train\": ..., ...}")
