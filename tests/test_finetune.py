@@ -304,7 +304,8 @@ def test_cli_finetune(emo, tmp_path):
     r = CliRunner().invoke(main, ["train", "finetune", "--config", str(path), "--folds", "2",
                                   "--seeds", "3-4", "--optim.lr", "1e-3"])
     assert r.exit_code == 0, r.output
-    assert "2 run(s); test mean WA" in r.output
+    assert "2 run(s) (1 fold x 2 seeds), test split, selected on val UA" in r.output
+    assert "(95 % CI, 1 fold x 2 seeds, no protocol recorded)" in r.output
     assert sorted(p.parent.name + "/" + p.name for p in (tmp_path / "cli").glob("fold*/*")) \
         == ["fold2/seed3", "fold2/seed4"]
     saved = json.loads((tmp_path / "cli" / "config.json").read_text())

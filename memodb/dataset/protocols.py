@@ -376,7 +376,8 @@ def label_map(spec, default: str | None):
                                 "object {corpus label: class}")
     if isinstance(spec, str):
         if spec not in LABEL_MAPS:
-            raise BadInputError(f"unknown label map {spec!r}", options=("label_map",),
+            raise BadInputError(f"unknown label map {spec!r} ({{label_map}})",
+                                options=("label_map",),
                                 fix=f"use one of {sorted(LABEL_MAPS)} or an object "
                                     "{corpus label: class}")
         m = LABEL_MAPS[spec]
@@ -384,7 +385,8 @@ def label_map(spec, default: str | None):
     else:
         mapping = dict(spec)
         if not mapping or not all(isinstance(v, str) and v for v in mapping.values()):
-            raise BadInputError("the label map must map corpus labels to class names",
+            raise BadInputError("the label map ({label_map}) must map corpus labels to class "
+                                "names",
                                 options=("label_map",), fix="give {label_map} as "
                                                             "{\"exc\": \"happy\", ...}")
         classes = list(dict.fromkeys(mapping.values()))
@@ -406,8 +408,8 @@ def assign(protocol: str, source, *, label_map_spec=None, base_dir=".") -> Assig
     else:
         pfile = Path(base_dir) / protocol
         if not pfile.is_file():
-            raise BadInputError(f"protocol {protocol!r} is neither a named protocol nor a "
-                                "file", options=("protocol",),
+            raise BadInputError(f"protocol {protocol!r} ({{protocol}}) is neither a named "
+                                "protocol nor a file", options=("protocol",),
                                 fix=f"set {{protocol}} to one of {sorted(PROTOCOLS)} or a file "
                                     "of lines: id fold split")
         folds, table = read_protocol_file(pfile)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from memodb.config import changes
+from memodb.dataset.protocols import protocol_of
 from memodb.store.manifest import write_json_atomic
 from memodb.store.textdb import TextDB
 from memotrain import metrics as M
@@ -247,7 +248,9 @@ def run_one(cfg: FinetuneConfig, fold, seed: int, run_dir: Path, device, precisi
     clf, _ = load_classifier(run_dir / BEST_FILE, device)
     result = {"fold": fold, "seed": seed, "step": best_step, "steps": step,
               "early_stopped": stop, "metric": metric, "labels": names, "head": cfg.head,
-              "modalities": mods, "skipped": skipped, "splits": {}, "ablations": {}}
+              "modalities": mods, "skipped": skipped,
+              "protocol": protocol_of(paths["test"] or paths["val"]), "splits": {},
+              "ablations": {}}
     evals = {"val": val}
     if paths["test"]:
         evals["test"], _ = _dataset(cfg, paths, "test", every_mod, mc, plen, True, C)
