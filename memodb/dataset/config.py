@@ -132,8 +132,9 @@ def _protocol_keys(t: dict, where, path, absolute) -> None:
             raise BadInputError(f"{where('text', key)} cannot be combined with a protocol "
                                 "(it makes the folds, splits and classes)", file=path,
                                 fix=f"drop {key}")
-    with named_options(TEXT_KEYS, path):
-        label_map(t.get("label_map"), "iemocap-4class")
+    if t.get("label_map") is not None:
+        with named_options(TEXT_KEYS, path):
+            label_map(t["label_map"], None)
     if t["protocol"] not in PROTOCOLS:
         t["protocol"] = absolute(t["protocol"], "text", "protocol")
         if not Path(t["protocol"]).is_file():
