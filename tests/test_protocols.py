@@ -285,3 +285,12 @@ def test_bad_utterance_file_names_the_line_and_publishes_nothing(tmp_path):
     assert "line 3: 'label' must be the corpus's label string" in r.output
     assert str(src) in r.output
     assert not (tmp_path / "out" / "txt").exists()
+
+
+def test_meld_ids_repeated_across_splits_are_refused_with_the_fix(tmp_path):
+    p = tmp_path / "m.jsonl"
+    p.write_text("".join(json.dumps({"id": "dia0_utt0", "text": "hi", "label": "joy",
+                                     "split": s}) + "\n" for s in ("train", "dev")))
+    with pytest.raises(BadInputsError, match="line 2: the id appears more than once.*"
+                                             "put the split before the id"):
+        assign("meld", p)

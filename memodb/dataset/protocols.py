@@ -221,7 +221,9 @@ def read_utterances(path, parse_id=None, *, need_split: bool = False) -> list[Ut
                 "write labels as the corpus does (e.g. neu, exc)")
             continue
         if uid in seen:
-            bad("the id appears more than once", "keep one line per utterance")
+            bad("the id appears more than once", "keep one line per utterance"
+                + ("; MELD numbers its dialogues again in each split: put the split before "
+                   "the id (dev_dia0_utt0)" if need_split else ""))
             continue
         seen.add(uid)
         speaker, session, split = rec.get("speaker"), rec.get("session"), rec.get("split")
