@@ -305,6 +305,8 @@ class Console:
         t.add_row("mean", str(n), *cells(summary["mean"]), style="bold")
         if n > 1:
             t.add_row("std", str(n), *cells(summary["std"]))
+            half = [_pct((c["t"][1] - c["t"][0]) / 2) for c in (summary["ci"][k] for k in METRICS)]
+            t.add_row("95 % CI ±", str(n), *half, *[""] * len(labels))
         for key, ab in summary["ablations"].items():
             t.add_row(f"{key} only", str(ab["runs"]), *cells(ab["mean"]))
         self.c.print(t)

@@ -221,6 +221,13 @@ def test_build_meld_with_the_cli(tmp_path):
                                     "disgust", "fear"] and m["counts"]["texts"] == 4
     again = CliRunner().invoke(main, ["db", "build", str(cfg), str(out), "--workers", "1"])
     assert again.exit_code == 0 and again.output.count("│ up to date │") == 3, again.output
+    # fold groups of an earlier protocol are removed, a hand-made folder is not
+    (out / "txt" / "fold2").mkdir()
+    (out / "txt" / "fold2" / "splits.json").write_text(json.dumps(
+        {"kind": "splits", "splits": {}, "protocol": {"name": "old", "hash": "x"}}))
+    (out / "txt" / "fold3").mkdir()
+    assert build_dataset(cfg, out, workers=1).report.ok
+    assert sorted(p.name for p in (out / "txt").glob("fold*")) == ["fold1", "fold3"]
 
 
 def test_build_and_check_a_5fold_protocol(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from ..text.splits import write_splits_file
 from ..text.txtdb import create_txtdb
 from .config import (SPLIT_ROLES, TEXT_DIR, TEXT_KEYS, config_file, feature_keys, load_config,
                      text_spec)
-from .protocols import PROTOCOL_FILE, assign
+from .protocols import PROTOCOL_FILE, assign, protocol_of
 from .shard import parse_shard, prepare_folder, write_shard_file
 
 CHECK_FILE = "check.json"
@@ -199,12 +200,24 @@ def _build_protocol(text, common: dict, res: DatasetResult, log) -> None:
                           {"dataset": common["dataset"], "protocol": {**a.record(),
                                                                       "fold": fold}})
     write_json_atomic(txt / PROTOCOL_FILE, a.to_json())
+    _remove_stale_folds(txt, a.folds)
     res.protocol = {**a.record(), "dropped": a.dropped, "utterances": len(a.utterances),
                     "file": f"{TEXT_DIR}/{PROTOCOL_FILE}"}
     if a.dropped:
         res.warnings.append(f"protocol {a.name}: {sum(a.dropped.values())} utterance(s) with "
                             f"a label outside the map left out ("
                             + ", ".join(f"{k} {v}" for k, v in sorted(a.dropped.items())) + ")")
+
+
+def _remove_stale_folds(txt: Path, folds) -> None:
+    """Fold groups an earlier protocol built (their ``splits.json`` names a protocol) that the
+    current one does not have, and their refs: left, they would be fine-tuned on under a
+    protocol the folder no longer holds."""
+    keep = {f"fold{f}" for f in folds}
+    for group in sorted(txt.glob("fold*")):
+        if group.name not in keep and protocol_of(group / "train") is not None:
+            shutil.rmtree(group)
+            shutil.rmtree(txt / REFS_DIR / group.name, ignore_errors=True)
 
 
 def _write_if_changed(path: Path, obj) -> None:
