@@ -86,17 +86,15 @@ def meld_id(utt_id: str):
 
 @dataclass(frozen=True)
 class Protocol:
-    """A named protocol: its folds, the id format its speakers come from, its rule and its
-    default label map."""
+    """A named protocol: its folds, its default label map, the id format its speakers come
+    from and its rule."""
     name: str
     version: int
     folds: tuple
     label_map: str
-    parse_id: Callable | None
-    rule: Callable | None  # (utterances) -> {id: (split per fold)}; None: a user file
-    sessions: int = 0
+    parse_id: Callable  # id -> (speaker, session), None for another format
+    rule: Callable  # (utterances) -> {id: (split per fold)}
     speaker_independent: bool = True
-    description: str = ""
 
 
 def _two_speakers(utts, sessions: int) -> dict:
@@ -156,20 +154,18 @@ def official_split(utts):
 
 
 PROTOCOLS = {p.name: p for p in (
+    # sessions 1-5: fold 2s-1 tests session s's female speaker, validates on its male one
     Protocol("iemocap-10fold", 1, tuple(range(1, 11)), "iemocap-4class", iemocap_id,
-             speaker_folds(5), 5, description="sessions 1-5: fold 2s-1 tests session s's "
-             "female speaker and validates on its male speaker, fold 2s the reverse; train: "
-             "the other four sessions"),
+             speaker_folds(5)),
+    # fold s tests session s, validates on session s+1, trains on the other three
     Protocol("iemocap-5fold", 1, tuple(range(1, 6)), "iemocap-4class", iemocap_id,
-             session_folds(5), 5, description="fold s tests session s, validates on session "
-             "s+1 (session 1 after 5), trains on the other three"),
+             session_folds(5)),
+    # sessions 1-6, the rule of iemocap-10fold
     Protocol("msp-improv-12fold", 1, tuple(range(1, 13)), "msp-improv-4class", msp_improv_id,
-             speaker_folds(6), 6, description="sessions 1-6: fold 2s-1 tests session s's "
-             "female speaker and validates on its male speaker, fold 2s the reverse; train: "
-             "the other five sessions"),
+             speaker_folds(6)),
+    # one fold: the official train / dev / test split; its characters speak in every split
     Protocol("meld", 1, (1,), "meld-7class", meld_id, official_split,
-             speaker_independent=False, description="one fold: the official train / dev / "
-                                                    "test split (the split field)"),
+             speaker_independent=False),
 )}
 
 
@@ -481,7 +477,7 @@ def verify(a: Assignment) -> list[tuple]:
     whose split differs from the rule's (``protocol_misplaced``)."""
     problems = []
     named = PROTOCOLS.get(a.name)
-    if named is not None and named.rule is not None:
+    if named is not None:
         try:
             want = named.rule(a.utterances)
         except BadInputError as exc:
