@@ -301,3 +301,36 @@ def test_meld_ids_repeated_across_splits_are_refused_with_the_fix(tmp_path):
     with pytest.raises(BadInputsError, match="line 2: the id appears more than once.*"
                                              "put the split before the id"):
         assign("meld", p)
+
+
+def test_protocol_with_faces_shards_merge_like_a_single_build(tmp_path):
+    """Speaker and session fields for ids in no corpus format; texts only for segments with
+    faces (the others are ``protocol_lost`` warnings); two shards merged give the single
+    build's folder byte for byte."""
+    from memodb.dataset.merge import merge_shards
+    from memodb.synth import make_h5_corpus
+
+    ids = make_h5_corpus(tmp_path / "h5", movies=2, segments=10, faces=4, seed=2)
+    rows = [{"id": i, "text": f"so happy {n}", "label": "ang hap neu sad".split()[n % 4],
+             "speaker": f"spk{n % 10}", "session": n % 10 // 2 + 1} for n, i in enumerate(ids)]
+    (tmp_path / "u.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "c.json").write_text(json.dumps(
+        {"name": "faces", "features": {"face": {"source": "h5", "conf_th": 0.5}},
+         "text": {"source": "u.jsonl", "protocol": "iemocap-5fold", "faces_from": "face"}}))
+    single = build_dataset(tmp_path / "c.json", tmp_path / "single", workers=1)
+    assert single.report.ok, single.report.to_json()
+    lost = [w for d in single.report.databases for w in d.warnings
+            if w.code == "protocol_lost"]
+    faceless = json.loads(next((tmp_path / "single" / "face").glob("*.json")).read_text())
+    assert lost and all(faceless[w.segment + ".npz"] == 0 for w in lost)
+    shards = [tmp_path / f"s{i}" for i in range(2)]
+    for i, d in enumerate(shards):
+        assert build_dataset(tmp_path / "c.json", d, workers=1, shard=f"{i}/2").report.ok
+    merged = merge_shards(shards, tmp_path / "merged", workers=1)
+    assert merged.report.ok
+
+    def files(folder):
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+                if p.is_file()}
+
+    assert files(tmp_path / "merged") == files(tmp_path / "single")

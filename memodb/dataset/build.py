@@ -5,7 +5,6 @@ of N of the feature databases (docs/DATABASES.md, "Sharded builds"); ``memo db m
 the rest through :func:`build_texts`, :func:`write_dataset_file` and :func:`check_folder`."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -22,6 +21,7 @@ from ..store.files import fsync_dir
 from ..store.manifest import DATASET_FILE, MANIFEST, write_json_atomic
 from ..store.writer import before_first_publish
 from ..text.splits import write_splits_file
+from ..text.transcripts import Transcript
 from ..text.txtdb import create_txtdb
 from .config import (SPLIT_ROLES, TEXT_DIR, TEXT_KEYS, config_file, feature_keys, load_config,
                      text_spec)
@@ -29,7 +29,6 @@ from .protocols import PROTOCOL_FILE, assign, protocol_of
 from .shard import parse_shard, prepare_folder, write_shard_file
 
 CHECK_FILE = "check.json"
-REFS_DIR = "refs"  # txt/refs/fold<f>/<split>.json: a protocol's per-split refs
 
 
 @dataclass
@@ -175,10 +174,10 @@ def _build_texts(cfg: dict, res: DatasetResult, feature_paths: dict, *, workers,
 
 
 def _build_protocol(text, common: dict, res: DatasetResult, log) -> None:
-    """The text databases of a protocol: its assignment of the utterances (checked), one
-    refs file per fold and split (``txt/refs/``, rewritten only when its content changes, so a
-    re-run finds the databases up to date), ``txt/fold<f>/{train,val,test}`` with a
-    ``splits.json`` naming the protocol, and ``txt/protocol.json`` for the check."""
+    """The text databases of a protocol: its assignment of the utterances (checked),
+    ``txt/fold<f>/{train,val,test}`` built from the utterance file (each split's texts given
+    to the builder, fingerprinted by the file, the protocol's hash, the fold and the split),
+    a ``splits.json`` per fold naming the protocol, and ``txt/protocol.json`` for the check."""
     a = assign(text.protocol, text.source, label_map_spec=text.label_map)
     txt = res.out_dir / TEXT_DIR
     common = {**common, "labels": a.classes}
@@ -188,9 +187,9 @@ def _build_protocol(text, common: dict, res: DatasetResult, log) -> None:
         assigned = {}
         for split, ids in a.fold_ids(fold).items():
             t0 = time.perf_counter()
-            refs = txt / REFS_DIR / f"fold{fold}" / f"{split}.json"
-            _write_if_changed(refs, {i: {"txt": texts[i], "label": a.labels[i]} for i in ids})
-            r = create_txtdb(refs, group / split, **common)
+            given = [Transcript(i, texts[i], a.labels[i]) for i in ids]
+            r = create_txtdb(text.source, group / split, **common,
+                             records=(given, f"{a.name} {a.hash} fold {fold} {split}"))
             res.warnings += [f"{group.name}/{split}: {w}" for w in r.warnings]
             assigned[split] = r.manifests[""]["counts"]["texts"]
             res.record("text", str((group / split).relative_to(res.out_dir)), group / split,
@@ -211,24 +210,12 @@ def _build_protocol(text, common: dict, res: DatasetResult, log) -> None:
 
 def _remove_stale_folds(txt: Path, folds) -> None:
     """Fold groups an earlier protocol built (their ``splits.json`` names a protocol) that the
-    current one does not have, and their refs: left, they would be fine-tuned on under a
-    protocol the folder no longer holds."""
+    current one does not have: left, they would be fine-tuned on under a protocol the folder
+    no longer holds."""
     keep = {f"fold{f}" for f in folds}
     for group in sorted(txt.glob("fold*")):
         if group.name not in keep and protocol_of(group / "train") is not None:
             shutil.rmtree(group)
-            shutil.rmtree(txt / REFS_DIR / group.name, ignore_errors=True)
-
-
-def _write_if_changed(path: Path, obj) -> None:
-    text = json.dumps(obj, ensure_ascii=False)
-    try:
-        if path.read_text(encoding="utf-8") == text:
-            return
-    except (OSError, UnicodeDecodeError):
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, text)
 
 
 def write_dataset_file(cfg: dict, res: DatasetResult) -> None:

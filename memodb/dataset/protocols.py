@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 from ..errors import BadInputError, BadInputsError
-from ..store.ids import key_to_id, normalize_id
+from ..store.ids import check_key, key_to_id, normalize_id
 
 PROTOCOL_FILE = "protocol.json"  # in the dataset's txt/ folder: the assignment, for the check
 SPLITS = ("train", "val", "test")
@@ -199,6 +199,11 @@ def read_utterances(path, parse_id=None, *, need_split: bool = False) -> list[Ut
             continue
         raw = rec["id"]
         uid = key_to_id(normalize_id(raw)) if "/" in raw or raw.endswith(".npz") else raw
+        try:
+            check_key(uid, file=path)
+        except BadInputError as exc:
+            errors.append(exc)
+            continue
 
         def bad(problem, fix):
             errors.append(BadInputError(f"line {n}: {problem}", file=path, segment=uid,
