@@ -261,6 +261,7 @@ def test_build_and_check_a_5fold_protocol(tmp_path):
     assert r.exit_code == 1
     assert "[protocol_hash]" in r.output and "[protocol_misplaced]" in r.output
     assert "[protocol_speaker_leak]" in r.output
+    assert f"(dataset, 15 databases, protocol iemocap-5fold@{a.hash})" in r.output
 
 
 @pytest.mark.parametrize("text, message", [

@@ -247,6 +247,7 @@ def check_protocol(folder: Path, record: dict, rep: DbReport, ids_by_db: dict) -
         rep.problem("protocol_hash", f"{path}: the assignment hashes to {digest}, the record "
                     f"says {a.hash} ({DATASET_FILE}: {record.get('hash')}): it was changed "
                     "after the build; rebuild with memo db build")
+    rep.counts["protocol"] = f"{a.name}@{a.hash}"
     for code, message, uid in verify(a):
         rep.problem(code, message, uid)
     for fold in a.folds:
