@@ -335,3 +335,14 @@ def test_protocol_dataset_carries_its_hash_into_every_result(tmp_path):
     assert s["summary"]["selection_metric"] == "WF1" and s["summary"]["labels"][0] == "neutral"
     assert report_line(s["summary"], "WF1").endswith(f"(95 % CI, 1 fold x 2 seeds, "
                                                      f"meld@{digest})")
+    # the dataset rebuilt under another label map: the finished runs are not reused
+    (tmp_path / "meld.json").write_text(json.dumps(
+        {"text": {"source": "meld.jsonl", "protocol": "meld", "label_map": {
+            "neutral": "neutral", "joy": "positive", "surprise": "positive",
+            "anger": "negative", "sadness": "negative", "disgust": "negative",
+            "fear": "negative"}}}))
+    again = build_dataset(tmp_path / "meld.json", tmp_path / "ds", workers=1)
+    assert again.protocol["hash"] != digest
+    with pytest.raises(FinetuneError, match=f"was run under meld@{digest}, but its text "
+                                            f"databases are now under meld@"):
+        finetune(cfg, console=QUIET)
