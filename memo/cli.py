@@ -630,16 +630,53 @@ def finetune_cmd(ctx, config, folds, seeds, print_config):
         return _print_config(load_finetune_config(config, overrides))
     from memotrain.recipes.finetune import finetune
 
+    from memotrain.results import summary_lines
+
     s = finetune(config, overrides=overrides)
-    m = s["summary"]["mean"]
-    click.echo(f"{s['summary']['n_runs']} run(s); {s['summary']['split']} mean "
-               + " ".join(f"{k} {100 * m[k]:.2f}" for k in ("WA", "UA", "WF1", "F1"))
-               + f"; results in {s['output_dir']}/results.tsv")
+    click.echo("\n".join(summary_lines(s["summary"])))
+    click.echo(f"results in {s['output_dir']}/results.json and results.tsv")
 
 
 def _print_config(cfg) -> None:
     from memodb.config import to_json
     click.echo(json.dumps(to_json(cfg), indent=2))
+
+
+@main.group()
+def results():
+    """Read and compare fine-tuning results (memo train finetune output folders)."""
+
+
+@results.command("show")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--metric", type=click.Choice(["UA", "WA", "WF1", "F1"]), default=None,
+              help="The metric of the paper line. [default: the selection metric]")
+@_errors
+def results_show_cmd(folder, metric):
+    """Print a finished folder's summary: runs, protocol, each metric's mean with its 95 %
+    confidence intervals, and the line to put in a paper."""
+    from memotrain.results import load_results, report_line, summary_lines
+
+    summary = load_results(folder)["summary"]
+    lines = summary_lines(summary)
+    click.echo("\n".join(lines[:-1] + [report_line(summary, metric or
+                                                    summary["selection_metric"])]))
+
+
+@results.command("compare")
+@click.argument("a", type=click.Path(exists=True, file_okay=False))
+@click.argument("b", type=click.Path(exists=True, file_okay=False))
+@click.option("--metric", type=click.Choice(["UA", "WA", "WF1", "F1"]), default="UA",
+              show_default=True, help="The metric compared.")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@_errors
+def results_compare_cmd(a, b, metric, as_json):
+    """Pair two fine-tuning folders run by run (same fold, same seed, same protocol hash) and
+    print the mean difference A - B, its 95 % confidence intervals and paired tests."""
+    from memotrain.results import compare, format_comparison
+
+    c = compare(a, b, metric)
+    click.echo(json.dumps(c, indent=1) if as_json else "\n".join(format_comparison(c)))
 
 
 @main.command("extract")

@@ -161,3 +161,42 @@ def make_emotion_corpus(root, *, folds: int = 2, per_fold: int = 40, faces: int 
             (out / f"{name}.json").write_text(json.dumps(refs, indent=1))
     return {"h5": str(root / "h5"), "refs": str(root / "refs" / "{fold}"),
             "folds": list(range(1, folds + 1)), "labels": list(EMOTIONS)}
+
+
+CORPUS_LABELS = {"iemocap": ("ang", "hap", "exc", "neu", "sad", "fru", "sur", "xxx"),
+                 "msp-improv": ("A", "H", "N", "S", "O", "X"),
+                 "meld": ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear")}
+
+
+def make_utterances(corpus: str, path, *, per_speaker: int = 6, seed: int = 0) -> list[dict]:
+    """A JSON-lines file of ``id, text, label`` in a corpus's own id format and labels
+    (``iemocap``: ``Ses03F_impro02_M014``, 5 sessions; ``msp-improv``:
+    ``MSP-IMPROV-S01A-F01-P-FM01``, 6 sessions; ``meld``: ``dia<D>_utt<U>`` with a ``split``
+    field), ``per_speaker`` utterances per speaker (per split for MELD), labels drawn in turn.
+    Returns the records."""
+    rng = np.random.default_rng(seed)
+    labels = CORPUS_LABELS[corpus]
+    recs = []
+
+    def text():
+        return " ".join(rng.choice(WORDS, size=int(rng.integers(3, 9))))
+
+    if corpus == "meld":
+        for d, split in enumerate(("train", "dev", "test")):
+            for u in range(per_speaker):
+                recs.append({"id": f"dia{d * 10 + u // 3}_utt{u % 3}", "text": text(),
+                             "label": labels[len(recs) % len(labels)], "split": split})
+    else:
+        for session in range(1, (5 if corpus == "iemocap" else 6) + 1):
+            for gender in "FM":
+                for u in range(per_speaker):
+                    if corpus == "iemocap":
+                        uid = f"Ses{session:02d}{'FM'[u % 2]}_impro{u // 2 + 1:02d}_" \
+                              f"{gender}{u:03d}"
+                    else:
+                        uid = f"MSP-IMPROV-S{u + 1:02d}A-{gender}{session:02d}-" \
+                              f"{'PRST'[u % 4]}-{'FM' if u % 2 else 'MF'}{u + 1:02d}"
+                    recs.append({"id": uid, "text": text(),
+                                 "label": labels[len(recs) % len(labels)]})
+    Path(path).write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    return recs

@@ -304,10 +304,45 @@ def test_cli_finetune(emo, tmp_path):
     r = CliRunner().invoke(main, ["train", "finetune", "--config", str(path), "--folds", "2",
                                   "--seeds", "3-4", "--optim.lr", "1e-3"])
     assert r.exit_code == 0, r.output
-    assert "2 run(s); test mean WA" in r.output
+    assert "2 run(s) (1 fold x 2 seeds), test split, selected on val UA" in r.output
+    assert "(95 % CI, 1 fold x 2 seeds, no protocol recorded)" in r.output
     assert sorted(p.parent.name + "/" + p.name for p in (tmp_path / "cli").glob("fold*/*")) \
         == ["fold2/seed3", "fold2/seed4"]
     saved = json.loads((tmp_path / "cli" / "config.json").read_text())
     assert saved["optim"]["lr"] == 1e-3 and saved["seeds"] == [3, 4]
     bad = CliRunner().invoke(main, ["train", "finetune", "--config", str(path), "--head", "x"])
     assert bad.exit_code == 1 and "Error: head 'x'" in bad.output
+
+
+def test_protocol_dataset_carries_its_hash_into_every_result(tmp_path):
+    from memodb.synth import make_utterances
+    from memotrain.results import report_line
+
+    make_utterances("meld", tmp_path / "meld.jsonl", per_speaker=6)
+    (tmp_path / "meld.json").write_text(json.dumps(
+        {"text": {"source": "meld.jsonl", "protocol": "meld"}}))
+    ds = build_dataset(tmp_path / "meld.json", tmp_path / "ds", workers=1)
+    assert ds.report.ok
+    txt = str(tmp_path / "ds" / "txt" / "fold{fold}")
+    cfg = {"model": "tiny", "data": {"train": txt + "/train", "val": txt + "/val",
+                                     "test": txt + "/test", "batch_size": 4},
+           "folds": [1], "seeds": [0, 1], "epochs": 1, "log_every": 0,
+           "select": {"metric": "WF1"}, "output_dir": str(tmp_path / "run")}
+    s = finetune(cfg, console=QUIET)
+    digest = ds.protocol["hash"]
+    assert [r["protocol"]["hash"] for r in s["runs"]] == [digest, digest]
+    assert s["summary"]["protocol"]["name"] == "meld"
+    assert s["summary"]["selection_metric"] == "WF1" and s["summary"]["labels"][0] == "neutral"
+    assert report_line(s["summary"], "WF1").endswith(f"(95 % CI, 1 fold x 2 seeds, "
+                                                     f"meld@{digest})")
+    # the dataset rebuilt under another label map: the finished runs are not reused
+    (tmp_path / "meld.json").write_text(json.dumps(
+        {"text": {"source": "meld.jsonl", "protocol": "meld", "label_map": {
+            "neutral": "neutral", "joy": "positive", "surprise": "positive",
+            "anger": "negative", "sadness": "negative", "disgust": "negative",
+            "fear": "negative"}}}))
+    again = build_dataset(tmp_path / "meld.json", tmp_path / "ds", workers=1)
+    assert again.protocol["hash"] != digest
+    with pytest.raises(FinetuneError, match=f"was run under meld@{digest}, but its text "
+                                            f"databases are now under meld@"):
+        finetune(cfg, console=QUIET)

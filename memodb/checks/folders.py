@@ -10,6 +10,8 @@ from pathlib import Path
 
 from ..dataset.shard import KIND as SHARD_KIND
 from ..dataset.shard import SHARD_FILE, read_shard_file, shard_label
+from ..dataset.protocols import PROTOCOL_FILE, assignment_hash, verify
+from ..dataset.protocols import from_json as protocol_from_json
 from ..errors import DatabaseError, MemoError
 from ..parallel import WorkerDied, run_isolated
 from ..store.manifest import DATASET_FILE, read_manifest
@@ -183,9 +185,10 @@ def _split_ids(db: Path, ids_by_db: dict) -> set:
                             "rebuild it") from None
 
 
-def check_dataset(folder) -> DbReport:
+def check_dataset(folder, ids_by_db: dict | None = None) -> DbReport:
     """Check a dataset folder's ``dataset.json`` (written by ``memo db build``): every listed
-    path exists and text databases link feature databases inside the folder."""
+    path exists, text databases link feature databases inside the folder, and text built by a
+    protocol is where the protocol puts it (:func:`check_protocol`)."""
     folder = Path(folder)
     rep = DbReport(str(folder), kind="dataset")
     try:
@@ -222,7 +225,53 @@ def check_dataset(folder) -> DbReport:
                 rep.warn("img_db_outside", f"text database {db} links the feature database "
                          f"{target}, outside the dataset folder: copying the folder breaks it")
     rep.counts = {"databases": len(body["databases"])}
+    if isinstance(body.get("protocol"), dict):
+        check_protocol(folder, body["protocol"], rep, ids_by_db or {})
     return rep
+
+
+def check_protocol(folder: Path, record: dict, rep: DbReport, ids_by_db: dict) -> None:
+    """A dataset built by a protocol: ``protocol.json`` matches its hash, the protocol's rule
+    and speaker independence hold (:func:`~memodb.dataset.protocols.verify`), and each fold's
+    databases hold exactly the utterances the assignment gives them (one it lost, e.g. left
+    out for having no faces, is a warning; one in the wrong split a problem)."""
+    path = folder / str(record.get("file", "txt/" + PROTOCOL_FILE))
+    try:
+        a = protocol_from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError, MemoError) as exc:
+        rep.problem("protocol_unreadable", f"{path} cannot be read ({exc}); rebuild with "
+                    "memo db build")
+        return
+    digest = assignment_hash(a.name, a.version, a.classes, a.folds, a.labels, a.splits)
+    if digest != a.hash or a.hash != record.get("hash"):
+        rep.problem("protocol_hash", f"{path}: the assignment hashes to {digest}, the record "
+                    f"says {a.hash} ({DATASET_FILE}: {record.get('hash')}): it was changed "
+                    "after the build; rebuild with memo db build")
+    rep.counts["protocol"] = f"{a.name}@{a.hash}"
+    for code, message, uid in verify(a):
+        rep.problem(code, message, uid)
+    for fold in a.folds:
+        group = path.parent / f"fold{fold}"
+        for split, want in a.fold_ids(fold).items():
+            db = group / split
+            if not (db / "data.mdb").is_file():
+                rep.problem("protocol_db_missing", f"fold {fold}: no {split} database at {db}")
+                continue
+            try:
+                have = _split_ids(db, ids_by_db)
+            except MemoError as exc:
+                rep.problem("protocol_db_unreadable", f"fold {fold} {split}: {exc}")
+                continue
+            want = set(want)
+            wrong = sorted(have - want)
+            if wrong:
+                rep.problem("protocol_misplaced", f"fold {fold}: {len(wrong)} text(s) in "
+                            f"{split} that {a.name} does not put there", wrong[0])
+            lost = sorted(want - have)
+            if lost:
+                rep.warn("protocol_lost", f"fold {fold}: {len(lost)} {split} utterance(s) of "
+                         f"{a.name} have no text in the database (left out by the text "
+                         "filters: no faces, empty text)", lost[0])
 
 
 def check_shard_folder(folder) -> DbReport:

@@ -50,7 +50,8 @@ class DbReport:
         if self.kind == "splits":
             return f"{c.get('splits', 0)} splits, {c.get('texts', 0)} texts"
         if self.kind == "dataset":
-            return f"{c.get('databases', 0)} databases"
+            return f"{c.get('databases', 0)} databases" + (
+                f", protocol {c['protocol']}" if c.get("protocol") else "")
         if self.kind == "shard":
             return (f"shard {c.get('index')}/{c.get('count')}, {c.get('databases', 0)} "
                     "databases; memo db merge joins the shards into a dataset")

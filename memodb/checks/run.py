@@ -53,7 +53,7 @@ def check(paths, *, workers: int | None = None, progress: bool = False) -> Check
         for folder in found.split_groups:
             report.databases.append(check_split_group(folder, ids_by_db))
         for folder in found.datasets:
-            report.databases.append(check_dataset(folder))
+            report.databases.append(check_dataset(folder, ids_by_db))
         for folder in found.shards:
             report.databases.append(check_shard_folder(folder))
     return report

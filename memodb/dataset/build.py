@@ -6,6 +6,7 @@ the rest through :func:`build_texts`, :func:`write_dataset_file` and :func:`chec
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +22,11 @@ from ..store.files import fsync_dir
 from ..store.manifest import DATASET_FILE, MANIFEST, write_json_atomic
 from ..store.writer import before_first_publish
 from ..text.splits import write_splits_file
+from ..text.transcripts import Transcript
 from ..text.txtdb import create_txtdb
 from .config import (SPLIT_ROLES, TEXT_DIR, TEXT_KEYS, config_file, feature_keys, load_config,
                      text_spec)
+from .protocols import PROTOCOL_FILE, assign, protocol_of
 from .shard import parse_shard, prepare_folder, write_shard_file
 
 CHECK_FILE = "check.json"
@@ -46,6 +49,7 @@ class DatasetResult:
     report: CheckReport | None = None
     warnings: list = field(default_factory=list)
     databases: dict = field(default_factory=dict)  # dataset.json's "databases"
+    protocol: dict | None = None  # dataset.json's "protocol" (text built by a protocol)
 
     def record(self, stage, name, path, status, summary, t0, log=None) -> None:
         """One database done (built, merged or up to date): a step and a dataset.json entry."""
@@ -144,6 +148,9 @@ def _build_texts(cfg: dict, res: DatasetResult, feature_paths: dict, *, workers,
               "min_faces": text.min_faces, "max_len": text.max_len, "long": text.long,
               "labels": text.labels, "dataset": text.dataset or cfg["name"], "layout": text.layout,
               "workers": workers, "progress": progress, "replace": True}
+    if text.protocol is not None:
+        _build_protocol(text, common, res, log)
+        return
     if text.source is not None:
         t0 = time.perf_counter()
         r = create_txtdb(text.source, out_dir / TEXT_DIR, splits=text.splits, seed=text.seed,
@@ -170,10 +177,56 @@ def _build_texts(cfg: dict, res: DatasetResult, feature_paths: dict, *, workers,
                           {"dataset": common["dataset"]})
 
 
+def _build_protocol(text, common: dict, res: DatasetResult, log) -> None:
+    """The text databases of a protocol: its assignment of the utterances (checked),
+    ``txt/fold<f>/{train,val,test}`` built from the utterance file (each split's texts given
+    to the builder, fingerprinted by the file, the protocol's hash, the fold and the split),
+    a ``splits.json`` per fold naming the protocol, and ``txt/protocol.json`` for the check."""
+    a = assign(text.protocol, text.source, label_map_spec=text.label_map)
+    txt = res.out_dir / TEXT_DIR
+    common = {**common, "labels": a.classes}
+    texts = {u.id: u.text for u in a.utterances}
+    for fold in a.folds:
+        group = txt / f"fold{fold}"
+        assigned = {}
+        for split, ids in a.fold_ids(fold).items():
+            t0 = time.perf_counter()
+            given = [Transcript(i, texts[i], a.labels[i]) for i in ids]
+            r = create_txtdb(text.source, group / split, **common,
+                             records=(given, f"{a.name} {a.hash} fold {fold} {split}"))
+            res.warnings += [f"{group.name}/{split}: {w}" for w in r.warnings]
+            assigned[split] = r.manifests[""]["counts"]["texts"]
+            res.record("text", str((group / split).relative_to(res.out_dir)), group / split,
+                       "up to date" if r.skipped else "built", f"{assigned[split]} texts", t0,
+                       log)
+        write_splits_file(group, assigned, SPLIT_ROLES, None,
+                          {"dataset": common["dataset"], "protocol": {**a.record(),
+                                                                      "fold": fold}})
+    write_json_atomic(txt / PROTOCOL_FILE, a.to_json())
+    _remove_stale_folds(txt, a.folds)
+    res.protocol = {**a.record(), "dropped": a.dropped, "utterances": len(a.utterances),
+                    "file": f"{TEXT_DIR}/{PROTOCOL_FILE}"}
+    if a.dropped:
+        res.warnings.append(f"protocol {a.name}: {sum(a.dropped.values())} utterance(s) with "
+                            f"a label outside the map left out ("
+                            + ", ".join(f"{k} {v}" for k, v in sorted(a.dropped.items())) + ")")
+
+
+def _remove_stale_folds(txt: Path, folds) -> None:
+    """Fold groups an earlier protocol built (their ``splits.json`` names a protocol) that the
+    current one does not have: left, they would be fine-tuned on under a protocol the folder
+    no longer holds."""
+    keep = {f"fold{f}" for f in folds}
+    for group in sorted(txt.glob("fold*")):
+        if group.name not in keep and protocol_of(group / "train") is not None:
+            shutil.rmtree(group)
+
+
 def write_dataset_file(cfg: dict, res: DatasetResult) -> None:
     write_json_atomic(res.out_dir / DATASET_FILE, {
         "kind": "dataset", "name": cfg["name"], "memo_version": __version__, "config": cfg,
-        "databases": res.databases}, indent=1)
+        "databases": res.databases, **({"protocol": res.protocol} if res.protocol else {})},
+        indent=1)
 
 
 def check_folder(res: DatasetResult, *, workers=None, progress=False) -> DatasetResult:

@@ -19,6 +19,7 @@ from ..feature.rawimg import rawimg_options
 from ..feature.speech import OPENSMILE_RATE, check_rate
 from ..text.splits import TRAIN
 from ..text.txtdb import text_options
+from .protocols import LABEL_MAPS, PROTOCOLS, label_map
 
 TEXT_DIR = "txt"
 SPLIT_ROLES = {"train": "train", "val": "heldout", "test": "heldout"}
@@ -86,8 +87,16 @@ class SpeechSpec:
 class TextSpec:
     """``text``: the text databases (memo db create-txtdb)."""
     source: str | None = Field(None, description="one transcript file (captions, refs or "
-                                                 "JSON lines), split by splits; or a memo "
+                                                 "JSON lines), split by splits or protocol; or a memo "
                                                  "prep output folder (its captions.json)")
+    protocol: str | None = Field(None, description="with source: iemocap-10fold, "
+                                                   "iemocap-5fold, msp-improv-12fold, meld or "
+                                                   "a file of id fold split lines; makes "
+                                                   "txt/fold<f>/")
+    label_map: str | dict[str, str] | None = Field(None, description="with protocol: a named "
+                                                                     "map or {corpus label: "
+                                                                     "class} (null: the "
+                                                                     "protocol's)")
     sources: dict[str, str] | None = Field(None, description="one file per split: train, val, "
                                                              "test ({fold} placeholder)")
     folds: list[int | str] | None = Field(None, description="with sources: one text db group "
@@ -127,7 +136,8 @@ FEATURE_OPTIONS = ("conf_th", "max_bb", "min_bb", "modality", "feature", "size",
 SPECS = {"feature": FeatureSpec, "rawimg": RawimgSpec, "speech": SpeechSpec}
 TEXT_KEYS = {"max_len": "text.max_len", "long": "text.long", "min_faces": "text.min_faces",
              "labels": "text.labels", "img_db": "text.faces_from", "vocab": "vocab",
-             "lexicon": "lexicon", "layout": "text.layout"}
+             "lexicon": "lexicon", "layout": "text.layout", "protocol": "text.protocol",
+             "label_map": "text.label_map"}
 
 
 def feature_keys(name: str) -> dict:
@@ -148,6 +158,30 @@ def _keys(cls) -> set:
 def text_spec(text: dict) -> TextSpec:
     """A validated config's ``text`` with its defaults."""
     return validate(TextSpec, text)
+
+
+def _protocol_keys(t: dict, where, path, absolute) -> None:
+    """A text section with a protocol: no keys that split otherwise, the label map known, a
+    protocol file's path made absolute."""
+    for key in ("splits", "seed", "labels"):
+        if key in t:
+            raise BadInputError(f"{where('text', key)} cannot be combined with a protocol "
+                                "(it makes the folds, splits and classes)", file=path,
+                                fix=f"drop {key}")
+    if t.get("label_map") is not None:
+        with named_options(TEXT_KEYS, path):
+            label_map(t["label_map"], None)
+    if t["protocol"] not in PROTOCOLS:
+        t["protocol"] = absolute(t["protocol"], "text", "protocol")
+        if not Path(t["protocol"]).is_file():
+            raise BadInputError(f"{where('text', 'protocol')} is {t['protocol']!r}: neither "
+                                "a named protocol nor a file", file=path,
+                                fix=f"use one of {sorted(PROTOCOLS)} or a file of lines "
+                                    "'id fold split'")
+        if t.get("label_map") is None:
+            raise BadInputError(f"{where('text', 'label_map')}: a protocol file needs a "
+                                "label map", file=path, fix=f"give one of {sorted(LABEL_MAPS)}"
+                                " or an object {corpus label: class}")
 
 
 def load_config(path) -> dict:
@@ -234,10 +268,19 @@ def load_config(path) -> dict:
         if "source" in t:
             t["source"] = prep_output_part(absolute(t["source"], "text", "source"),
                                            "captions.json")
+            if t.get("protocol") is not None:
+                _protocol_keys(t, where, path, absolute)
+            elif "label_map" in t:
+                raise BadInputError(f"{where('text', 'label_map')} needs a protocol",
+                                    file=path, fix="add \"protocol\" or drop label_map")
             if "folds" in t:
                 raise BadInputError(f"{where('text', 'folds')} needs per-split sources",
                                     file=path, fix="use \"sources\": {\"train\": ..., ...}")
         else:
+            if "protocol" in t or "label_map" in t:
+                raise BadInputError(f"{where('text', 'protocol')} needs one source file of "
+                                    "utterances, not per-split sources", file=path,
+                                    fix="give \"source\": a JSON-lines file of id, text, label")
             unknown(t["sources"], set(SPLIT_ROLES), "text", "sources")
             if TRAIN not in t["sources"]:
                 raise BadInputError(f"{where('text', 'sources')} has no train file", file=path)

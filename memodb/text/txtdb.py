@@ -69,7 +69,8 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
                  max_len: int = 100, long: str = "truncate", lexicon=None, labels=None,
                  splits=(), seed: int = 0, dataset: str | None = None,
                  workers: int | None = None, progress: bool = False,
-                 replace: bool = False, layout: str = "flat") -> TextBuildResult:
+                 replace: bool = False, layout: str = "flat",
+                 records: tuple | None = None) -> TextBuildResult:
     """Build the text database(s) of one transcript file.
 
     - ``vocab``: BERT vocabulary folder (default: the bundled bert-base-uncased vocab.txt).
@@ -86,6 +87,10 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
       depend on it.
     - ``layout``: ``flat`` (``input_ids`` + ``word_ids``) or ``wwm``, the original
       whole-word-masking layout (``input_ids`` and ``toked_caption`` nested per word).
+    - ``records``: ``(transcripts, tag)``: the texts given in memory (a list of
+      :class:`~memodb.text.transcripts.Transcript`, e.g. one split of an evaluation protocol)
+      instead of read from ``src``, the file they come from; ``src`` and ``tag`` (what selects
+      them) are fingerprinted together.
     """
     src, out_dir = Path(src), Path(out_dir)
     max_len, long, min_faces = text_options(max_len, long, min_faces, layout)
@@ -103,7 +108,7 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
                "lexicon": lex is not None, "labels": list(labels) if labels else None,
                "splits": [str(s) for s in specs], "seed": int(seed) if specs else None,
                **({"layout": layout} if layout != "flat" else {})}  # flat: as built before
-    source = _fingerprint(src, voc, lex, img, specs)
+    source = _fingerprint(src, voc, lex, img, specs, records[1] if records else None)
     names = [TRAIN] + [s.name for s in specs] if specs else [""]
     targets = {n: (out_dir / n if n else out_dir) for n in names}
     builds = {n: Build(p, KIND, {**options, "split": n or None}, source, replace=replace,
@@ -114,7 +119,7 @@ def create_txtdb(src, out_dir, *, vocab=None, img_db=None, min_faces: int = 1,
         counts = next(iter(done.values()))["corpus"]
         return TextBuildResult(out_dir, targets, done, counts, skipped=True)
 
-    records, src_layout = read_transcripts(src)
+    records, src_layout = (list(records[0]), "jsonl") if records else read_transcripts(src)
     collisions = collisions_record(case_collisions(r.id for r in records))
     counts = {"source_texts": len(records), "no_features": 0, "no_faces": 0, "no_caption": 0,
               "empty": 0, "truncated": 0, "dropped_too_long": 0, "texts": 0}
@@ -229,9 +234,9 @@ def _open_img_db(path) -> FeatureDB:
     return FeatureDB(path)
 
 
-def _fingerprint(src: Path, voc, lex, img, specs) -> dict:
+def _fingerprint(src: Path, voc, lex, img, specs, tag=None) -> dict:
     """Everything the text databases depend on: the transcript file, vocabulary, lexicon,
-    feature database and id lists."""
+    feature database, id lists and the tag of texts given in memory."""
     h = hashlib.sha256()
     files = [src] + [Path(s.ids_file) for s in specs if s.ids_file]
     for f in files:
@@ -244,6 +249,8 @@ def _fingerprint(src: Path, voc, lex, img, specs) -> dict:
     h.update(f"vocab {voc.sha256} lower {voc.lowercase}\n".encode())
     h.update(f"lexicon {lex.sha256 if lex else None}\n".encode())
     h.update(f"img_db {_img_identity(img)}\n".encode())
+    if tag is not None:
+        h.update(f"records {tag}\n".encode())
     return {"path": str(src.resolve()), "fingerprint": "sha256:" + h.hexdigest(),
             "files": len(files), "bytes": sum(os.path.getsize(f) for f in files)}
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from memodb.config import changes
+from memodb.dataset.protocols import protocol_of
 from memodb.store.manifest import write_json_atomic
 from memodb.store.textdb import TextDB
 from memotrain import metrics as M
@@ -61,7 +62,8 @@ def finetune(config, overrides=(), console=None) -> dict:
             run_dir = out / run_name(fold, seed)
             done = run_dir / RESULT_FILE
             if done.exists():
-                runs.append(json.loads(done.read_text(encoding="utf-8")))
+                runs.append(_reused(json.loads(done.read_text(encoding="utf-8")), cfg, fold,
+                                    run_dir))
                 show.skip(runs[-1])
                 continue
             if run_dir.exists():  # an unfinished run: start it again
@@ -71,6 +73,21 @@ def finetune(config, overrides=(), console=None) -> dict:
     R.write(out, runs, summary)
     show.table(summary, cfg.select.metric)
     return {"runs": runs, "summary": summary, "output_dir": str(out)}
+
+
+def _reused(result: dict, cfg: FinetuneConfig, fold, run_dir: Path) -> dict:
+    """A finished run, reused only while its text databases are under the protocol it was run
+    under (same hash): a summary never mixes two assignments of the corpus."""
+    paths = cfg.paths(fold)
+    now = protocol_of(paths["test"] or paths["val"])
+    then = result.get("protocol")
+    if (then or {}).get("hash") != (now or {}).get("hash"):
+        def tag(p):
+            return f"{p['name']}@{p['hash']}" if p else "no protocol"
+        raise FinetuneError(f"{run_dir} was run under {tag(then)}, but its text databases are "
+                            f"now under {tag(now)} (rebuilt since); fine-tune into another "
+                            "output_dir, or delete this one")
+    return result
 
 
 def _claim(out: Path, cfg: FinetuneConfig) -> None:
@@ -252,7 +269,9 @@ def run_one(cfg: FinetuneConfig, fold, seed: int, run_dir: Path, device, precisi
     clf, _ = load_classifier(run_dir / BEST_FILE, device)
     result = {"fold": fold, "seed": seed, "step": best_step, "steps": step,
               "early_stopped": stop, "metric": metric, "labels": names, "head": cfg.head,
-              "modalities": mods, "skipped": skipped, "splits": {}, "ablations": {}}
+              "modalities": mods, "skipped": skipped,
+              "protocol": protocol_of(paths["test"] or paths["val"]), "splits": {},
+              "ablations": {}}
     evals = {"val": val}
     if paths["test"]:
         evals["test"], _ = _dataset(cfg, paths, "test", every_mod, mc, plen, True, C)
