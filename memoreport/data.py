@@ -208,15 +208,19 @@ def recalls(summary: dict) -> dict[str, list[float]]:
     return out
 
 
+CI_ROWS = (("t", "95 % CI (t)"), ("bootstrap", "95 % CI (fold bootstrap)"))
+
+
 def intervals(summary: dict, metrics) -> dict[str, dict]:
-    """Entries of the summary that give a metric an interval: ``{name: {metric: [lo, hi]}}``
-    (whatever their name, e.g. a 95 % confidence interval)."""
+    """The summary's 95 % intervals (``summary["ci"][metric][kind]``, memotrain.results) as
+    table rows: ``{row name: {metric: [lo, hi]}}``; kinds without any interval (one run) are
+    left out."""
+    ci = summary.get("ci") or {}
     out = {}
-    for name, v in summary.items():
-        if isinstance(v, dict) and any(m in v for m in metrics) and all(
-                isinstance(v.get(m), (list, tuple)) and len(v[m]) == 2 for m in metrics
-                if m in v):
-            out[name] = v
+    for kind, name in CI_ROWS:
+        row = {m: ci[m][kind] for m in metrics if ci.get(m, {}).get(kind) is not None}
+        if row:
+            out[name] = row
     return out
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from memodb.errors import BadInputError, MemoError
 from memodb.store.files import atomic_write
 from memodb.store.manifest import DATASET_FILE
-from memotrain.results import METRICS
+from memotrain.results import METRICS, report_line
 
 from . import data as D
 from .page import Page
@@ -119,6 +119,8 @@ def finetune_section(page: Page, path: Path) -> None:
     labels, split, metric = s["labels"], s["split"], s["selection_metric"]
     page.text(f"{s['n_runs']} run(s); models selected on validation {metric}; "
               f"{split} split reported")
+    if s.get("ci"):  # results written before the intervals have none
+        page.text(report_line(s, metric))
     page.heading("Results (%)", 3)
     head, rows = D.results_rows(s, METRICS)
     page.table(head, rows)

@@ -96,17 +96,21 @@ def test_finetune_plot_data():
     m = {"WA": 0.5, "UA": 0.25, "WF1": 0.4, "F1": 0.3, "recall": [0.5, 0.0]}
     summary = {"labels": ["x", "y"], "n_runs": 3, "mean": m, "std": {**m, "UA": 0.05},
                "folds": [{"fold": 1, "runs": 2, "mean": m}, {"fold": 2, "runs": 1, "mean": m}],
-               "ci95": {"WA": [0.4, 0.6], "UA": [0.2, 0.3]},
+               "ci": {"WA": {"t": [0.4, 0.6], "bootstrap": [0.45, 0.55]},
+                      "UA": {"t": [0.2, 0.3], "bootstrap": None}},
                "ablations": {"text": {"runs": 3, "mean": m}}}
     assert D.recalls(summary) == {"fold 1": [0.5, 0.0], "fold 2": [0.5, 0.0], "mean": [0.5, 0.0]}
-    assert D.intervals(summary, ("WA", "UA", "WF1", "F1")) == {"ci95": summary["ci95"]}
+    assert D.intervals(summary, ("WA", "UA", "WF1", "F1")) == {
+        "95 % CI (t)": {"WA": [0.4, 0.6], "UA": [0.2, 0.3]},
+        "95 % CI (fold bootstrap)": {"WA": [0.45, 0.55]}}
     head, rows = D.results_rows(summary, ("WA", "UA"))
     assert head == ["", "runs", "WA", "UA", "recall x", "recall y"]
     assert rows == [["fold 1", "2", "50.00", "25.00", "50.00", "0.00"],
                     ["fold 2", "1", "50.00", "25.00", "50.00", "0.00"],
                     ["mean", "3", "50.00", "25.00", "50.00", "0.00"],
                     ["std", "3", "50.00", "5.00", "50.00", "0.00"],
-                    ["ci95", "3", "40.00 - 60.00", "20.00 - 30.00", "", ""],
+                    ["95 % CI (t)", "3", "40.00 - 60.00", "20.00 - 30.00", "", ""],
+                    ["95 % CI (fold bootstrap)", "3", "45.00 - 55.00", "", "", ""],
                     ["text only", "3", "50.00", "25.00", "50.00", "0.00"]]
     records = [[{"step": 1, "loss": 2.0}, {"step": 2, "val": {"UA": 0.3}, "best": True},
                 {"step": 2, "selected": {}}], []]
@@ -249,6 +253,8 @@ def test_finetune_report(finetune_run, tmp_path):
     text = (tmp_path / "f.html").read_text()
     assert "fold 1 seed 1" not in text  # the legends are in the images
     assert "<td>mean</td><td>2</td>" in text
+    assert "<td>95 % CI (t)</td><td>2</td>" in text  # the intervals of memotrain.results
+    assert "(95 % CI, 1 fold x 2 seeds, no protocol recorded)" in text  # the paper line
 
 
 def test_several_paths_in_one_report_and_no_torch(emotion_dataset, pretrain_run, finetune_run,
