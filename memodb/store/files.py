@@ -2,6 +2,7 @@
 (a temporary file in the same folder, fsync, rename, fsync of the folder)."""
 from __future__ import annotations
 
+import hashlib
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,3 +40,12 @@ def fsync_dir(path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def file_sha256(path) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks (model files, checkpoints)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

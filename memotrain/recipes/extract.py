@@ -22,11 +22,11 @@ from memodb.errors import MemoError, OutputExistsError
 from memodb.progress import progress_bar
 from memodb.store.build import Build, Written
 from memodb.store.codec import encode_value
-from memodb.store.files import fsync_dir
+from memodb.store.files import file_sha256, fsync_dir
 from memodb.store.ids import id_to_key, key_to_id
 from memodb.store.manifest import write_json_atomic
 from memodb.store.textdb import TextDB
-from memotrain.checkpoint import load_model, memo_version, sha256
+from memotrain.checkpoint import load_model, memo_version
 from memotrain.data import MemoDataset, collate, default_frame_limit
 from memotrain.engine import resolve_device
 from memotrain.sampler import BucketBatchSampler
@@ -408,7 +408,7 @@ def extract(checkpoint, txt_db, out, *, img_db=None, speech_db=None, layer=None,
     counts = {**ds.counts, "extracted": len(ds)}
     info = {
         "kind": "extract", "memo_version": memo_version(), "format": fmt,
-        "checkpoint": {"path": str(checkpoint.resolve()), "sha256": sha256(checkpoint)},
+        "checkpoint": {"path": str(checkpoint.resolve()), "sha256": file_sha256(checkpoint)},
         "model": cfg.to_dict(), "layer": at,
         "layer_requested": None if layer is None else int(layer), "pooled": POOLED,
         "modalities": modalities, "dtype": dtype,

@@ -18,9 +18,10 @@ from memodb.errors import BadInputError, DatabaseError
 from memodb.progress import progress_bar
 from memodb.store.build import Build, BuildResult, Written
 from memodb.store.codec import canonical_arrays, encode_value
+from memodb.store.files import file_sha256
 from memodb.store.naming import db_name, nbb_name
 from memodb.store.reader import FeatureDB
-from memotrain.checkpoint import load_face_cnn, sha256
+from memotrain.checkpoint import load_face_cnn
 from memotrain.engine import resolve_device
 from memotrain.facecnn import feature_block
 
@@ -91,7 +92,7 @@ def extract_face_features(cnn_checkpoint, rawimg_db, out_dir, *, feature: str = 
     if (out_dir / name).resolve() == raw_path.resolve():
         raise BadInputError("the features would replace the raw-crop database itself",
                             file=raw_path, fix="choose another OUT_DIR")
-    ckpt_sha = sha256(cnn_checkpoint)
+    ckpt_sha = file_sha256(cnn_checkpoint)
     fp = hashlib.sha256(f"{raw_manifest['checksum']}\0{ckpt_sha}".encode()).hexdigest()
     source = {"path": str(raw_path), "type": "rawimg-db", "fingerprint": "sha256:" + fp,
               "rawimg_checksum": raw_manifest["checksum"]}

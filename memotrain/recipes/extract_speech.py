@@ -18,7 +18,7 @@ import torch
 from memodb.errors import BadInputError
 from memodb.feature.speech import SAMPLE_RATE, build_speech_db, extract_speech
 from memodb.store.build import BuildResult
-from memotrain.checkpoint import sha256
+from memodb.store.files import file_sha256
 from memotrain.engine import resolve_device
 
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -66,7 +66,7 @@ class Wav2Vec2Extractor:
     def record(self) -> dict:
         import transformers
 
-        files = {p.name: sha256(p) for p in sorted(self.dir.iterdir())
+        files = {p.name: file_sha256(p) for p in sorted(self.dir.iterdir())
                  if p.is_file() and not p.name.startswith(".")}
         return {"name": "wav2vec2", "package": "transformers",
                 "version": transformers.__version__, "torch": torch.__version__,
