@@ -265,7 +265,7 @@ def val_curves(data: dict, metric: str) -> dict[str, dict]:
 
 PREP_FILE = "prep.json"  # memoprep.stage writes it
 SHEET_FRAMES = 5  # frames per contact sheet
-MAX_SHEETS = 60  # contact sheets per movie, evenly spread over its segments
+MAX_SHEETS = 30  # contact sheets per movie (~250 kB each), evenly spread over its segments
 
 
 def prep_data(folder) -> dict:

@@ -41,7 +41,9 @@ def outs(tmp_path_factory):
     assert res.prepared == [MOVIE], res.bad
     res = prep(DATA, root / "all", workers=2, frames=True, all_tracks=True)
     assert res.prepared == [MOVIE], res.bad
-    return {"default": root / "default", "all": root / "all"}
+    res = prep(DATA, root / "frames", workers=2, frames=True)
+    assert res.prepared == [MOVIE], res.bad
+    return {"default": root / "default", "all": root / "all", "frames": root / "frames"}
 
 
 def _sheets(folder) -> list[dict]:
@@ -77,6 +79,10 @@ def test_filter_counts_and_segment_rows(outs):
 def test_helpers():
     assert D.pick(3, 5) == [0, 1, 2]
     assert D.pick(28, 5) == [0, 7, 14, 20, 27]
+    segs = [{"n": n} for n in range(1, 101)]
+    shown = D.sheet_segments({"segments": segs})
+    assert len(shown) == D.MAX_SHEETS and shown[0]["n"] == 1 and shown[-1]["n"] == 100
+    assert D.sheet_segments({"segments": segs[:3]}) == segs[:3]
     lm = np.zeros((2, 68, 2))
     lm[0, :, 0], lm[0, :, 1] = np.linspace(10, 50, 68), np.linspace(5, 25, 68)
     assert D.face_boxes(lm).tolist() == [[10, 5, 50, 25], [0, 0, 0, 0]]
@@ -124,6 +130,18 @@ def test_all_tracks_and_frames_box_every_face_and_the_right_speaker(outs):
                                                   if t != sheet["speaker"])
 
 
+def test_frames_without_all_tracks_box_the_speaker_alone(outs):
+    for ln, sheet in zip(KEPT, _sheets(outs["frames"])):
+        assert all(p["image"].shape[1] > 2 * LEFT - 10 for p in sheet["panels"])
+        boxes = _speaker_boxes(sheet)
+        assert [len(p["faces"]) for p in sheet["panels"]] == [len(boxes) // 5] * 5
+        if ln["speaker"] is None:
+            assert boxes == [] and sheet["mouth"] == {}
+        else:
+            assert len(boxes) == 5 and list(sheet["mouth"]) == [sheet["speaker"]]
+            assert all(((b[0] + b[2]) / 2 < LEFT) == (ln["speaker"] == "left") for b in boxes)
+
+
 def test_traces_follow_the_known_warp_and_speech(outs):
     for ln, sheet in zip(KEPT, _sheets(outs["default"])):
         vad = np.array([v for _, v in sheet["vad"]], dtype=bool)
@@ -154,7 +172,7 @@ def test_missing_vad_package_is_a_notice(outs, monkeypatch):
 
 # ----------------------------------------------------------------------------- the page
 
-@pytest.mark.parametrize("variant", ["default", "all"])
+@pytest.mark.parametrize("variant", ["default", "frames", "all"])
 def test_prep_report(outs, variant, tmp_path):
     folder = outs[variant]
     assert report_kind(folder) == "memo prep output"
@@ -167,7 +185,8 @@ def test_prep_report(outs, variant, tmp_path):
     assert [i["alt"] for i in page.images] == [f"contact sheet {MOVIE}_{ln['n']}"
                                                for ln in KEPT]
     text = (tmp_path / "p.html").read_text()
-    assert ("memo prep --all-tracks keeps" in text) == (variant == "default")
+    assert ("memo prep --all-tracks keeps" in text) == (variant != "all")
+    assert ("memo prep --frames keeps" in text) == (variant == "default")
     assert "<td>has_active_spk</td>" not in text and "<th>has_active_spk</th>" in text
 
 
