@@ -385,7 +385,8 @@ def _echo_text_stats(s: dict, ind: str) -> None:
 @_errors
 def report_cmd(paths, output):
     """Write one self-contained HTML report (plots embedded, opens offline) of each PATH: a
-    dataset folder (memo db build), a pre-training run or a fine-tuning output."""
+    dataset folder (memo db build), a pre-training run, a fine-tuning output or a memo prep
+    output (contact sheets of the speaker choice)."""
     from memoreport.report import report_kind, write_report
 
     out = write_report(paths, output)

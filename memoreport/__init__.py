@@ -1,3 +1,3 @@
 """memoreport: ``memo report``'s self-contained HTML reports of dataset folders, pre-training
-runs and fine-tuning outputs (matplotlib, no torch). The entry point:
+runs, fine-tuning outputs and ``memo prep`` outputs (matplotlib, no torch). The entry point:
 :func:`memoreport.report.write_report`; the kinds of folder: :data:`memoreport.report.KINDS`."""

@@ -98,3 +98,74 @@ def matrix(cm, labels: list[str], title: str) -> bytes:
     ax.set_yticks(range(len(labels)), labels)
     ax.set(title=title, xlabel="predicted", ylabel="reference")
     return _png(fig)
+
+
+SPEAKER = "limegreen"
+OTHERS = ("darkorange", "tab:purple", "tab:red", "tab:brown", "tab:pink", "tab:cyan")
+
+
+def contact_sheet(sheet: dict, title: str) -> bytes:
+    """A segment's contact sheet (:func:`memoreport.data.segment_sheet`): its frames with every
+    kept face boxed (the speaker thick, in green; each other track in its own colour), the
+    mouth opening of each track and the voice activity under them, the shown frames marked on
+    the traces."""
+    from matplotlib.patches import Rectangle
+
+    panels = sheet["panels"]
+    k = max(1, len(panels))
+    fig = plt.figure(figsize=(max(7.0, 1.9 * k), 5.0))
+    grid = fig.add_gridspec(3, k, height_ratios=[1.8, 1.2, 0.5])
+
+    ids = sorted(set(sheet["mouth"]) | {t for p in panels for t, _ in p["faces"]})
+    colors = {t: OTHERS[i % len(OTHERS)] for i, t in enumerate(
+        t for t in ids if t != sheet["speaker"])}
+    colors[sheet["speaker"]] = SPEAKER
+
+    def label(t):
+        return (f"track {t}" + (" (speaker)" if t == sheet["speaker"] else "")
+                + ("" if t in sheet["decided"] else " (too rare, not judged)"))
+
+    for i, p in enumerate(panels):
+        ax = fig.add_subplot(grid[0, i])
+        ax.set_axis_off()
+        ax.set_title(f"frame {p['frame']}, {p['time']:.1f} s", fontsize="small")
+        if p["image"] is None:
+            ax.text(0.5, 0.5, p["empty"], ha="center", va="center", color="gray",
+                    fontsize="small", transform=ax.transAxes)
+            continue
+        ax.imshow(p["image"])
+        for t, (x0, y0, x1, y1) in p["faces"]:
+            color = colors[t]
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=color,
+                                   lw=3 if t == sheet["speaker"] else 1.2))
+            ax.text(x0, y0, str(t), color="black", fontsize="x-small", va="bottom",
+                    bbox={"fc": color, "ec": "none", "pad": 1})
+    mouth = fig.add_subplot(grid[1, :])
+    for t, pts in sheet["mouth"].items():
+        if pts:
+            xs, ys = zip(*pts)
+            mouth.plot(xs, ys, color=colors[t],
+                       lw=2.2 if t == sheet["speaker"] else 1, label=label(t))
+    if any(sheet["mouth"].values()):
+        mouth.legend(fontsize="x-small", loc="upper right")
+    else:
+        mouth.text(0.5, 0.5, sheet["no_track"], ha="center", va="center", color="gray",
+                   transform=mouth.transAxes)
+    mouth.set(ylabel="mouth opening", xlim=(0, sheet["duration"]))
+    mouth.tick_params(labelbottom=False)
+    vad = fig.add_subplot(grid[2, :], sharex=mouth)
+    if sheet["vad"]:
+        xs, ys = zip(*sheet["vad"])
+        vad.fill_between(xs, ys, step="post", color="tab:blue", alpha=0.6, lw=0)
+    else:
+        vad.text(0.5, 0.5, "voice activity not drawn", ha="center", va="center",
+                 color="gray", transform=vad.transAxes)
+    vad.set(ylabel="voice", xlabel="seconds from the line's start", ylim=(0, 1.05),
+            yticks=[])
+    for ax in (mouth, vad):
+        for p in panels:
+            ax.axvline(p["time"], color="black", ls=":", lw=0.8)
+    speaker = "nobody" if sheet["speaker"] is None else f"track {sheet['speaker']}"
+    text = sheet["text"] if len(sheet["text"]) <= 70 else sheet["text"][:67] + "..."
+    fig.suptitle(f"{title}: speaker {speaker}\n\"{text}\"", fontsize="medium")
+    return _png(fig)

@@ -142,6 +142,49 @@ def finetune_section(page: Page, path: Path) -> None:
                            "loss"), "training loss per fold and seed")
 
 
+# ----------------------------------------------------------------------------- prep outputs
+
+def prep_section(page: Page, path: Path) -> None:
+    from . import plots as P
+
+    d = D.prep_data(path)
+    page.heading(f"memo prep output: {path}")
+    page.heading("Filter counts", 3)
+    page.text("subtitle lines, lines dropped by the text filters, then the segments left after "
+              "each filter (the lists of meta/<movie>/)")
+    head, rows = D.filter_rows(d["movies"])
+    page.table(head, rows)
+    for name, message in d["bad"].items():
+        page.text(f"not prepared: {name}: {message}", "fail")
+    for m in d["movies"]:
+        o = m["options"]
+        page.heading(f"Movie {m['name']}", 3)
+        page.text(f"{m['movie']} (subtitles: {m['subtitles']}); speaker rule "
+                  f"{o['speaker_rule']}, VAD {o['vad']}")
+        for note in D.prep_notes(o):
+            page.text(note, "note")
+        page.table(["segment", "seconds", "text", "faces", "speaker",
+                    "speaker rule counts per kept track"], D.segment_rows(m))
+        segs = D.sheet_segments(m)
+        if len(segs) < len(m["segments"]):
+            page.text(f"contact sheets of {len(segs)} of the {len(m['segments'])} segments, "
+                      "evenly spread", "note")
+        page.text("Contact sheets: boxes around each face's landmarks, the speaker's thick "
+                  "and green; under them the mouth opening of each track (the inner-lip gap "
+                  "over the eye distance, the speaker rule's measure) and the voice activity "
+                  "(the VAD the stage used), the shown frames dotted.")
+        images, notes = [], []
+        for seg in segs:
+            sheet = D.segment_sheet(path, m, seg)
+            notes += [n for n in sheet["notes"] if n not in notes]
+            images.append((P.contact_sheet(sheet, seg["segment"]),
+                           f"contact sheet {seg['segment']}"))
+        for note in notes:
+            page.text(note, "note")
+        for png, alt in images:
+            page.image(png, alt)
+
+
 # ----------------------------------------------------------------------------- dispatch
 
 KINDS = [  # (name, is this folder one?, its section)
@@ -149,6 +192,7 @@ KINDS = [  # (name, is this folder one?, its section)
     ("fine-tuning output", lambda p: (p / D.RESULTS_FILE).is_file(), finetune_section),
     ("pre-training run", lambda p: (p / D.METRICS_FILE).is_file()
      or (p / "ckpt" / "latest").is_file(), pretrain_section),
+    ("memo prep output", lambda p: (p / D.PREP_FILE).is_file(), prep_section),
 ]
 
 
@@ -160,10 +204,10 @@ def report_kind(path) -> str:
         if path.is_dir() and test(path):
             return name
     raise BadInputError("not a folder memo report knows: a dataset folder (dataset.json), a "
-                        "pre-training run (metrics.jsonl or ckpt/latest) or a fine-tuning "
-                        "output (results.json)", file=path,
+                        "pre-training run (metrics.jsonl or ckpt/latest), a fine-tuning "
+                        "output (results.json) or a memo prep output (prep.json)", file=path,
                         fix="give one of these folders (memo db build, memo train pretrain / "
-                            "finetune write them)")
+                            "finetune, memo prep write them)")
 
 
 def write_report(paths, out="report.html", title: str | None = None) -> Path:
