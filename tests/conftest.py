@@ -185,3 +185,17 @@ def chromium_screenshot(page: Path, png: Path, profile: Path) -> None:
                     f"--user-data-dir={profile}", "--window-size=1200,3000",
                     f"--screenshot={png}", page.resolve().as_uri()],
                    check=True, capture_output=True, timeout=120)
+
+
+def pretrain_config(corpus, out, **changes) -> dict:
+    """The tiny 6-update pre-training config the training tests share (mlm, mrfr, itm over the
+    ``pretrain_corpus`` fixture), with top-level ``changes``."""
+    cfg = {"model": "tiny",
+           "data": {"corpora": [{"txt_db": corpus["train"], "img_db": corpus["img"],
+                                 "val_txt_db": corpus["val"],
+                                 "tasks": {"mlm": 2, "mrfr": 1, "itm": 1}}],
+                    "max_text_len": 20, "max_faces": 10, "batch_size": 4},
+           "optim": {"lr": 1e-3, "warmup_steps": 2},
+           "steps": 6, "seed": 0, "log_every": 1, "val_every": 3, "save_every": 3,
+           "output_dir": str(out)}
+    return {**cfg, **changes}

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import pretrain_config
 from memotrain.events import EventLog, scalars
 from memotrain.recipes.face_cnn import events_dir, train_face_cnn
 from memotrain.recipes.finetune import finetune
@@ -30,18 +31,6 @@ def curves(folder) -> dict[str, list[tuple[int, float]]]:
 
 def records(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def pretrain_config(corpus, out, **changes) -> dict:
-    cfg = {"model": "tiny",
-           "data": {"corpora": [{"txt_db": corpus["train"], "img_db": corpus["img"],
-                                 "val_txt_db": corpus["val"],
-                                 "tasks": {"mlm": 2, "mrfr": 1, "itm": 1}}],
-                    "max_text_len": 20, "max_faces": 10, "batch_size": 4},
-           "optim": {"lr": 1e-3, "warmup_steps": 2},
-           "steps": 6, "seed": 0, "log_every": 1, "val_every": 3, "save_every": 3,
-           "output_dir": str(out)}
-    return {**cfg, **changes}
 
 
 def test_scalars_flatten_a_record_by_its_paths():

@@ -44,6 +44,7 @@ import torch
 from click.testing import CliRunner
 
 from conftest import SUBPROCESS_ENV
+from conftest import pretrain_config as train_config
 from memo.cli import main
 from memodb.checks.run import check
 from memodb.feature.imgdb import create_imgdb
@@ -605,17 +606,6 @@ def test_eight_loader_workers_and_two_processes_read_at_once(corpus, tmp_path):
 @pytest.fixture(scope="module")
 def train_corpus(pretrain_corpus):
     return pretrain_corpus
-
-
-def train_config(corpus, out) -> dict:
-    return {"model": "tiny",
-            "data": {"corpora": [{"txt_db": corpus["train"], "img_db": corpus["img"],
-                                  "val_txt_db": corpus["val"],
-                                  "tasks": {"mlm": 2, "mrfr": 1, "itm": 1}}],
-                     "max_text_len": 20, "max_faces": 10, "batch_size": 4},
-            "optim": {"lr": 1e-3, "warmup_steps": 2},
-            "steps": 6, "seed": 0, "log_every": 1, "val_every": 3, "save_every": 3,
-            "output_dir": str(out)}
 
 
 @pytest.fixture(scope="module")

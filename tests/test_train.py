@@ -15,6 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import pretrain_config as config
 from memo.cli import main
 from memotrain.checkpoint import load_model
 from memotrain.config import preset
@@ -37,19 +38,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def corpus(pretrain_corpus):
     return pretrain_corpus
-
-
-def config(corpus, out, **changes) -> dict:
-    cfg = {"model": "tiny",
-           "data": {"corpora": [{"txt_db": corpus["train"], "img_db": corpus["img"],
-                                 "val_txt_db": corpus["val"],
-                                 "tasks": {"mlm": 2, "mrfr": 1, "itm": 1}}],
-                    "max_text_len": 20, "max_faces": 10, "batch_size": 4},
-           "optim": {"lr": 1e-3, "warmup_steps": 2},
-           "steps": 6, "seed": 0, "log_every": 1, "val_every": 3, "save_every": 3,
-           "output_dir": str(out)}
-    cfg.update(changes)
-    return cfg
 
 
 @pytest.fixture(scope="module")
