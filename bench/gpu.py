@@ -210,14 +210,14 @@ def fitting(run, B: int, device) -> tuple[dict, int]:
 # ----------------------------------------------------------------------------- DDP
 
 def _ddp_worker(rank: int, world: int, init: str, out: str, spec: dict) -> None:
-    """One process of the DDP case: the mlm pre-training update under DDP, timed."""
-    import torch.distributed as dist
+    """One process of the DDP case: the mlm pre-training update under DDP, timed.
 
-    from memotrain.engine import Stepper, autocast, grad_scaler
-    from memotrain.model import MemoBert
-    from memotrain.recipes.pretrain import build_optimizers
-    from memotrain.tasks import Pretrainer
-    from memotrain.trainconfig import load_train_config
+    The process group is torn down only after :func:`_ddp_updates` has returned, so the DDP
+    module, its reducer and their buffers are gone by then (as in ``memo train pretrain``), and
+    after a barrier, so neither process closes its connections while the other still uses
+    them: a process that exits with gloo work in flight aborts ("terminate called without an
+    active exception")."""
+    import torch.distributed as dist
 
     cuda = spec["backend"] == "nccl"
     torch.set_num_threads(1)
@@ -226,43 +226,59 @@ def _ddp_worker(rank: int, world: int, init: str, out: str, spec: dict) -> None:
         torch.cuda.set_device(device)
     dist.init_process_group(spec["backend"], init_method=init, rank=rank, world_size=world)
     try:
-        torch.manual_seed(spec["seed"])
-        tcfg = load_train_config(train_config(spec["preset"], {"mlm": 1}))
-        cfg = tcfg.model_config()
-        pre = Pretrainer(MemoBert(cfg), ["mlm"], MASK_ID, V_RANGE).to(device).train()
-        # no device_ids: the batch stays on the host, the Pretrainer moves it (as in a run)
-        net = torch.nn.parallel.DistributedDataParallel(pre, find_unused_parameters=True)
-        stepper = Stepper(build_optimizers(pre, tcfg, device),
-                          grad_scaler(device, spec["precision"]))
-        batch = host_batch(spec["batch"], spec["text"], (spec["faces"], cfg.face_dim), device,
-                           spec["seed"] + rank)
-
-        def update(i):
-            with autocast(device, spec["precision"]):
-                res = net("mlm", batch, torch.Generator().manual_seed(i * world + rank))
-            stepper.backward(res.loss.float())
-            stepper.step()
-
-        for i in range(spec["warmup"]):
-            update(i)
-        if cuda:
-            torch.cuda.synchronize(device)
+        result = _ddp_updates(rank, world, device, spec)
+        gc.collect()  # the DDP module's reference cycles (hooks) too
         dist.barrier()
-        t, n = time.perf_counter(), 0
-        while n < spec["min_steps"] or time.perf_counter() - t < spec["seconds"]:
-            update(spec["warmup"] + n)
-            n += 1
-            flag = torch.tensor([n], device=device)  # every rank runs as many updates
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            n = int(flag)
-        if cuda:
-            torch.cuda.synchronize(device)
-        dt = time.perf_counter() - t
-        peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
-        Path(out, f"{rank}.json").write_text(json.dumps(
-            {"eps": spec["batch"] * n / dt, "steps": n, "peak_gib": peak}))
     finally:
         dist.destroy_process_group()
+    Path(out, f"{rank}.json").write_text(json.dumps(result))
+
+
+def _ddp_updates(rank: int, world: int, device: torch.device, spec: dict) -> dict:
+    """The timed updates of one DDP process: examples/s, updates, peak GiB (None on CPU)."""
+    import torch.distributed as dist
+
+    from memotrain.engine import Stepper, autocast, grad_scaler
+    from memotrain.model import MemoBert
+    from memotrain.recipes.pretrain import build_optimizers
+    from memotrain.tasks import Pretrainer
+    from memotrain.trainconfig import load_train_config
+
+    cuda = device.type == "cuda"
+    torch.manual_seed(spec["seed"])
+    tcfg = load_train_config(train_config(spec["preset"], {"mlm": 1}))
+    cfg = tcfg.model_config()
+    pre = Pretrainer(MemoBert(cfg), ["mlm"], MASK_ID, V_RANGE).to(device).train()
+    # no device_ids: the batch stays on the host, the Pretrainer moves it (as in a run)
+    net = torch.nn.parallel.DistributedDataParallel(pre, find_unused_parameters=True)
+    stepper = Stepper(build_optimizers(pre, tcfg, device),
+                      grad_scaler(device, spec["precision"]))
+    batch = host_batch(spec["batch"], spec["text"], (spec["faces"], cfg.face_dim), device,
+                       spec["seed"] + rank)
+
+    def update(i):
+        with autocast(device, spec["precision"]):
+            res = net("mlm", batch, torch.Generator().manual_seed(i * world + rank))
+        stepper.backward(res.loss.float())
+        stepper.step()
+
+    for i in range(spec["warmup"]):
+        update(i)
+    if cuda:
+        torch.cuda.synchronize(device)
+    dist.barrier()
+    t, n = time.perf_counter(), 0
+    while n < spec["min_steps"] or time.perf_counter() - t < spec["seconds"]:
+        update(spec["warmup"] + n)
+        n += 1
+        flag = torch.tensor([n], device=device)  # every rank runs as many updates
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        n = int(flag)
+    if cuda:
+        torch.cuda.synchronize(device)
+    dt = time.perf_counter() - t
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
+    return {"eps": spec["batch"] * n / dt, "steps": n, "peak_gib": peak}
 
 
 def ddp_case(spec: dict, tmp_parent) -> dict:
