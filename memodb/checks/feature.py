@@ -26,8 +26,10 @@ from .report import DbReport, manifest_fields, utf8_keys
 FEATURE_FIELDS = {"kind": str, "counts": dict, "arrays": dict, "options": dict, "source": dict}
 
 
-def check_feature_db(path, *, workers: int | None = None, progress: bool = False) -> DbReport:
-    """Check one feature / raw-crop / speech database; see docs/FORMAT.md for each rule."""
+def check_feature_db(path, *, workers: int | None = None, progress: bool = False):
+    """Check one feature / raw-crop / speech database; see docs/FORMAT.md for each rule.
+    Returns the report and the keys the database stores (bytes, ``__keys__`` left out; None
+    when it is unreadable: a text database linking it needs them)."""
     path = Path(path)
     rep = DbReport(str(path))
     try:
@@ -38,11 +40,11 @@ def check_feature_db(path, *, workers: int | None = None, progress: bool = False
             keys_raw = txn.get(KEYS_KEY)
     except (MemoError, UnicodeDecodeError) as exc:
         rep.problem("unreadable", str(exc))
-        return rep
+        return rep, None
     except Exception as exc:  # lmdb raises many types on damaged files
         rep.problem("unreadable", f"LMDB cannot read it ({type(exc).__name__}: {exc}); "
                     "re-copy or rebuild the database")
-        return rep
+        return rep, None
     if manifest is not None:
         manifest = manifest_fields(rep, manifest, FEATURE_FIELDS)
         rep.kind = manifest.get("kind", "feature")
@@ -110,7 +112,7 @@ def check_feature_db(path, *, workers: int | None = None, progress: bool = False
     if manifest is not None:
         _check_manifest(rep, manifest, counts, layouts, checksum.hexdigest(), path)
         locate_changes(rep, path, manifest, pairs, manifest.get("checksum") == checksum.hexdigest())
-    return rep
+    return rep, stored
 
 
 def _check_keys_list(rep: DbReport, keys_raw, stored_set) -> None:
@@ -316,7 +318,7 @@ def _screen(txn, keys: list[str], selection):
             idxs.append(view[start:end])
             idx_n.append(n)
     for dt, parts in floats.items():
-        if not np.isfinite(np.frombuffer(b"".join(parts), dt)).all():
+        if not _finite(np.frombuffer(b"".join(parts), dt)):
             return None
     if confs:
         lowest = np.minimum.reduceat(np.frombuffer(b"".join(confs), np.float16),
@@ -330,6 +332,17 @@ def _screen(txn, keys: list[str], selection):
         if not rising.all():
             return None
     return digests, b"".join(records), lengths, groups
+
+
+_F16 = np.dtype(np.float16)
+
+
+def _finite(a: np.ndarray) -> bool:
+    """Whether every element is finite. float16 by its bits (NaN and Inf are the values whose
+    five exponent bits are all set): ten times faster than np.isfinite, which converts."""
+    if a.dtype == _F16:
+        return not a.size or int(np.bitwise_and(a.view(np.uint16), 0x7C00).max()) < 0x7C00
+    return bool(np.isfinite(a).all())
 
 
 def _layout_of(arrays: dict) -> tuple:
