@@ -70,6 +70,8 @@ def check_feature_db(path, *, workers: int | None = None, progress: bool = False
             if results[0] == "screened":  # every value passed the screen: columns
                 _, digests, records, lengths, groups = results
                 bar(len(keys))
+                if compressed:  # screened values are msgpack ones
+                    other_variant.extend(keys)
                 pairs.extend(zip([k.encode("utf-8") for k in keys], digests))
                 checksum.update_raw(records)
                 for layout, ks in groups.items():

@@ -564,7 +564,7 @@ def _check_manifest(rep, manifest, meta, lengths, targets, n_texts, checksum) ->
 
 
 def _linked(path: Path, links: dict | None):
-    """(keys set, nbb, manifest, FeatureDB) of a feature database, cached per check run (an
+    """(keys set, nbb, manifest) of a feature database, cached per check run (an
     error :func:`prefetch_link` met reading it is raised again)."""
     real = os.path.realpath(path)
     if links is not None and real in links:
@@ -579,10 +579,11 @@ def _linked(path: Path, links: dict | None):
 
 
 def read_linked(path: Path, keys: set | None = None):
-    """(stored keys, nbb, manifest, FeatureDB) of a linked feature database; ``keys``: its
-    stored keys when the caller has listed them (else they are listed here)."""
+    """(stored keys, nbb, manifest) of a linked feature database; ``keys``: its stored keys
+    when the caller has listed them (else they are listed here). Plain data: a process it is
+    handed to does not open the database."""
     db = FeatureDB(path)
-    return stored_ids(path) if keys is None else keys, db.nbb(), db.manifest, db
+    return stored_ids(path) if keys is None else keys, db.nbb(), db.manifest
 
 
 def prefetch_link(path, links: dict | None) -> None:
@@ -619,7 +620,7 @@ def _check_img_link(rep: DbReport, path: Path, link: dict, txt2img: dict, links)
                     "or deleted; move it back or rebuild the text database")
         return
     try:
-        keys, nbb, img_manifest, db = _linked(img_path, links)
+        keys, nbb, img_manifest = _linked(img_path, links)
     except (MemoError, lmdb.Error) as exc:
         rep.problem("img_db_unreadable", f"the linked feature database: {exc}")
         return
@@ -639,6 +640,7 @@ def _check_img_link(rep: DbReport, path: Path, link: dict, txt2img: dict, links)
         rep.problem("manifest_invalid", f"manifest.json: img_db.min_faces is {min_faces!r}, "
                     "not an integer; rebuild the database")
         min_faces = 0
+    db = None  # the linked FeatureDB, opened for a segment the nbb json lacks
     for t in sorted(txt2img):
         img = txt2img[t]
         if type(img) is not str:
@@ -649,7 +651,11 @@ def _check_img_link(rep: DbReport, path: Path, link: dict, txt2img: dict, links)
             continue
         if min_faces:
             try:
-                n = nbb[img] if img in nbb else len(db[img].get("features", ()))
+                if img in nbb:
+                    n = nbb[img]
+                else:
+                    db = db or FeatureDB(img_path)
+                    n = len(db[img].get("features", ()))
             except (MemoError, lmdb.Error) as exc:
                 rep.problem("img_unreadable", f"its segment {img!r}: {exc}", t)
                 continue
