@@ -51,6 +51,8 @@ SCALES = {
                        "--warmup", "3"],
         "train_loader": ["--segments", "500", "--movies", "10", "--batches", "10",
                          "--warmup", "2", "--repeat", "1"],
+        "loader_scale": ["--segments", "2000", "--small", "500", "--movies", "10",
+                         "--batches", "5", "--warmup", "2", "--repeat", "1"],
         "train_model": ["--preset", "tiny", "--iters", "2", "--warmup", "1", "--repeat", "1"],
         "train_memory": ["--segments", "300", "--movies", "10", "--index", "20000",
                          "--batches", "5"],
@@ -72,6 +74,7 @@ SCALES = {
         "check_dataset": [],  # 200,000 segments
         "end_to_end": [],  # 200,000 segments
         "train_loader": [],  # 10,000 segments
+        "loader_scale": [],  # 200,000 segments against 10,000
         "train_model": [],  # base preset
         "train_memory": [],  # 1M-entry index
         "extract": [],  # tiny on 2,000 segments, base on 64

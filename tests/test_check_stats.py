@@ -176,3 +176,59 @@ def test_build_refuses_frames_out_of_time_order(tmp_path):
     text = str(exc.value)
     assert "a_2" in text and "time order" in text and "a_1" not in text
     assert not (tmp_path / "out" / "feat_th0.5_max36_min0").exists()
+
+
+def _chunk(path):
+    """(chunk check, value-by-value check) of every segment of the database as one chunk."""
+    from memodb.checks import feature as F
+    from memodb.store.manifest import read_manifest
+    o = read_manifest(path)["options"]
+    selection = (float(o["conf_th"]), o["max_bb"], o.get("min_bb") or 0)
+    close_all()
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    with env.begin() as txn:
+        keys = [k.decode() for k in txn.cursor().iternext(values=False) if k != b"__keys__"]
+    with env.begin(buffers=True) as txn:
+        each = F._inspect_values(txn, keys, selection)
+    env.close()
+    return keys, F._inspect_chunk(str(path), keys, selection), each
+
+
+def test_clean_chunk_is_screened_with_the_same_result(h5_root, tmp_path):
+    r = create_imgdb(h5_root, tmp_path / "out", workers=1)
+    keys, (kind, *got), each = _chunk(r.path)
+    assert kind == "screened"
+    digests, records, lengths, groups = got
+    assert digests == [d for _, d, _, _ in each]
+    assert records == b"".join(b"%s\0%s" % (k.encode(), d) for k, d, _, _ in each)
+    assert lengths == [info[1] for _, _, info, _ in each]
+    assert groups == {each[0][2][0]: keys}  # one layout, every key in order
+    assert not any(info[3] or info[4] for _, _, info, _ in each)  # nothing wrong
+
+
+@pytest.mark.parametrize("damage", ["nan_soft_label", "frames_swapped", "low_confidence"])
+def test_a_wrong_segment_sends_its_chunk_back_to_the_value_checks(h5_root, tmp_path, damage):
+    """Each screen test (finite floats, frame order within a segment, the lowest confidence)
+    catches its damage; the value-by-value check then names the segment."""
+    from memodb.store.codec import decode_value
+    r = create_imgdb(h5_root, tmp_path / "out", workers=1)
+    keys, _, each = _chunk(r.path)
+    key = next(k for k, _, info, _ in each if info[1] >= 2)
+    close_all()
+    env = lmdb.open(str(r.path), map_size=1 << 30)
+    with env.begin(write=True) as txn:
+        arrays = {n: np.array(a) for n, a in decode_value(txn.get(key.encode())).items()}
+        if damage == "nan_soft_label":
+            arrays["soft_labels"][1, 3] = np.nan
+        elif damage == "frames_swapped":
+            arrays["frame_idxs"][[0, 1]] = arrays["frame_idxs"][[1, 0]]
+        else:
+            arrays["confidence"][1] = 0.1
+        txn.put(key.encode(), encode_value(arrays))
+    env.close()
+    _, (kind, got), each = _chunk(r.path)
+    assert kind == "values" and got == each
+    info = next(info for k, _, info, _ in each if k == key)
+    assert info[3] == ["soft_labels"] if damage == "nan_soft_label" else \
+        [c for c, _ in info[4]] == [{"frames_swapped": "frames_out_of_order",
+                                     "low_confidence": "frame_below_conf_th"}[damage]]

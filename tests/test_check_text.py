@@ -371,3 +371,52 @@ def test_recorded_vocabulary_that_is_not_one_is_a_problem(ds, tmp_path):
     assert ("vocab_invalid", None) in found(report)
     msg = [p.message for p in report.databases[0].problems if p.code == "vocab_invalid"][0]
     assert str(bad) in msg and "[CLS]" in msg
+
+
+def _columns(db):
+    """(chunk screen, example by example) columns of every text of ``db`` as one chunk."""
+    from memodb.checks import text as T
+    from memodb.checks.report import DbReport
+    from memodb.store.manifest import read_manifest
+    manifest = read_manifest(db)
+    meta = json.loads((db / "meta.json").read_text())
+    ctx = T._context(DbReport(str(db)), db, manifest, meta, manifest.get("vocab") or {},
+                     manifest.get("options") or {}, manifest.get("labels"))
+    vocab = T._worker_vocab(ctx["vocab"])
+    close_all()
+    env = lmdb.open(str(db), readonly=True, lock=False)
+    with env.begin(buffers=True) as txn:
+        keys = [bytes(k).decode() for k in txn.cursor().iternext(values=False)]
+        got = T._screen(txn, keys, ctx, vocab), T._inspect_values(txn, keys, ctx, vocab)
+    env.close()
+    return keys, got
+
+
+@pytest.mark.parametrize("name", ["txt/train", "lab"])
+def test_clean_chunk_is_screened_with_the_same_result(ds, name):
+    keys, (screened, each) = _columns(ds / name)
+    assert screened is not None and screened == each and each[4] == []
+
+
+def test_a_wrong_example_sends_its_chunk_back_to_the_example_checks(ds):
+    """Emotion ids moved from one example to the next keep the chunk's concatenation equal:
+    the per-example counts catch it, and both examples are named."""
+    db = ds / "lab"
+    keys, _ = _columns(db)
+    a, b = next((x, y) for x, y in zip(keys, keys[1:])
+                if read(db, x)["emo_input_ids"] and read(db, y)["emo_input_ids"])
+    ea, eb = read(db, a), read(db, b)
+    eb["emo_input_ids"] = ea["emo_input_ids"][-1:] + eb["emo_input_ids"]
+    ea["emo_input_ids"] = ea["emo_input_ids"][:-1]
+    put(db, {a: ea, b: eb})
+    _, (screened, each) = _columns(db)
+    assert screened is None
+    assert {(k, code) for k, code, _ in each[4]} >= {(a, "emo_mismatch"), (b, "emo_mismatch")}
+    # a piece whose id is another piece's: the chunk-wide vocabulary comparison catches it
+    db = ds / "txt" / "train"
+    keys, _ = _columns(db)
+    ex = read(db, keys[-1])
+    ex["input_ids"][0] = ex["input_ids"][0] + 1
+    put(db, {keys[-1]: ex})
+    _, (screened, each) = _columns(db)
+    assert screened is None and (keys[-1], "piece_mismatch") in {(k, c) for k, c, _ in each[4]}

@@ -14,7 +14,7 @@ from ..errors import DatabaseError, MemoError
 from ..feature.frames import selection_faults
 from ..parallel import chunked, ordered_map
 from ..progress import progress_bar
-from ..store.codec import NPZ_MAGIC, decode_value
+from ..store.codec import NPZ_MAGIC, decode_value, value_layout
 from ..store.ids import KEYS_KEY
 from ..store.manifest import Checksum, read_manifest
 from ..store.naming import is_compressed, nbb_path_for
@@ -26,8 +26,10 @@ from .report import DbReport, manifest_fields, utf8_keys
 FEATURE_FIELDS = {"kind": str, "counts": dict, "arrays": dict, "options": dict, "source": dict}
 
 
-def check_feature_db(path, *, workers: int | None = None, progress: bool = False) -> DbReport:
-    """Check one feature / raw-crop / speech database; see docs/FORMAT.md for each rule."""
+def check_feature_db(path, *, workers: int | None = None, progress: bool = False):
+    """Check one feature / raw-crop / speech database; see docs/FORMAT.md for each rule.
+    Returns the report and the keys the database stores (bytes, ``__keys__`` left out; None
+    when it is unreadable: a text database linking it needs them)."""
     path = Path(path)
     rep = DbReport(str(path))
     try:
@@ -38,11 +40,11 @@ def check_feature_db(path, *, workers: int | None = None, progress: bool = False
             keys_raw = txn.get(KEYS_KEY)
     except (MemoError, UnicodeDecodeError) as exc:
         rep.problem("unreadable", str(exc))
-        return rep
+        return rep, None
     except Exception as exc:  # lmdb raises many types on damaged files
         rep.problem("unreadable", f"LMDB cannot read it ({type(exc).__name__}: {exc}); "
                     "re-copy or rebuild the database")
-        return rep
+        return rep, None
     if manifest is not None:
         manifest = manifest_fields(rep, manifest, FEATURE_FIELDS)
         rep.kind = manifest.get("kind", "feature")
@@ -61,10 +63,28 @@ def check_feature_db(path, *, workers: int | None = None, progress: bool = False
     compressed, other_variant = is_compressed(path), []
     pairs = []  # (key, sha256 of the value) in key order: damaged segments named
     with progress_bar(progress, len(names), f"check {path.name}") as bar:
-        for results in ordered_map(partial(_inspect_chunk, str(path), selection=selection),
-                                   chunked(names, 256),
-                                   workers):
-            for key, digest, info, err in results:
+        chunks = chunked(names, CHUNK)
+        results = ordered_map(partial(_inspect_chunk, str(path), selection=selection), chunks,
+                              workers)
+        for keys, results in zip(chunks, results):
+            if results[0] == "screened":  # every value passed the screen: columns
+                _, digests, records, lengths, groups = results
+                bar(len(keys))
+                if compressed:  # screened values are msgpack ones
+                    other_variant.extend(keys)
+                pairs.extend(zip([k.encode("utf-8") for k in keys], digests))
+                checksum.update_raw(records)
+                for layout, ks in groups.items():
+                    layouts.setdefault(layout, []).extend(ks)
+                counts["frames"] += sum(lengths)
+                counts["empty"] += lengths.count(0)
+                if nbb is not None:
+                    for key, length in zip(keys, lengths):
+                        if nbb.get(key, length) != length:
+                            rep.problem("nbb_mismatch", f"nbb json says {nbb[key]} frames, "
+                                        f"the value stores {length}", key)
+                continue
+            for key, digest, info, err in results[1]:
                 bar(1)
                 pairs.append((key.encode("utf-8"), digest))
                 checksum.update_digest(*pairs[-1])
@@ -94,7 +114,7 @@ def check_feature_db(path, *, workers: int | None = None, progress: bool = False
     if manifest is not None:
         _check_manifest(rep, manifest, counts, layouts, checksum.hexdigest(), path)
         locate_changes(rep, path, manifest, pairs, manifest.get("checksum") == checksum.hexdigest())
-    return rep
+    return rep, stored
 
 
 def _check_keys_list(rep: DbReport, keys_raw, stored_set) -> None:
@@ -187,32 +207,174 @@ def _check_manifest(rep, manifest, counts, layouts, checksum, path) -> None:
                         f"the manifest's {manifest.get('arrays')}", keys[0])
 
 
+CHUNK = 256  # values per task
+
+# What a worker learnt of the values it screened: value length -> _Known (or None: values of
+# that length take the full path), for one (database, selection options) at a time.
+_KNOWN: dict = {"for": None, "lengths": {}}
+_MAX_KNOWN = 4096
+
+
+class _Known:
+    """What every msgpack value of one byte length with the same header bytes holds
+    (:func:`~memodb.store.codec.value_layout`): the layout and length the check records, and
+    where the arrays the screen tests lie. ``clean``: the arrays agree in length and the
+    length obeys the frame selection (else such values take the full path)."""
+
+    __slots__ = ("headers", "offsets", "layout", "length", "floats", "conf", "idxs", "clean")
+
+    def __init__(self, data: bytes, arrays: dict, selection):
+        self.headers, self.offsets, specs = value_layout(len(data), arrays)
+        self.layout = _layout_of(arrays)
+        lengths = {a.shape[0] if a.ndim else None for a in arrays.values()}
+        self.length = (arrays["features"].shape[0] if "features" in arrays
+                       and arrays["features"].ndim else 0)
+        self.floats = tuple((dt, off, off + dt.itemsize * int(np.prod(shape)))
+                            for _, dt, shape, off in specs if dt.kind == "f")
+        where = {name: (dt, shape, off) for name, dt, shape, off in specs}
+        self.conf = self.idxs = None
+        clean = len(lengths) <= 1
+        if selection and clean:
+            conf_th, max_bb, min_bb = selection
+            clean = min_bb <= self.length <= max_bb
+            # the arrays selection_faults tests (same conditions): (start, end, frames)
+            dt, shape, off = where.get("confidence", (None, (), 0))
+            if dt is not None and len(shape) == 1 and shape[0] == self.length > 0:
+                clean &= dt == np.float16  # the screen takes float16 confidences only
+                self.conf = (off, off + 2 * shape[0], shape[0])
+            dt, shape, off = where.get("frame_idxs", (None, (), 0))
+            if dt is not None and len(shape) == 1 and shape[0] > 1:
+                clean &= dt == np.int32  # and int32 frame indices
+                self.idxs = (off, off + 4 * shape[0], shape[0])
+        self.clean = clean
+
+
+def _known(data: bytes, selection):
+    """The _Known of this value's length if the value matches it (learnt from this value when
+    the length is new), else None."""
+    known = _KNOWN["lengths"].get(len(data), False)
+    if known is False:
+        if len(_KNOWN["lengths"]) >= _MAX_KNOWN or data[:4] == NPZ_MAGIC:
+            return None
+        try:
+            arrays = decode_value(data)
+        except DatabaseError:
+            return None
+        known = None
+        if value_layout(len(data), arrays) is not None:
+            known = _Known(data, arrays, selection)
+        _KNOWN["lengths"][len(data)] = known
+    if known is None or not known.clean or \
+            not all(map(data.startswith, known.headers, known.offsets)):
+        return None
+    return known
+
+
 def _inspect_chunk(path: str, keys: list[str], selection: tuple | None = None):
+    """The check of a chunk of values: ("screened", sha256 digests, the checksum records,
+    frame counts, {layout: keys}) when every value passed :func:`_screen`, else ("values",
+    :func:`_inspect_values`' list)."""
+    if _KNOWN["for"] != (path, selection):
+        _KNOWN.update({"for": (path, selection), "lengths": {}})
+    env = open_env(path)
+    with env.begin(buffers=True) as txn:
+        screened = _screen(txn, keys, selection)
+        return ("screened", *screened) if screened else \
+            ("values", _inspect_values(txn, keys, selection))
+
+
+def _screen(txn, keys: list[str], selection):
+    """What :func:`_inspect_values` finds, column-wise, for a chunk in which nothing is wrong
+    (None as soon as anything may be: that chunk is inspected value by value). Each value must
+    have the header bytes of a value of its length decoded in full (same arrays, dtypes,
+    shapes, offsets: :class:`_Known`); then one test per chunk and dtype for non-finite
+    floats, one for the frame selection (lowest confidence of each segment above
+    ``conf_th``, ``frame_idxs`` increasing within each segment)."""
+    digests, records, lengths, groups = [], [], [], {}
+    floats: dict = {}
+    confs, conf_n, idxs, idx_n = [], [], [], []
+    sha256 = hashlib.sha256
+    for key in keys:
+        k = key.encode("utf-8")
+        buf = txn.get(k)
+        if buf is None:
+            return None
+        data = bytes(buf)
+        digest = sha256(data).digest()
+        known = _known(data, selection)
+        if known is None:
+            return None
+        digests.append(digest)
+        records.append(b"%s\0%s" % (k, digest))
+        lengths.append(known.length)
+        groups.setdefault(known.layout, []).append(key)
+        view = memoryview(data)
+        for dt, start, end in known.floats:
+            floats.setdefault(dt, []).append(view[start:end])
+        if known.conf:
+            start, end, n = known.conf
+            confs.append(view[start:end])
+            conf_n.append(n)
+        if known.idxs:
+            start, end, n = known.idxs
+            idxs.append(view[start:end])
+            idx_n.append(n)
+    for dt, parts in floats.items():
+        if not _finite(np.frombuffer(b"".join(parts), dt)):
+            return None
+    if confs:
+        lowest = np.minimum.reduceat(np.frombuffer(b"".join(confs), np.float16),
+                                     np.cumsum([0] + conf_n[:-1], dtype=np.int64))
+        if not (lowest.astype(np.float64) > selection[0]).all():
+            return None
+    if idxs:
+        frames = np.frombuffer(b"".join(idxs), np.int32)
+        rising = frames[1:] > frames[:-1]
+        rising[np.cumsum(idx_n[:-1], dtype=np.int64) - 1] = True  # a segment's first frame follows no frame
+        if not rising.all():
+            return None
+    return digests, b"".join(records), lengths, groups
+
+
+_F16 = np.dtype(np.float16)
+
+
+def _finite(a: np.ndarray) -> bool:
+    """Whether every element is finite. float16 by its bits (NaN and Inf are the values whose
+    five exponent bits are all set): ten times faster than np.isfinite, which converts."""
+    if a.dtype == _F16:
+        return not a.size or int(np.bitwise_and(a.view(np.uint16), 0x7C00).max()) < 0x7C00
+    return bool(np.isfinite(a).all())
+
+
+def _layout_of(arrays: dict) -> tuple:
+    return tuple((n, (a.dtype.str, tuple(a.shape[1:]))) for n, a in arrays.items())
+
+
+def _inspect_values(txn, keys: list[str], selection: tuple | None = None):
     """Decode each value; return (key, sha256 digest, (layout, length, length mismatch or None,
     non-finite array names, frame selection faults, whether it is an npz) or None, error or
     None). ``selection``:
     the manifest's (conf_th, max_bb, min_bb), or None (not recorded: not checked)."""
     out = []
-    env = open_env(path)
-    with env.begin(buffers=True) as txn:
-        for key in keys:
-            buf = txn.get(key.encode("utf-8"))
-            digest = hashlib.sha256(buf).digest()
-            try:
-                arrays = decode_value(buf)
-            except DatabaseError as exc:
-                out.append((key, digest, None, str(exc)))
-                continue
-            layout = tuple((n, (a.dtype.str, tuple(a.shape[1:]))) for n, a in arrays.items())
-            lengths = {n: (a.shape[0] if a.ndim else None) for n, a in arrays.items()}
-            mismatch = (", ".join(f"{n} {v}" for n, v in lengths.items())
-                        if len(set(lengths.values())) > 1 else None)
-            length = lengths.get("features") or 0
-            bad = [n for n, a in arrays.items()
-                   if a.dtype.kind == "f" and a.size and not np.isfinite(a).all()]
-            faults = selection_faults(arrays, *selection) if selection and not mismatch else []
-            npz = bytes(buf[:4]) == NPZ_MAGIC
-            out.append((key, digest, (layout, length, mismatch, bad, faults, npz), None))
+    for key in keys:
+        buf = txn.get(key.encode("utf-8"))
+        digest = hashlib.sha256(buf).digest()
+        try:
+            arrays = decode_value(buf)
+        except DatabaseError as exc:
+            out.append((key, digest, None, str(exc)))
+            continue
+        layout = _layout_of(arrays)
+        lengths = {n: (a.shape[0] if a.ndim else None) for n, a in arrays.items()}
+        mismatch = (", ".join(f"{n} {v}" for n, v in lengths.items())
+                    if len(set(lengths.values())) > 1 else None)
+        length = lengths.get("features") or 0
+        bad = [n for n, a in arrays.items()
+               if a.dtype.kind == "f" and a.size and not np.isfinite(a).all()]
+        faults = selection_faults(arrays, *selection) if selection and not mismatch else []
+        npz = bytes(buf[:4]) == NPZ_MAGIC
+        out.append((key, digest, (layout, length, mismatch, bad, faults, npz), None))
     return out
 
 

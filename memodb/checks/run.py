@@ -13,7 +13,7 @@ from ..store.textdb import is_text_db
 from .feature import check_feature_db
 from .folders import check_dataset, check_shard_folder, check_split_group, walk
 from .report import CheckReport, DbReport
-from .text import check_text_db, prefetch_link
+from .text import check_text_db, prefetch_link, read_linked
 
 
 def db_kind(path) -> str:
@@ -64,18 +64,35 @@ def check_db_isolated(db, *, workers=None, progress=False, links=None):
     death (e.g. liblmdb's assertions on a damaged page abort the process) or an error no rule
     caught becomes an ``unreadable`` problem naming the database; feature databases give None
     for the ids. The feature database a text database links is read first, in a child of its
-    own (:func:`~memodb.checks.text.prefetch_link`), and inherited by the text check."""
+    own (:func:`~memodb.checks.text.prefetch_link`), and inherited by the text check, unless
+    the check of that feature database, earlier in the run, already read it."""
     kind = db_kind(db)
     try:
         if kind == "text":
             prefetch_link(db, links)
             return run_isolated(partial(check_text_db, db, workers=workers, progress=progress,
                                         links=links))
-        return run_isolated(partial(check_feature_db, db, workers=workers,
-                                    progress=progress)), None
+        rep, link = run_isolated(partial(_check_feature, db, workers, progress,
+                                         links is not None))
+        if link is not None:
+            links[os.path.realpath(db)] = link
+        return rep, None
     except WorkerDied as exc:
         rep = DbReport(str(db), kind=kind)
         rep.problem("unreadable", f"reading {db} stopped the check ({exc}): the database is "
                     "damaged (a damaged LMDB page?); re-copy or rebuild it")
         return rep, None
 
+
+
+def _check_feature(db, workers, progress, link: bool):
+    """(report, what a text database linking it needs or None) of a feature database: the
+    check lists its keys anyway, so a later text check need not list them again. A link this
+    cannot read is left to :func:`~memodb.checks.text.prefetch_link` (which reports it)."""
+    rep, stored = check_feature_db(db, workers=workers, progress=progress)
+    if not link or stored is None:
+        return rep, None
+    try:
+        return rep, read_linked(db, {k.decode("utf-8", "replace") for k in stored})
+    except Exception:  # noqa: BLE001 - read again, and reported, by prefetch_link
+        return rep, None

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 from collections import Counter
+from itertools import compress
 from functools import partial
 from pathlib import Path
 
@@ -87,11 +88,10 @@ def check_text_db(path, *, workers=None, progress=False, links=None):
         chunks = chunked(names, CHUNK)
         results = ordered_map(partial(_inspect_chunk, str(path), ctx), chunks,
                               workers if len(chunks) > 1 else 1)  # no pool for one chunk
-        for keys, (digests, lens, imgs, tgts, problems) in zip(chunks, results):
+        for keys, (digests, lens, imgs, tgts, problems, records) in zip(chunks, results):
             bar(len(keys))
-            for key, digest in zip(keys, digests):
-                pairs.append((key.encode("utf-8"), digest))
-                checksum.update_digest(*pairs[-1])
+            pairs.extend(zip([k.encode("utf-8") for k in keys], digests))
+            checksum.update_raw(records)
             for key, code, message in problems:
                 rep.problem(code, message, key)
             lengths.update((k, n) for k, n in zip(keys, lens) if n is not None)
@@ -262,28 +262,126 @@ def _str_list(v) -> bool:
 
 def _inspect_chunk(path: str, ctx: dict, keys: list[str]):
     """Decode and check each example of a chunk. Returns columns, one item per key: sha256
-    digests, lengths (None: unknown), img_fname (None: unusable), targets (None: none), and
-    the problems found as (key, code, message)."""
-    digests, lengths, imgs, targets, problems = [], [], [], [], []
+    digests, lengths (None: unknown), img_fname (None: unusable), targets (None: none), the
+    problems found as (key, code, message), and the checksum records of the chunk."""
     vocab = _worker_vocab(ctx["vocab"])
     env = open_env(path)
     with env.begin(buffers=True) as txn:
-        for key in keys:
-            buf = txn.get(key.encode("utf-8"))
-            digests.append(hashlib.sha256(buf).digest())
-            try:
-                ex = decode_example(buf)
-            except DatabaseError as exc:
-                ex, found = None, [("undecodable", str(exc))]
-            else:
-                found = []
-            if ex is None:
-                lengths.append(None), imgs.append(None), targets.append(None)
-            else:
-                length, img, target = _inspect_example(key, ex, ctx, vocab, found)
-                lengths.append(length), imgs.append(img), targets.append(target)
-            problems.extend((key, code, msg) for code, msg in found)
+        cols = _screen(txn, keys, ctx, vocab) or _inspect_values(txn, keys, ctx, vocab)
+    records = b"".join(b"%s\0%s" % (k.encode("utf-8"), d) for k, d in zip(keys, cols[0]))
+    return (*cols, records)
+
+
+def _inspect_values(txn, keys: list[str], ctx: dict, vocab):
+    """:func:`_inspect_chunk`'s columns, example by example (:func:`_inspect_example`)."""
+    digests, lengths, imgs, targets, problems = [], [], [], [], []
+    for key in keys:
+        buf = txn.get(key.encode("utf-8"))
+        digests.append(hashlib.sha256(buf).digest())
+        try:
+            ex = decode_example(buf)
+        except DatabaseError as exc:
+            ex, found = None, [("undecodable", str(exc))]
+        else:
+            found = []
+        if ex is None:
+            lengths.append(None), imgs.append(None), targets.append(None)
+        else:
+            length, img, target = _inspect_example(key, ex, ctx, vocab, found)
+            lengths.append(length), imgs.append(img), targets.append(target)
+        problems.extend((key, code, msg) for code, msg in found)
     return digests, lengths, imgs, targets, problems
+
+
+def _screen(txn, keys: list[str], ctx: dict, vocab):
+    """:func:`_inspect_values`' columns for a chunk of flat-layout examples in which nothing is
+    wrong, with each element test run once over the whole chunk (the pieces, ids, word ids,
+    emotion fields of every example concatenated); None as soon as anything may be wrong or
+    the examples are of another shape (that chunk is inspected example by example). Equal
+    lengths per example make the chunk-wide comparisons (pieces against the vocabulary,
+    emo_input_ids against the ids emo_type_ids marks) hold example by example."""
+    if ctx["layout"] == "wwm":
+        return None
+    fields = ("id", "dataset", "file_path", "img_fname") if ctx["memo"] else ("id", "img_fname")
+    emo = ctx["lexicon"]
+    labels, label_set = ctx["labels"], ctx["label_set"]
+    digests, lengths, imgs, targets = [], [], [], []
+    pieces, ids, ints, types, marked, emo_ids, emo_labels = [], [], [], [], [], [], []
+    sha256, unpack = hashlib.sha256, decode_example
+    for key in keys:
+        buf = txn.get(key.encode("utf-8"))
+        if buf is None:
+            return None
+        digests.append(sha256(buf).digest())
+        try:
+            ex = unpack(buf)
+        except DatabaseError:
+            return None
+        if type(ex) is not dict:
+            return None
+        get = ex.get
+        for f in fields:
+            if type(get(f)) is not str:
+                return None
+        if ex["id"] != key:
+            return None
+        caption, i, w = get("toked_caption"), get("input_ids"), get("word_ids")
+        if type(caption) is not list or type(i) is not list or type(w) is not list:
+            return None
+        n = len(i)
+        if len(caption) != n or len(w) != n:
+            return None
+        pieces += caption
+        ids += i
+        ints += w
+        if emo or "emo_input_ids" in ex or "emo_labels" in ex or "emo_type_ids" in ex:
+            t, e, el = get("emo_type_ids"), get("emo_input_ids"), get("emo_labels")
+            if type(t) is not list or type(e) is not list or type(el) is not list \
+                    or len(t) != n or len(el) != len(e) or len(e) != n - t.count(0):
+                return None
+            types += t
+            emo_ids += e
+            emo_labels += el
+            marked.append(True)
+        else:
+            marked.append(False)
+        if "target" in ex:
+            target = ex["target"]
+            if type(target) is not int or (label_set is not None and target not in label_set) \
+                    or labels is False:
+                return None
+        elif labels:
+            return None
+        else:
+            target = None
+        lengths.append(n), imgs.append(ex["img_fname"]), targets.append(target)
+    if (pieces and set(map(type, pieces)) != _STR) \
+            or any(v and set(map(type, v)) != _INT for v in (ids, ints, types, emo_ids)) \
+            or (emo_labels and set(map(type, emo_labels)) != _LIST):
+        return None
+    size, n_types = ctx["vocab_size"], ctx["emo_types"]
+    if ids and size is not None and (min(ids) < 0 or max(ids) >= size):
+        return None
+    if vocab is not None and list(map(vocab.get, pieces)) != ids:
+        return None
+    if types:
+        if n_types is not None and (min(types) < 0 or max(types) > n_types):
+            return None
+        # the ids of the examples with emotion fields, in order: compare with emo_input_ids
+        if any(marked) and not all(marked):
+            ids = [x for m, n, start in _spans(marked, lengths) if m
+                   for x in ids[start:start + n]]
+        if list(compress(ids, types)) != emo_ids:
+            return None
+    return digests, lengths, imgs, targets, []
+
+
+def _spans(marked: list, lengths: list):
+    """(marked, length, start in the concatenation) of each example."""
+    start = 0
+    for m, n in zip(marked, lengths):
+        yield m, n, start
+        start += n
 
 
 def _inspect_example(key: str, ex, ctx: dict, vocab, problems: list):
@@ -466,7 +564,7 @@ def _check_manifest(rep, manifest, meta, lengths, targets, n_texts, checksum) ->
 
 
 def _linked(path: Path, links: dict | None):
-    """(keys set, nbb, manifest, FeatureDB) of a feature database, cached per check run (an
+    """(keys set, nbb, manifest) of a feature database, cached per check run (an
     error :func:`prefetch_link` met reading it is raised again)."""
     real = os.path.realpath(path)
     if links is not None and real in links:
@@ -474,15 +572,18 @@ def _linked(path: Path, links: dict | None):
         if isinstance(got, MemoError):
             raise got
         return got
-    got = _read_linked(path)
+    got = read_linked(path)
     if links is not None:
         links[real] = got
     return got
 
 
-def _read_linked(path: Path):
+def read_linked(path: Path, keys: set | None = None):
+    """(stored keys, nbb, manifest) of a linked feature database; ``keys``: its stored keys
+    when the caller has listed them (else they are listed here). Plain data: a process it is
+    handed to does not open the database."""
     db = FeatureDB(path)
-    return stored_ids(path), db.nbb(), db.manifest, db  # stored keys, not __keys__
+    return stored_ids(path) if keys is None else keys, db.nbb(), db.manifest
 
 
 def prefetch_link(path, links: dict | None) -> None:
@@ -504,7 +605,7 @@ def prefetch_link(path, links: dict | None) -> None:
     if real in links:
         return
     try:
-        links[real] = run_isolated(_read_linked, img_path)
+        links[real] = run_isolated(read_linked, img_path)
     except WorkerDied as exc:
         links[real] = DatabaseError(f"reading {img_path} stopped ({exc}): it is damaged; "
                                     "see its own check")
@@ -519,7 +620,7 @@ def _check_img_link(rep: DbReport, path: Path, link: dict, txt2img: dict, links)
                     "or deleted; move it back or rebuild the text database")
         return
     try:
-        keys, nbb, img_manifest, db = _linked(img_path, links)
+        keys, nbb, img_manifest = _linked(img_path, links)
     except (MemoError, lmdb.Error) as exc:
         rep.problem("img_db_unreadable", f"the linked feature database: {exc}")
         return
@@ -539,6 +640,7 @@ def _check_img_link(rep: DbReport, path: Path, link: dict, txt2img: dict, links)
         rep.problem("manifest_invalid", f"manifest.json: img_db.min_faces is {min_faces!r}, "
                     "not an integer; rebuild the database")
         min_faces = 0
+    db = None  # the linked FeatureDB, opened for a segment the nbb json lacks
     for t in sorted(txt2img):
         img = txt2img[t]
         if type(img) is not str:
@@ -549,7 +651,11 @@ def _check_img_link(rep: DbReport, path: Path, link: dict, txt2img: dict, links)
             continue
         if min_faces:
             try:
-                n = nbb[img] if img in nbb else len(db[img].get("features", ()))
+                if img in nbb:
+                    n = nbb[img]
+                else:
+                    db = db or FeatureDB(img_path)
+                    n = len(db[img].get("features", ()))
             except (MemoError, lmdb.Error) as exc:
                 rep.problem("img_unreadable", f"its segment {img!r}: {exc}", t)
                 continue

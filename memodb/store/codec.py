@@ -162,18 +162,29 @@ class FastDecoder:
         return arrays
 
     def _learn(self, length: int, arrays: dict) -> None:
-        pos = 0
-        headers, specs = [], []
-        head = _packer.pack_map_header(len(arrays))
-        for name, a in arrays.items():
-            meta = _packer.pack({b"nd": True, b"type": a.dtype.str, b"kind": b"",
-                                 b"shape": list(a.shape), b"data": b""})
-            head += _packer.pack(name) + meta[:-2] + _bin_header(a.nbytes)
-            headers.append((pos, head))
-            pos += len(head)
-            specs.append((name, a.dtype, a.shape, pos))
-            pos += a.nbytes
-            head = b""
-        if pos == length:
-            self._layouts[length] = (tuple(h for _, h in headers), tuple(p for p, _ in headers),
-                                     tuple(specs))
+        layout = value_layout(length, arrays)
+        if layout is not None:
+            self._layouts[length] = layout
+
+
+def value_layout(length: int, arrays: dict) -> tuple | None:
+    """The byte layout of a msgpack value of ``length`` bytes that decoded to ``arrays``:
+    (header bytes, their offsets, (name, dtype, shape, data offset) of each array), or None
+    when the value is not laid out as :func:`encode_value` writes it. A value of the same
+    length whose bytes at those offsets equal the headers decodes to arrays of the same names,
+    dtypes and shapes at the same offsets (every byte outside the array data is checked)."""
+    pos = 0
+    headers, specs = [], []
+    head = _packer.pack_map_header(len(arrays))
+    for name, a in arrays.items():
+        meta = _packer.pack({b"nd": True, b"type": a.dtype.str, b"kind": b"",
+                             b"shape": list(a.shape), b"data": b""})
+        head += _packer.pack(name) + meta[:-2] + _bin_header(a.nbytes)
+        headers.append((pos, head))
+        pos += len(head)
+        specs.append((name, a.dtype, a.shape, pos))
+        pos += a.nbytes
+        head = b""
+    if pos != length:
+        return None
+    return tuple(h for _, h in headers), tuple(p for p, _ in headers), tuple(specs)
