@@ -106,6 +106,56 @@ def test_segment_layout_h5(tmp_path):
     assert r.counts["empty"] == 1
 
 
+def test_h5_storage_forms_read_as_h5py_reads_them(tmp_path):
+    """Every way a dataset can be stored (byte order, float64, chunked + gzip, compact, a
+    fill value never written, a dtype that changes between segments of one file) loads the
+    values h5py's own read gives (the reader reads plain datasets' bytes directly)."""
+    import h5py
+
+    from memodb.feature.sources import MOVIE_H5, close_h5_files
+    from memodb.synth import segment_arrays
+
+    rng = np.random.default_rng(3)
+    movie = "No0001.Movie_1"
+    (tmp_path / "h5" / movie).mkdir(parents=True)
+    forms = [{}, {"dtype": ">f4"}, {"dtype": "<f8"}, {"chunks": True, "compression": "gzip"},
+             {}, {"dtype": ">f4", "chunks": True}, {"compact": True}, {}]
+    with h5py.File(tmp_path / "h5" / movie / MOVIE_H5, "w") as f:
+        for s, form in enumerate(forms, 1):
+            g = f.create_group(f"{movie}/{s}")
+            for k, v in segment_arrays(rng, 3 + s).items():
+                if k.startswith("trans"):
+                    continue
+                if form.get("compact") and k != "feat":  # feat is too big for compact
+                    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+                    dcpl.set_layout(h5py.h5d.COMPACT)
+                    space = h5py.h5s.create_simple(v.shape)
+                    ds = h5py.h5d.create(g.id, k.encode(), h5py.h5t.py_create(v.dtype), space,
+                                         dcpl=dcpl)
+                    ds.write(h5py.h5s.ALL, h5py.h5s.ALL, np.ascontiguousarray(v))
+                elif k == "frame_idx" and s == 5:  # big-endian integers
+                    g.create_dataset(k, data=v.astype(">i8"))
+                elif k == "pred" and s == 8:  # allocated late, never written: fill values
+                    g.create_dataset(k, shape=v.shape, dtype="f4", fillvalue=0.125)
+                else:
+                    opts = {o: x for o, x in form.items() if o != "compact"}
+                    g.create_dataset(k, data=v, **opts)
+    src = open_source(tmp_path / "h5")
+    with h5py.File(tmp_path / "h5" / movie / MOVIE_H5, "r") as f:
+        for seg in src.list_segments():
+            got = src.load(seg)
+            names = {"feat": "features", "pred": "soft_labels", "confidence": "confidence",
+                     "frame_idx": "frame_idxs"}
+            want = {names[k]: d[()] for k, d in f[seg.group].items()}
+            assert got.keys() == want.keys()
+            for k, a in want.items():
+                assert got[k].dtype == a.dtype and got[k].shape == a.shape, (seg.key, k)
+                assert got[k].tobytes() == a.tobytes(), (seg.key, k)
+    close_h5_files()
+    r = create_imgdb(tmp_path / "h5", tmp_path / "out", conf_th=0.0, workers=1)
+    assert r.counts["segments"] == len(forms)
+
+
 def test_map_grows_from_small_start(tmp_path, monkeypatch):
     import memodb.store.writer as w
 
