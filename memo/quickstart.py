@@ -31,7 +31,7 @@ CONFIG = {
         "rawimg": {"type": "rawimg", "source": "openface", "size": 64},
     },
     "text": {"source": "captions.json", "faces_from": "face", "min_faces": 1, "max_len": 30,
-             "splits": ["val=10", "trn3k=10@train"], "seed": 0},
+             "splits": ["val=40", "trn3k=10@train"], "seed": 0},
 }
 
 EMOTION = {  # the downstream corpus: IEMOCAP-style ids, split by the iemocap-5fold protocol
