@@ -63,7 +63,7 @@ SCALES = {
         "gpu": ["--tiny"],
         "speech_extract": ["--segments", "6", "--repeat", "1"],
         "prep_speed": ["--seconds", "3", "--sizes", "384x216", "--repeat", "1"],
-        "pretraining_gain": ["--movies", "2", "--segments", "12", "--steps", "4",
+        "pretraining_gain": ["--movies", "2", "--segments", "24", "--steps", "4",
                              "--per-speaker", "4", "--fractions", "0.5", "--folds", "1,2",
                              "--seeds", "0", "--epochs", "1"],
     },

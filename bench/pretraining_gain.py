@@ -4,7 +4,7 @@ random initialisation, at a few fractions of the labels, on a corpus where it ca
 Both corpora come from the hidden-state generator (``memodb.synth``: a segment's faces and
 caption follow one hidden emotion state; prototypes and speaker offsets shared):
 
-1. unlabelled movies (``--movies`` x ``--segments``), built with ``memo db build`` and used to
+1. unlabelled movies (``--segments`` spread over ``--movies``), built with ``memo db build`` and used to
    pre-train the tiny model for ``--steps`` updates on ``mrfr`` and ``itm`` (the quickstart's
    tasks, memo.quickstart.PRETRAIN_TASKS);
 2. a labelled IEMOCAP-style corpus (5 sessions x 2 speakers x ``--per-speaker``, a weak signal
@@ -44,20 +44,24 @@ def ints(s: str) -> list[int]:
     return [int(x) for x in s.split(",") if x]
 
 
+def per_movie(args) -> int:
+    return -(-args.segments // args.movies)
+
+
 def pretrain_corpus(root: Path, args) -> tuple[str, str, str]:
     """Build the unlabelled movies: (train txt db, val txt db, face db)."""
     c = root / "movies"
     c.mkdir(parents=True)
-    make_state_corpus(c / "h5", c / "captions.json", movies=args.movies, segments=args.segments,
-                      faces=16, seed=args.seed)
+    make_state_corpus(c / "h5", c / "captions.json", movies=args.movies,
+                      segments=per_movie(args), faces=16, seed=args.seed)
     make_lexicon(c / "lexicon.tsv", STATE_LEXICON)
-    val = max(4, args.movies * args.segments // 10)
+    val = max(4, args.movies * per_movie(args) // 10)
     (c / "config.json").write_text(json.dumps({
         "name": "movies", "lexicon": "lexicon.tsv",
         "features": {"face": {"source": "h5", "conf_th": 0.5, "max_bb": 36}},
         "text": {"source": "captions.json", "faces_from": "face", "min_faces": 1,
                  "max_len": 30, "splits": [f"val={val}"], "seed": 0}}))
-    built = build_dataset(c / "config.json", root / "movies_ds", workers=1)
+    built = build_dataset(c / "config.json", root / "movies_ds", workers=args.workers)
     assert built.report.ok, built.report.to_json()
     face = next(s.path for s in built.steps if s.name == "face")
     txt = root / "movies_ds" / "txt"
@@ -86,7 +90,7 @@ def run_pretrain(root: Path, args, dbs) -> tuple[str, dict]:
 
 
 def fraction_dataset(root: Path, a, h5: str, folds: list, fraction: float,
-                     seed: int) -> tuple[Path, str]:
+                     seed: int, workers: int) -> tuple[Path, str]:
     """Refs per fold (the assignment ``a``'s splits) with the train split cut to ``fraction``
     (stratified by class, at least one each), built with ``memo db build``: (txt folder,
     face db)."""
@@ -113,7 +117,7 @@ def fraction_dataset(root: Path, a, h5: str, folds: list, fraction: float,
         "text": {"sources": {"train": "refs/{fold}/trn.json", "val": "refs/{fold}/val.json",
                              "test": "refs/{fold}/tst.json"},
                  "folds": folds, "labels": a.classes, "faces_from": "face", "min_faces": 0}}))
-    built = build_dataset(cfg, root / name / "ds", workers=1)
+    built = build_dataset(cfg, root / name / "ds", workers=workers)
     assert built.report.ok, built.report.to_json()
     face = next(s.path for s in built.steps if s.name == "face")
     return root / name / "ds" / "txt", str(face)
@@ -143,7 +147,7 @@ def interval(ci) -> str:
 def main(argv=None) -> str:
     from memotrain.results import compare, load_results
 
-    p = parser(DOC, segments=100, movies=4)
+    p = parser(DOC, segments=400, movies=4)
     p.add_argument("--steps", type=int, default=400, help="pre-training updates")
     p.add_argument("--per-speaker", type=int, default=40, help="labelled utterances per speaker")
     p.add_argument("--cue", type=float, default=0.3, help="signal strength of the labelled corpus")
@@ -164,7 +168,8 @@ def main(argv=None) -> str:
         a = assign("iemocap-5fold", info["utterances"])
         rows = []
         for frac in [float(x) for x in args.fractions.split(",")]:
-            txt, face = fraction_dataset(root, a, info["h5"], folds, frac, args.seed)
+            txt, face = fraction_dataset(root, a, info["h5"], folds, frac, args.seed,
+                                         args.workers)
             n_train = len(json.loads((root / f"frac{frac:g}" / "refs" / str(folds[0]) /
                                       "trn.json").read_text()))
             pre = run_finetune(root / f"ft_pre_{frac:g}", args, txt, face,
@@ -182,7 +187,7 @@ def main(argv=None) -> str:
                          ratio(c["mean_a"] / max(c["mean_b"], 1e-9))])
         total = time.perf_counter() - t0
     notes = [f"`python -m bench.pretraining_gain{''.join(' ' + a for a in argv or [])}`",
-             f"pre-training: {args.movies} movies x {args.segments} segments, {args.steps} "
+             f"pre-training: {args.movies} movies x {per_movie(args)} segments, {args.steps} "
              "updates of the tiny model on " + ", ".join(
                  f"{t} {a:.2f} -> {b:.2f}" for t, (a, b) in curves.items())
              + " (mean loss, first -> last tenth of its updates)"

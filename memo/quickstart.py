@@ -6,9 +6,9 @@ and emotion words, check), stats, a short pre-training of the tiny model from sc
 itm) on movies whose faces and captions follow a hidden emotion state (memodb.synth), then
 ``memo db build`` of a labelled emotion corpus from the same generator with a weak signal under
 the iemocap-5fold protocol, fine-tuning of the pre-trained model on folds 1 and 2, the results
-table, the same from random initialisation and the gain of pre-training, the features of the fold-1 test segments extracted
-with the selected model (``memo extract``), and the HTML report of it all (``memo report``,
-where matplotlib is installed). Re-running in the same folder reuses what is built.
+table, the same from random initialisation and the gain of pre-training, the features of the
+fold-1 test segments extracted with the selected model (``memo extract``), and the HTML report
+of it all (``memo report``, where matplotlib is installed). Re-running in the same folder reuses what is built.
 """
 from __future__ import annotations
 
