@@ -65,6 +65,9 @@ SCALES = {
         "gpu": ["--tiny"],
         "speech_extract": ["--segments", "6", "--repeat", "1"],
         "prep_speed": ["--seconds", "3", "--sizes", "384x216", "--repeat", "1"],
+        "pretraining_gain": ["--movies", "2", "--segments", "24", "--steps", "4",
+                             "--per-speaker", "4", "--fractions", "0.5", "--folds", "1,2",
+                             "--seeds", "0", "--epochs", "1"],
     },
     "full": {
         "imgdb_build": [],  # 3,000 segments, best of 5
@@ -83,6 +86,7 @@ SCALES = {
         "gpu": [],  # the CUDA device when there is one, else its tiny CPU run
         "speech_extract": [],  # 120 wavs of 1-3 s, best of 2
         "prep_speed": [],  # 30 s of lines at 640x360 and 1280x720
+        "pretraining_gain": [],  # 400 movie segments, 5 folds x 2 seeds, 5 / 10 / 100 % labels
     },
 }
 NAMES = list(SCALES["full"])

@@ -71,10 +71,12 @@ LEXICON = {"angry": "anger", "wonderful": "joy", "laughed": "joy", "cried": "sad
            "alone": "sadness", "late": "anger"}
 
 
-def make_lexicon(path) -> dict:
-    """A tiny emotion lexicon over :data:`WORDS` (word<TAB>category)."""
-    Path(path).write_text("".join(f"{w}\t{c}\n" for w, c in LEXICON.items()))
-    return LEXICON
+def make_lexicon(path, lexicon: dict | None = None) -> dict:
+    """An emotion lexicon file (word<TAB>category): ``lexicon`` or the tiny one over
+    :data:`WORDS`."""
+    lexicon = LEXICON if lexicon is None else lexicon
+    Path(path).write_text("".join(f"{w}\t{c}\n" for w, c in lexicon.items()))
+    return lexicon
 
 
 def make_openface(root, clips: int = 4, frames: int = 12, size: int = 112, seed: int = 0) -> list:
@@ -200,3 +202,150 @@ def make_utterances(corpus: str, path, *, per_speaker: int = 6, seed: int = 0) -
                                  "label": labels[len(recs) % len(labels)]})
     Path(path).write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
     return recs
+
+
+# -- a corpus with something to learn ---------------------------------------------------------
+#
+# Every segment has a hidden emotion state (one of :data:`EMOTIONS`) that shapes both of its
+# modalities. Faces: a smooth trajectory (AR(1) noise, low-pass) around the state's prototype
+# (scaled by a per-segment intensity), plus the speaker's offset and white noise; the soft
+# labels (``pred``, 8 expression classes) follow the state. Text: words drawn among neutral
+# fillers, each an emotion word of the state (:data:`STATE_WORDS`, listed in
+# :data:`STATE_LEXICON`) with a probability. The prototypes and the speakers' offsets come from
+# one fixed "world" seed, so the unlabelled movies (:func:`make_state_corpus`) and the labelled
+# corpus (:func:`make_state_emotion_corpus`) share them: what pre-training learns transfers.
+
+STATE_WORDS = {"anger": ("angry", "furious", "mad", "hate", "shouted"),
+               "happy": ("happy", "glad", "wonderful", "laughed", "love"),
+               "neutral": ("fine", "okay", "normal", "usual", "calm"),
+               "sad": ("sad", "cried", "alone", "lost", "sorry")}
+# the lexicon category of each state's words (memo db build marks them for MELM)
+STATE_LEXICON = {w: {"anger": "anger", "happy": "joy", "neutral": "neutral",
+                     "sad": "sadness"}[s] for s, ws in STATE_WORDS.items() for w in ws}
+NEUTRAL_WORDS = ("we", "the", "sea", "day", "at", "see", "you", "again", "time", "here", "what",
+                 "so", "i", "it", "was", "to", "go", "home", "now", "there", "they", "this",
+                 "that", "will", "come", "back", "and", "but", "not", "a")
+PRED_CLASS = {"anger": 4, "happy": 1, "neutral": 0, "sad": 3}  # FER order: neu hap sur sad ang
+WORLD_SEED = 20260  # the prototypes and speaker offsets every state corpus shares
+FACE_DIM = 342
+
+
+def _world(speakers: int, dim: int = FACE_DIM) -> tuple[np.ndarray, np.ndarray]:
+    """(prototypes [4, dim], speaker offsets [speakers, dim]) of the fixed world."""
+    rng = np.random.default_rng(WORLD_SEED)
+    protos = rng.normal(size=(len(EMOTIONS), dim)).astype(np.float32)
+    offsets = 0.7 * rng.normal(size=(max(speakers, 1), dim)).astype(np.float32)
+    return protos, offsets
+
+
+def state_segment(rng: np.random.Generator, state: int, n: int, cue: float,
+                  offset: np.ndarray, protos: np.ndarray, smooth: float = 0.9) -> dict:
+    """Denseface-like arrays of one segment of ``n`` frames in hidden ``state``: ``cue`` scales
+    the prototype (0: the faces say nothing of the state)."""
+    dim = protos.shape[1]
+    intensity = cue * rng.uniform(0.5, 1.5)
+    drift = np.empty((n, dim), dtype=np.float32)
+    x = rng.normal(size=dim)
+    for t in range(n):  # AR(1) with unit stationary variance
+        x = smooth * x + np.sqrt(1 - smooth ** 2) * rng.normal(size=dim)
+        drift[t] = x
+    feat = intensity * protos[state] + offset + drift + 0.3 * rng.normal(size=(n, dim))
+    logits = 0.5 * rng.normal(size=(n, 8))
+    logits[:, PRED_CLASS[EMOTIONS[state]]] += 1.0 + 2.0 * intensity
+    pred = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return {"feat": feat.astype(np.float32),
+            "trans1": rng.normal(size=(n, 216)).astype(np.float32),
+            "trans2": rng.normal(size=(n, 300)).astype(np.float32),
+            "pred": pred.astype(np.float32),
+            "confidence": rng.uniform(0.6, 1.0, size=n).astype(np.float32),
+            "frame_idx": np.arange(n, dtype=np.int64) * 3}
+
+
+def state_caption(rng: np.random.Generator, state: int, p_emotion: float) -> str:
+    """3-12 words: each an emotion word of the state with probability ``p_emotion``, else a
+    neutral filler."""
+    words = STATE_WORDS[EMOTIONS[state]]
+    return " ".join(str(rng.choice(words)) if rng.random() < p_emotion
+                    else str(rng.choice(NEUTRAL_WORDS)) for _ in range(int(rng.integers(3, 13))))
+
+
+def make_state_corpus(root, captions, *, movies: int = 4, segments: int = 50, faces: int = 16,
+                      p_emotion: float = 0.5, seed: int = 0, meta_dir=None) -> list[str]:
+    """Unlabelled movies for pre-training: ``root/<movie>/has_active_spk_denseface_with_trans.h5``
+    (one speaker per movie; 3 to 2 x ``faces`` frames per segment) and the captions JSON
+    ``captions`` (``{id: [text]}``), face and text of a segment from one hidden state (see
+    above). With ``meta_dir``, also ``<meta_dir>/<movie>/has_active_spk.txt``. Returns the
+    segment ids."""
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    protos, offsets = _world(movies)
+    ids, caps = [], {}
+    for m in range(movies):
+        movie = f"No{m:04d}.Movie_{m}"
+        (Path(root) / movie).mkdir(parents=True, exist_ok=True)
+        with h5py.File(Path(root) / movie / MOVIE_H5, "w") as f:
+            g = f.create_group(movie)
+            for s in range(1, segments + 1):
+                state = int(rng.integers(len(EMOTIONS)))
+                n = int(rng.integers(3, 2 * faces))
+                seg = g.create_group(str(s))
+                for k, v in state_segment(rng, state, n, 1.0, offsets[m], protos).items():
+                    seg.create_dataset(k, data=v)
+                ids.append(f"{movie}_{s}")
+                caps[ids[-1]] = [state_caption(rng, state, p_emotion)]
+        if meta_dir is not None:
+            (Path(meta_dir) / movie).mkdir(parents=True, exist_ok=True)
+            (Path(meta_dir) / movie / "has_active_spk.txt").write_text(
+                "".join(f"{movie}/{s}\n" for s in range(1, segments + 1)))
+    Path(captions).write_text(json.dumps(caps, indent=1))
+    return ids
+
+
+STATE_LABELS = ("ang", "hap", "neu", "sad")  # IEMOCAP's codes of :data:`EMOTIONS`
+
+
+def make_state_emotion_corpus(root, *, per_speaker: int = 20, faces: int = 8, cue: float = 0.3,
+                              label_noise: float = 0.1, seed: int = 0) -> dict:
+    """A labelled corpus from the hidden-state generator in IEMOCAP's layout, for the named
+    protocols ``iemocap-5fold`` / ``iemocap-10fold``: 5 sessions x 2 speakers (F, M) x
+    ``per_speaker`` utterances, ids ``Ses03F_impro01_M014``, labels ``ang hap neu sad`` (the
+    state, flipped to another class with probability ``label_noise``).
+
+    ``cue`` is the strength of the signal: it scales the face prototype and sets the chance of
+    an emotion word in the text (``0.25 * cue`` per word); 0 leaves only speaker offsets and
+    noise. Speakers are new (offsets of the world's speakers 100+), so a model cannot learn them
+    from the pre-training movies. Writes ``root/h5/<dialog>/...h5`` and ``root/utterances.jsonl``
+    (``id, text, label``); returns ``{"h5", "utterances", "labels", "states"}``
+    (``states``: id -> hidden state index, for measuring the ceiling)."""
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    protos, offsets = _world(120)
+    root = Path(root)
+    recs, states = [], {}
+    for session in range(1, 6):
+        movie = f"Ses{session:02d}F_impro01"
+        (root / "h5" / movie).mkdir(parents=True, exist_ok=True)
+        with h5py.File(root / "h5" / movie / MOVIE_H5, "w") as h5:
+            g = h5.create_group(movie)
+            for k, gender in enumerate("FM"):
+                offset = offsets[100 + 2 * (session - 1) + k]
+                for u in range(per_speaker):
+                    state = (u + k) % len(EMOTIONS)
+                    seg = f"{gender}{u:03d}"
+                    n = int(rng.integers(max(2, faces // 2), faces * 2))
+                    grp = g.create_group(seg)
+                    for name, v in state_segment(rng, state, n, cue, offset, protos).items():
+                        grp.create_dataset(name, data=v)
+                    label = state
+                    if rng.random() < label_noise:
+                        label = int((state + rng.integers(1, len(EMOTIONS))) % len(EMOTIONS))
+                    uid = f"{movie}_{seg}"
+                    states[uid] = state
+                    recs.append({"id": uid, "text": state_caption(rng, state, 0.25 * cue),
+                                 "label": STATE_LABELS[label]})
+    path = root / "utterances.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    return {"h5": str(root / "h5"), "utterances": str(path), "labels": list(STATE_LABELS),
+            "states": states}

@@ -69,11 +69,16 @@ def test_quickstart_runs_and_reruns(tmp_path):
     for stage in ("trans2npz", "build face", "build rawimg", "build txt/train", "build txt/val",
                   "check", "stats", "pretrain"):
         assert stage in res.output
-    mlm = re.search(r"mlm (\d+\.\d+) -> (\d+\.\d+)", res.output)
-    assert mlm and float(mlm.group(2)) < float(mlm.group(1)) - 1.0  # the MLM loss goes down
+    # every pre-training task learns on the hidden-state corpus (tests/test_gain.py: golden)
+    for task in ("mrfr", "itm"):
+        m = re.search(task + r" (\d+\.\d+) -> (\d+\.\d+)", res.output)
+        assert m and float(m.group(2)) < float(m.group(1)), task
+    itm = re.search(r"val ITM accuracy (\d+\.\d+) %", res.output)
+    assert itm and float(itm.group(1)) > 55.0  # chance 50
     assert "clean" in res.output
     ua = re.search(r"2 folds, test UA (\d+\.\d+)", res.output)
-    assert ua and float(ua.group(1)) > 60.0  # planted labels: far above chance (25)
+    assert ua and 35.0 < float(ua.group(1)) < 100.0  # a weak signal: above chance (25), not all
+    assert re.search(r"pre-training gains [+-]\d+\.\d UA points, 95 % CI \[", res.output)
     assert (tmp_path / "qs" / "finetune" / "results.tsv").exists()
     assert "80 segments: pooled, text, faces" in res.output  # memo extract of fold 1 test
     # the report of the run: every stage's section (tests/test_report.py checks its HTML)
