@@ -68,8 +68,9 @@ def pretrain_corpus(root: Path, args) -> tuple[str, str, str]:
     return str(txt / "train"), str(txt / "val"), str(face)
 
 
-def run_pretrain(root: Path, args, dbs) -> tuple[str, dict]:
-    """Pre-train; (checkpoint, {task: (first, last) mean loss over a tenth of the updates})."""
+def run_pretrain(root: Path, args, dbs) -> tuple[str, dict, float | None]:
+    """Pre-train; (checkpoint, {task: (first, last) mean loss over a tenth of the updates},
+    the validation ITM accuracy or None)."""
     from memo.quickstart import PRETRAIN, PRETRAIN_TASKS
     from memotrain.recipes.pretrain import pretrain
 
@@ -86,7 +87,7 @@ def run_pretrain(root: Path, args, dbs) -> tuple[str, dict]:
         pts = [x for n, t, x in s["losses"] if t == task]
         curves[task] = (float(np.mean(pts[:max(1, len(pts) // 10)])),
                         float(np.mean(pts[-max(1, len(pts) // 10):])))
-    return s["checkpoint"], curves
+    return s["checkpoint"], curves, (s["val"] or {}).get("itm", {}).get("acc")
 
 
 def fraction_dataset(root: Path, a, h5: str, folds: list, fraction: float,
@@ -159,10 +160,8 @@ def main(argv=None) -> str:
     folds = ints(args.folds)
     t0 = time.perf_counter()
     with scratch(args, "gain") as root:
-        ckpt, curves = run_pretrain(root, args, pretrain_corpus(root, args))
+        ckpt, curves, itm = run_pretrain(root, args, pretrain_corpus(root, args))
         t_pre = time.perf_counter() - t0
-        val = json.loads((root / "pretrain" / "metrics.jsonl").read_text().splitlines()[-1])
-        itm = val.get("val", {}).get("itm", {}).get("acc")
         info = make_state_emotion_corpus(root / "emotion", per_speaker=args.per_speaker,
                                          faces=8, cue=args.cue, seed=args.seed + 1)
         a = assign("iemocap-5fold", info["utterances"])

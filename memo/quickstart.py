@@ -185,18 +185,11 @@ def pretrain_tiny(dataset: Path, face: str, out: Path, step, log) -> dict:
         last = [x for n, x in pts if n > cfg["steps"] - 40]
         if first and last:
             parts.append(f"{task} {sum(first) / len(first):.2f} -> {sum(last) / len(last):.2f}")
-    itm = last_val(out).get("itm", {}).get("acc")
+    itm = (summary["val"] or {}).get("itm", {}).get("acc")
     step("pretrain", out, f"{summary['steps']} updates of the tiny model; mean loss, first "
          f"-> last 40 updates: " + ", ".join(parts)
          + ("" if itm is None else f"; val ITM accuracy {100 * itm:.1f} % (chance 50)"))
     return summary
-
-
-def last_val(out: Path) -> dict:
-    """The last validation record of a pre-training run (its metrics.jsonl), {} if none."""
-    path = out / "metrics.jsonl"
-    recs = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    return next((r["val"] for r in reversed(recs) if "val" in r), {})
 
 
 def finetune_tiny(emotion: Path, workdir: Path, step) -> dict:

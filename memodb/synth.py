@@ -30,6 +30,13 @@ def segment_arrays(rng: np.random.Generator, n: int, dim: int = 342) -> dict:
     }
 
 
+def _write_meta(meta_dir, movie: str, segments: int) -> None:
+    """``<meta_dir>/<movie>/has_active_spk.txt`` listing segments 1..``segments``."""
+    (Path(meta_dir) / movie).mkdir(parents=True, exist_ok=True)
+    (Path(meta_dir) / movie / "has_active_spk.txt").write_text(
+        "".join(f"{movie}/{s}\n" for s in range(1, segments + 1)))
+
+
 def make_h5_corpus(root, movies: int = 3, segments: int = 20, faces: int = 30, seed: int = 0,
                    meta_dir=None, with_trans: bool = True) -> list[str]:
     """Write ``root/<movie>/has_active_spk_denseface_with_trans.h5``; return the segment ids.
@@ -54,9 +61,7 @@ def make_h5_corpus(root, movies: int = 3, segments: int = 20, faces: int = 30, s
                         seg.create_dataset(k, data=v)
                 ids.append(f"{movie}_{s}")
         if meta_dir is not None:
-            (Path(meta_dir) / movie).mkdir(parents=True, exist_ok=True)
-            (Path(meta_dir) / movie / "has_active_spk.txt").write_text(
-                "".join(f"{movie}/{s}\n" for s in range(1, segments + 1)))
+            _write_meta(meta_dir, movie, segments)
     return ids
 
 
@@ -295,9 +300,7 @@ def make_state_corpus(root, captions, *, movies: int = 4, segments: int = 50, fa
                 ids.append(f"{movie}_{s}")
                 caps[ids[-1]] = [state_caption(rng, state, p_emotion)]
         if meta_dir is not None:
-            (Path(meta_dir) / movie).mkdir(parents=True, exist_ok=True)
-            (Path(meta_dir) / movie / "has_active_spk.txt").write_text(
-                "".join(f"{movie}/{s}\n" for s in range(1, segments + 1)))
+            _write_meta(meta_dir, movie, segments)
     Path(captions).write_text(json.dumps(caps, indent=1))
     return ids
 

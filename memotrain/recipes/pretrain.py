@@ -82,7 +82,8 @@ def pretrain(config, resume: bool = False, overrides=(), stop_after: int | None 
     """Pre-train as ``config`` says (a TrainConfig, a dict or a JSON file, plus
     ``overrides``). ``resume``: continue from ``output_dir/ckpt/latest``. ``stop_after``:
     save and return after this update (as if killed right after a checkpoint). Returns a
-    summary: steps, per-update ``losses`` [(step, task, loss)], skipped, last checkpoint."""
+    summary: steps, per-update ``losses`` [(step, task, loss)], skipped, last checkpoint, and
+    ``val``: the last validation of this call ({task: metrics}; None if it validated none)."""
     cfg = load_train_config(config, overrides)
 
     # -- processes and device ---------------------------------------------------------------
@@ -199,7 +200,7 @@ def _run(cfg: TrainConfig, proc: Proc, resume: bool, stop_after, console) -> dic
 
     # -- the loop ---------------------------------------------------------------------------
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    losses, window, last_ckpt = [], run.window, None
+    losses, window, last_ckpt, last_val = [], run.window, None, None
     t0, examples = time.perf_counter(), 0
     pretrainer.train()
     while run.step < end:
@@ -255,7 +256,8 @@ def _run(cfg: TrainConfig, proc: Proc, resume: bool, stop_after, console) -> dic
                 events.add(rec)
             show.log(rec, cfg.steps)
         if val_sets and cfg.val_every and step % cfg.val_every == 0:
-            rec = {"step": step, "val": validate(pretrainer, val_sets, cfg, proc, precision)}
+            last_val = validate(pretrainer, val_sets, cfg, proc, precision)
+            rec = {"step": step, "val": last_val}
             if proc.main:
                 append_jsonl(out / "metrics.jsonl", rec)
                 events.add(rec)
@@ -264,7 +266,7 @@ def _run(cfg: TrainConfig, proc: Proc, resume: bool, stop_after, console) -> dic
             last_ckpt = _save(run, ckpt_dir)
     events.close()
     show.done(run.step, run.skipped, last_ckpt)
-    return {"steps": run.step, "losses": losses, "skipped": run.skipped,
+    return {"steps": run.step, "losses": losses, "skipped": run.skipped, "val": last_val,
             "checkpoint": None if last_ckpt is None else str(last_ckpt),
             "output_dir": str(out), "precision": precision, "world_size": world}
 
