@@ -290,7 +290,7 @@ def _screen(txn, keys: list[str], selection):
     shapes, offsets: :class:`_Known`); then one test per chunk and dtype for non-finite
     floats, one for the frame selection (lowest confidence of each segment above
     ``conf_th``, ``frame_idxs`` increasing within each segment)."""
-    digests, records, lengths, groups = [], [], [], {}
+    encoded, digests, lengths, groups = [], [], [], {}
     floats: dict = {}
     confs, conf_n, idxs, idx_n = [], [], [], []
     sha256 = hashlib.sha256
@@ -304,8 +304,8 @@ def _screen(txn, keys: list[str], selection):
         known = _known(data, selection)
         if known is None:
             return None
+        encoded.append(k)
         digests.append(digest)
-        records.append(b"%s\0%s" % (k, digest))
         lengths.append(known.length)
         groups.setdefault(known.layout, []).append(key)
         view = memoryview(data)
@@ -333,7 +333,7 @@ def _screen(txn, keys: list[str], selection):
         rising[np.cumsum(idx_n[:-1], dtype=np.int64) - 1] = True  # a segment's first frame follows no frame
         if not rising.all():
             return None
-    return digests, b"".join(records), lengths, groups
+    return digests, Checksum.records(encoded, digests), lengths, groups
 
 
 _F16 = np.dtype(np.float16)

@@ -84,7 +84,6 @@ def check_db_isolated(db, *, workers=None, progress=False, links=None):
         return rep, None
 
 
-
 def _check_feature(db, workers, progress, link: bool):
     """(report, what a text database linking it needs or None) of a feature database: the
     check lists its keys anyway, so a later text check need not list them again. A link this

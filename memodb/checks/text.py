@@ -8,8 +8,8 @@ import hashlib
 import json
 import os
 from collections import Counter
-from itertools import compress
 from functools import partial
+from itertools import compress
 from pathlib import Path
 
 import lmdb
@@ -268,7 +268,7 @@ def _inspect_chunk(path: str, ctx: dict, keys: list[str]):
     env = open_env(path)
     with env.begin(buffers=True) as txn:
         cols = _screen(txn, keys, ctx, vocab) or _inspect_values(txn, keys, ctx, vocab)
-    records = b"".join(b"%s\0%s" % (k.encode("utf-8"), d) for k, d in zip(keys, cols[0]))
+    records = Checksum.records([k.encode("utf-8") for k in keys], cols[0])
     return (*cols, records)
 
 

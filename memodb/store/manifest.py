@@ -55,11 +55,17 @@ class Checksum:
         self.update_digest(key, hashlib.sha256(value).digest())
 
     def update_digest(self, key: bytes, digest: bytes) -> None:
-        self._h.update(b"%s\0%s" % (key, digest))
+        self._h.update(self.records((key,), (digest,)))
 
     def update_raw(self, part: bytes) -> None:
-        """Several ``key NUL digest`` records, concatenated (as a worker prepares them)."""
+        """Several ``key NUL digest`` records, concatenated (:meth:`records`, as a worker
+        prepares them)."""
         self._h.update(part)
+
+    @staticmethod
+    def records(keys, digests) -> bytes:
+        """The ``key NUL digest`` records of (key, sha256 digest) pairs, concatenated."""
+        return b"".join([b"%s\0%s" % pair for pair in zip(keys, digests)])
 
     def hexdigest(self) -> str:
         return "sha256:" + self._h.hexdigest()

@@ -22,7 +22,7 @@ from ..progress import progress_bar
 from ..store.build import Build, Written
 from ..store.ids import (KEY_SUFFIX, case_collisions, collisions_record, collisions_warning,
                          id_to_key)
-from ..store.manifest import read_manifest
+from ..store.manifest import Checksum, read_manifest
 from ..store.reader import FeatureDB
 from ..store.textcodec import LAYOUTS, FastEncoder
 from ..store.textdb import ID2LEN, IMG2TXTS, META, TXT2IMG
@@ -332,7 +332,7 @@ def _encode_chunk(span) -> tuple:
     chunk = _ITEMS[span[0]:span[1]]
     keys = [text_id.encode("utf-8") for text_id, _, _ in chunk]
     values = [encode(text_id, label, words) for text_id, label, words in chunk]
-    part = b"".join([b"%s\0%s" % (k, sha256(v).digest()) for k, v in zip(keys, values)])
+    part = Checksum.records(keys, [sha256(v).digest() for v in values])
     return keys, b"".join(values), [len(v) for v in values], part
 
 
